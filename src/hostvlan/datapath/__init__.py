@@ -1,0 +1,1 @@
+"""Tenant-filter back ends. May import `hostvlan.model` only (never agent/manager/cli)."""
