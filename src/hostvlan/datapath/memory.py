@@ -21,7 +21,8 @@ def _applied(facts: Facts | None, delta: FactsDelta) -> Facts:
     def upd(name: str) -> frozenset[object]:
         have: frozenset[object] = getattr(facts, name) if facts is not None else frozenset()
         d = getattr(delta, name)
-        return (have - d.remove) | d.add
+        out: frozenset[object] = (have - d.remove) | d.add
+        return out
 
     return Facts(**{name: upd(name) for name in Facts.__dataclass_fields__})  # type: ignore[arg-type]
 

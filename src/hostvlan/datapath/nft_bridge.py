@@ -163,8 +163,18 @@ class NftBridgeFilter(TenantFilter):
         cmds.append({"add": {"chain": {**_T, "name": "rx"}}})
         for chain, hook in _HOOKS.items():
             cmds.append(
-                {"add": {"chain": {**_T, "name": chain, "type": "filter", "hook": hook,
-                                   "prio": PRIORITY, "policy": "drop"}}}
+                {
+                    "add": {
+                        "chain": {
+                            **_T,
+                            "name": chain,
+                            "type": "filter",
+                            "hook": hook,
+                            "prio": PRIORITY,
+                            "policy": "drop",
+                        }
+                    }
+                }
             )
         for chain, rules in _rules().items():
             for expr in rules:
@@ -192,27 +202,30 @@ class NftBridgeFilter(TenantFilter):
         items = self._list()
         if items is None:
             return None
-        sets: dict[str, set[object]] = {name: set() for name in _SETS}
+        single: dict[str, set[str]] = {name: set() for name, t in _SETS.items() if isinstance(t, str)}
+        double: dict[str, set[tuple[str, str]]] = {name: set() for name, t in _SETS.items() if isinstance(t, list)}
         version = None
         for item in items:
             if "counter" in item and item["counter"]["name"] == VERSION:
                 version = VERSION
-            elif "set" in item and item["set"]["name"] in sets:
+            elif "set" in item:
+                name = item["set"]["name"]
                 for e in item["set"].get("elem", []):
-                    if isinstance(e, dict) and "concat" in e:
-                        sets[item["set"]["name"]].add(tuple(e["concat"]))
-                    else:
-                        sets[item["set"]["name"]].add(e)
+                    if name in double and isinstance(e, dict):
+                        a, b = e["concat"]
+                        double[name].add((str(a), str(b)))
+                    elif name in single:
+                        single[name].add(str(e))
         if version != VERSION:
             return None  # foreign or older layout: reinstall atomically
         return Facts(
-            known=frozenset(Mac(str(m)) for m in sets["known"]),
-            global_src=frozenset(Mac(str(m)) for m in sets["global_src"]),
-            ports=frozenset(PortName(str(p)) for p in sets["ports"]),
-            global_ports=frozenset(PortName(str(p)) for p in sets["global_ports"]),
-            uplinks=frozenset(PortName(str(p)) for p in sets["uplinks"]),
-            bound=frozenset((PortName(str(p)), Mac(str(m))) for p, m in sets["bound"]),  # type: ignore[misc]
-            pairs=frozenset((Mac(str(m)), PortName(str(p))) for m, p in sets["pairs"]),  # type: ignore[misc]
+            known=frozenset(Mac(m) for m in single["known"]),
+            global_src=frozenset(Mac(m) for m in single["global_src"]),
+            ports=frozenset(PortName(p) for p in single["ports"]),
+            global_ports=frozenset(PortName(p) for p in single["global_ports"]),
+            uplinks=frozenset(PortName(p) for p in single["uplinks"]),
+            bound=frozenset((PortName(p), Mac(m)) for p, m in double["bound"]),
+            pairs=frozenset((Mac(m), PortName(p)) for m, p in double["pairs"]),
         )
 
     def counters(self) -> dict[str, PortCounters]:

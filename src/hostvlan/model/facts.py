@@ -61,9 +61,7 @@ class FactsDelta:
     pairs: SetDelta[tuple[Mac, PortName]] = field(default_factory=SetDelta)
 
     def __bool__(self) -> bool:
-        return any(
-            (self.known, self.global_src, self.ports, self.global_ports, self.uplinks, self.bound, self.pairs)
-        )
+        return any((self.known, self.global_src, self.ports, self.global_ports, self.uplinks, self.bound, self.pairs))
 
     def size(self) -> int:
         return sum(

@@ -72,7 +72,7 @@ def filter_state(
         entries[mac] = frozenset({GLOBAL})
         bindings[port] = PortBinding(port, mac, uplink=True)
     for mac, explicit in view.local.items():
-        port = explicit or ports.get(mac)
-        if port is not None and port not in bindings:
-            bindings[port] = PortBinding(port, mac)
+        found = explicit or ports.get(mac)
+        if found is not None and found not in bindings:
+            bindings[found] = PortBinding(found, mac)
     return FilterState(entries=entries, bindings=bindings)

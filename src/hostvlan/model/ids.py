@@ -104,7 +104,5 @@ def parse_port(text: object) -> PortName:
 def parse_host(text: object) -> HostId:
     """Parse an end-host name: letters, digits, `_ . -`, at most 63 characters."""
     if not isinstance(text, str) or not _HOST_RE.match(text):
-        raise InvalidValue(
-            f"host name must be 1-63 characters of letters, digits, '_', '.', '-', got {text!r}"
-        )
+        raise InvalidValue(f"host name must be 1-63 characters of letters, digits, '_', '.', '-', got {text!r}")
     return HostId(text)

@@ -42,8 +42,7 @@ def receive(state: FilterState, src: Mac, out_port: PortName) -> Verdict:
         return Verdict(True, f"shared LNID {format_lnids(shared)}")
     return Verdict(
         False,
-        f"no shared LNID (source {src} in {format_lnids(src_lnids)}, "
-        f"port {out_port} in {format_lnids(port_lnids)})",
+        f"no shared LNID (source {src} in {format_lnids(src_lnids)}, port {out_port} in {format_lnids(port_lnids)})",
     )
 
 
