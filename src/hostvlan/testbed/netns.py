@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,9 +46,14 @@ def list_netns() -> list[str]:
         return []
 
 
+def owned(prefix: str) -> list[str]:
+    """The namespaces of one run."""
+    return [n for n in list_netns() if n.startswith(prefix + "-")]
+
+
 def sweep(prefix: str) -> list[str]:
     """Remove every namespace named `<prefix>-…`; returns the names removed."""
-    gone = [n for n in list_netns() if n.startswith(prefix + "-")]
+    gone = owned(prefix)
     for name in gone:
         remove(name)
     return gone
@@ -76,3 +82,27 @@ def sysctl(name: str, key: str, value: str) -> None:
     """Write a sysctl inside namespace `name` (procfs follows the caller's netns)."""
     with inside(name), open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
         fh.write(value)
+
+
+def wait_operstate_up(names: list[str], timeout: float = 10.0) -> None:
+    """Wait until every veth/bridge in these namespaces reports operstate UP.
+
+    The kernel's linkwatch may delay carrier-on by up to a second; a bridge port does
+    not forward until then, so a testbed is not "up" before this returns.
+    """
+    end = time.monotonic() + timeout
+    pending: list[str] = []
+    while True:
+        pending = []
+        for name in names:
+            with iproute(name) as ipr:
+                for link in ipr.get_links():
+                    if link.get("ifname") == "lo":
+                        continue
+                    if link.get("operstate") != "UP":
+                        pending.append(f"{name}/{link.get('ifname')}")
+        if not pending:
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"links not up after {timeout}s: {', '.join(pending[:10])}")
+        time.sleep(0.05)

@@ -1,0 +1,147 @@
+"""Send real frames from every endpoint and compare what arrives with the model.
+
+The oracle composes the model's verdicts along the path a frame takes: the send check
+at the sender's port, the receive filter at the sender's uplink when it leaves the
+host, and the receive filter at the receiver's port. An unfiltered (`none`) host
+passes everything. Deliveries the model forbids are leaks; frames the model allows
+that never arrived are misses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from hostvlan.model.ids import Mac, PortName
+from hostvlan.model.ports import FilterState
+from hostvlan.model.verdict import receive, send
+from hostvlan.testbed.build import Testbed
+from hostvlan.testbed.traffic import BROADCAST, MULTICAST, Probe, frame
+
+KINDS = ("broadcast", "multicast", "tagged", "unicast")
+UNKNOWN_MAC = Mac("02:de:ad:be:ef:01")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where an endpoint is cabled: a host and port, or the physical switch (host None)."""
+
+    host: str | None
+    port: PortName | None
+
+
+def places(tb: Testbed) -> dict[str, Place]:
+    out = {n: Place(vm.host, vm.port) for n, vm in tb.vms.items()}
+    out.update({n: Place(None, None) for n in tb.external})
+    return out
+
+
+def expected(tb: Testbed, states: Mapping[str, FilterState | None], sender: str, src: Mac, receiver: str) -> bool:
+    """Does the model let a frame with source `src`, sent by `sender`, reach `receiver`?"""
+    where = places(tb)
+    s, r = where[sender], where[receiver]
+    if s.host is not None:
+        st = states[s.host]
+        assert s.port is not None
+        if st is not None and not send(st, s.port, src).allow:
+            return False
+        if r.host != s.host and st is not None and not receive(st, src, tb.hosts[s.host].uplink).allow:
+            return False
+    if r.host is None:
+        return True
+    st = states[r.host]
+    assert r.port is not None
+    return st is None or receive(st, src, r.port).allow
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    delivered: int = 0
+    leaks: list[str] = field(default_factory=list)
+    misses: list[str] = field(default_factory=list)
+    forged_delivered: list[str] = field(default_factory=list)
+    # who received whose broadcast: matrix[sender][receiver]
+    matrix: dict[str, dict[str, bool]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.leaks or self.misses or self.forged_delivered)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "leaks": len(self.leaks),
+            "misses": len(self.misses),
+            "forged_delivered": len(self.forged_delivered),
+        }
+
+
+def run_check(
+    tb: Testbed,
+    kinds: Iterable[str] = KINDS,
+    *,
+    forged: bool = True,
+    senders: Iterable[str] | None = None,
+    settle: float = 0.4,
+) -> Report:
+    """Send every kind of frame from every endpoint (and forged ones from VMs); judge."""
+    kinds = tuple(kinds)
+    states = tb.states()
+    names = list(tb.vms) + list(tb.external)
+    macs = {n: tb.endpoint(n).mac for n in names}
+    senders = list(senders) if senders is not None else names
+    rep = Report()
+    intended: list[tuple[str, Mac, str, str]] = []  # (sender, src, receiver, tag)
+    with Probe() as probe:
+        for n in names:
+            ns = tb.vms[n].netns if n in tb.vms else tb.external[n].netns
+            probe.attach(n, ns)
+        probe.drain()
+        for s in senders:
+            src = macs[s]
+            for kind in kinds:
+                if kind == "unicast":
+                    for r in names:
+                        if r != s:
+                            tag = f"unicast/{s}/{r}"
+                            probe.send(s, frame(macs[r], src, tag))
+                            intended.append((s, src, r, tag))
+                            rep.sent += 1
+                    continue
+                tag = f"{kind}/{s}"
+                dst = MULTICAST if kind == "multicast" else BROADCAST
+                probe.send(s, frame(dst, src, tag, vlan=100 if kind == "tagged" else None))
+                rep.sent += 1
+                intended += [(s, src, r, tag) for r in names if r != s]
+            if forged and s in tb.vms:
+                others = [macs[o] for o in names if o != s]
+                for i, fake in enumerate([*others[:1], UNKNOWN_MAC]):
+                    tag = f"forged/{s}/{i}/{fake}"
+                    probe.send(s, frame(BROADCAST, fake, tag))
+                    rep.sent += 1
+                    intended += [(s, fake, r, tag) for r in names if r != s]
+            time.sleep(0.002)
+        got = probe.collect(settle=settle)
+    seen: Counter[tuple[str, str]] = Counter()
+    for r, frames in got.items():
+        for fr in frames:
+            seen[(r, fr.tag)] += 1
+            rep.delivered += 1
+            parts = fr.tag.split("/")
+            sender = parts[1]
+            if sender not in macs or sender == r:
+                continue
+            if not expected(tb, states, sender, fr.src, r):
+                line = f"{fr.tag} from {sender} (src {fr.src}) reached {r}"
+                (rep.forged_delivered if parts[0] == "forged" else rep.leaks).append(line)
+    for s, src, r, tag in intended:
+        ok = expected(tb, states, s, src, r)
+        if tag == f"broadcast/{s}":
+            rep.matrix.setdefault(s, {})[r] = seen[(r, tag)] > 0
+        if ok and not seen[(r, tag)]:
+            rep.misses.append(f"{tag} from {s} (src {src}) never reached {r}")
+    return rep

@@ -1,0 +1,195 @@
+"""Topology files: the emulated data center as data (pure: parsing and validation only).
+
+    hosts:
+      - name: h1
+        backend: bridge          # bridge = HostVLAN on a Linux bridge; none = plain bridge
+        vms:
+          - name: vm1-1
+            mac: "52:54:00:00:01:01"
+            lnids: [1]           # integers 1..2^63-1 and/or global; [] = present, unregistered
+    external:                    # optional: endpoints behind the physical switch
+      - name: gw
+        mac: "52:54:00:ff:00:01"
+        lnids: [global]
+
+Every error names the file and line, and is raised before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hostvlan.model.ids import InvalidValue, Lnid, Mac, parse_lnid, parse_mac
+
+BACKENDS = ("bridge", "none")
+_NAME_MAX = 40
+
+
+class TopologyError(ValueError):
+    """A topology file is invalid; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A VM (on a host) or an external endpoint (behind the physical switch)."""
+
+    name: str
+    mac: Mac
+    lnids: frozenset[Lnid]
+    host: str | None  # None: external
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    backend: str
+    vms: tuple[Endpoint, ...]
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class Topology:
+    hosts: tuple[HostSpec, ...]
+    external: tuple[Endpoint, ...] = ()
+
+    def endpoints(self) -> list[Endpoint]:
+        return [vm for h in self.hosts for vm in h.vms] + list(self.external)
+
+    def to_dict(self) -> dict[str, Any]:
+        def ep(e: Endpoint) -> dict[str, Any]:
+            return {"name": e.name, "mac": e.mac, "lnids": [_lnid_out(x) for x in sorted(e.lnids)]}
+
+        return {
+            "hosts": [{"name": h.name, "backend": h.backend, "vms": [ep(v) for v in h.vms]} for h in self.hosts],
+            "external": [ep(e) for e in self.external],
+        }
+
+
+def _lnid_out(lnid: Lnid) -> int | str:
+    return "global" if lnid == 0 else int(lnid)
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, node: yaml.Node, msg: str) -> TopologyError:
+        return TopologyError(f"{self.source}:{node.start_mark.line + 1}: {msg}")
+
+    def mapping(self, node: yaml.Node, what: str, allowed: set[str], required: set[str]) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        out: dict[str, yaml.Node] = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            if key not in allowed:
+                raise self.fail(k, f"unknown key {key!r} in {what} (allowed: {', '.join(sorted(allowed))})")
+            if key in out:
+                raise self.fail(k, f"duplicate key {key!r} in {what}")
+            out[key] = v
+        for key in sorted(required - set(out)):
+            raise self.fail(node, f"{what} lacks required key {key!r}")
+        return out
+
+    def seq(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list")
+        return list(node.value)
+
+    def scalar(self, node: yaml.Node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or node.tag.endswith(":null"):
+            raise self.fail(node, f"{what} must be a plain value")
+        return str(node.value)
+
+    def name(self, node: yaml.Node, what: str) -> str:
+        text = self.scalar(node, what)
+        ok = 0 < len(text) <= _NAME_MAX and text[0].isalnum() and all(c.isalnum() or c in "-_." for c in text)
+        if not ok:
+            raise self.fail(node, f"{what} {text!r} must be 1-{_NAME_MAX} letters, digits, '-', '_', '.'")
+        return text
+
+    def endpoint(self, node: yaml.Node, what: str, host: str | None) -> Endpoint:
+        m = self.mapping(node, what, {"name", "mac", "lnids"}, {"name", "mac"})
+        name = self.name(m["name"], f"{what} name")
+        try:
+            mac = parse_mac(self.scalar(m["mac"], f"{what} {name}: mac"), vm=True)
+        except InvalidValue as exc:
+            raise self.fail(m["mac"], f"{what} {name}: {exc}") from None
+        lnids: set[Lnid] = set()
+        for item in self.seq(m["lnids"], f"{what} {name}: lnids") if "lnids" in m else []:
+            raw: object = self.scalar(item, "LNID")
+            if item.tag.endswith(":int"):
+                raw = int(str(raw), 0)
+            try:
+                lnids.add(parse_lnid(raw))
+            except InvalidValue as exc:
+                raise self.fail(item, f"{what} {name}: {exc}") from None
+        return Endpoint(name=name, mac=mac, lnids=frozenset(lnids), host=host, line=node.start_mark.line + 1)
+
+
+def parse_topology(text: str, source: str = "<topology>") -> Topology:
+    r = _Reader(source)
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{source}: not valid YAML: {exc}") from None
+    if root is None:
+        raise TopologyError(f"{source}: empty topology")
+    top = r.mapping(root, "topology", {"hosts", "external"}, {"hosts"})
+    hosts: list[HostSpec] = []
+    for hnode in r.seq(top["hosts"], "hosts"):
+        hm = r.mapping(hnode, "host", {"name", "backend", "vms"}, {"name"})
+        hname = r.name(hm["name"], "host name")
+        backend = r.scalar(hm["backend"], "backend") if "backend" in hm else "bridge"
+        if backend not in BACKENDS:
+            raise r.fail(hm["backend"], f"host {hname}: unknown backend {backend!r} (supported: {', '.join(BACKENDS)})")
+        vms = tuple(r.endpoint(v, "vm", hname) for v in (r.seq(hm["vms"], "vms") if "vms" in hm else []))
+        hosts.append(HostSpec(hname, backend, vms, line=hnode.start_mark.line + 1))
+    external = tuple(
+        r.endpoint(e, "external", None) for e in (r.seq(top["external"], "external") if "external" in top else [])
+    )
+    if not hosts:
+        raise r.fail(top["hosts"], "a topology needs at least one host")
+    _check_unique(r, root, hosts, external)
+    return Topology(tuple(hosts), external)
+
+
+def _check_unique(r: _Reader, root: yaml.Node, hosts: list[HostSpec], external: tuple[Endpoint, ...]) -> None:
+    seen_host: dict[str, HostSpec] = {}
+    for h in hosts:
+        if h.name in seen_host:
+            raise TopologyError(
+                f"{r.source}:{h.line}: duplicate host name {h.name!r} (first on line {seen_host[h.name].line})"
+            )
+        seen_host[h.name] = h
+    names: dict[str, Endpoint] = {}
+    macs: dict[Mac, Endpoint] = {}
+    for e in [vm for h in hosts for vm in h.vms] + list(external):
+        if e.name in names:
+            raise TopologyError(
+                f"{r.source}:{e.line}: duplicate endpoint name {e.name!r} (first on line {names[e.name].line})"
+            )
+        names[e.name] = e
+        if e.mac in macs:
+            first = macs[e.mac]
+            raise TopologyError(
+                f"{r.source}:{e.line}: duplicate MAC {e.mac} ({e.name}; "
+                f"already used by {first.name} on line {first.line})"
+            )
+        macs[e.mac] = e
+
+
+def load_topology(path: str | Path) -> Topology:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TopologyError(f"{p}: cannot read: {exc.strerror}") from None
+    return parse_topology(text, str(p))
