@@ -264,6 +264,22 @@ class Testbed:
         }
 
 
+def from_record(data: dict[str, Any]) -> Testbed:
+    """Re-attach to a running testbed from its state file (planning is deterministic)."""
+    import yaml
+
+    from hostvlan.testbed.topology import parse_topology
+
+    topo = parse_topology(yaml.safe_dump(data["topology"]), f"testbed {data['prefix']}")
+    tb = Testbed(topo, prefix=str(data["prefix"]), record=True)
+    for name, info in tb.hosts.items():
+        if info.backend == "bridge":
+            with netns.inside(info.netns):
+                nft = Nft()
+            tb._filters[name] = NftBridgeFilter(nft)
+    return tb
+
+
 def recorded() -> list[dict[str, Any]]:
     """State files of testbeds left running by `hostvlan testbed up`."""
     out = []
