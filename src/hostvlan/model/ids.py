@@ -71,7 +71,10 @@ def parse_lnid(text: object) -> Lnid:
             return GLOBAL
         if not re.fullmatch(r"[+-]?[0-9]+", s):
             raise InvalidValue(f"LNID must be an integer 1..{LNID_MAX} or 'global', got {text!r}")
-        value = int(s)
+        try:
+            value = int(s)
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits())
+            raise InvalidValue(f"LNID {s[:24]}... out of range (1..{LNID_MAX}, or 'global')") from None
     elif isinstance(text, int):
         value = text
     else:
@@ -91,18 +94,18 @@ def format_lnids(lnids: frozenset[Lnid] | set[Lnid]) -> str:
 
 
 def parse_port(text: object) -> PortName:
-    """Parse a network interface name (1–15 bytes, no '/', ':' or whitespace)."""
+    """Parse a network interface name (1–15 bytes, no '/', ':', NUL, whitespace or lone surrogate)."""
     if not isinstance(text, str) or not text:
         raise InvalidValue(f"interface name must be a non-empty string, got {text!r}")
+    if any(c in "/:\0" or c.isspace() or "\ud800" <= c <= "\udfff" for c in text) or text in (".", ".."):
+        raise InvalidValue(f"interface name {text!r} contains a forbidden character")
     if len(text.encode()) >= IFNAMSIZ:
         raise InvalidValue(f"interface name {text!r} is longer than {IFNAMSIZ - 1} bytes")
-    if any(c in text for c in "/: \t\n") or text in (".", ".."):
-        raise InvalidValue(f"interface name {text!r} contains a forbidden character")
     return PortName(text)
 
 
 def parse_host(text: object) -> HostId:
     """Parse an end-host name: letters, digits, `_ . -`, at most 63 characters."""
-    if not isinstance(text, str) or not _HOST_RE.match(text):
+    if not isinstance(text, str) or not _HOST_RE.fullmatch(text):
         raise InvalidValue(f"host name must be 1-63 characters of letters, digits, '_', '.', '-', got {text!r}")
     return HostId(text)

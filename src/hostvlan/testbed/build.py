@@ -148,6 +148,23 @@ class Testbed:
             self.locations.pop(mac, None)
         self.program()
 
+    def fill(self, host: str, macs: int, lnids: int, ports: int, *, first_lnid: int = 1) -> None:
+        """Grow `host`'s table to the paper's worst case without building VMs.
+
+        Adds `macs` remote MACs spread round-robin over LNIDs first_lnid…first_lnid+lnids-1
+        (VMs of other hosts that need not exist) and `ports` idle bound ports (names
+        `idle<k>`, no interface behind them) in those LNIDs. Call `program()` after.
+        """
+        remote = HostId(f"{host}-remote")
+        for i in range(macs):
+            mac = int_to_mac(0x02_FE_00_00_00_00 + i)
+            self.table.add(mac, Lnid(first_lnid + i % lnids))
+            self.locations[mac] = Location(remote, None)
+        for k in range(ports):
+            mac = int_to_mac(0x02_FD_00_00_00_00 + k)
+            self.table.add(mac, Lnid(first_lnid + k % lnids))
+            self.locations[mac] = Location(HostId(host), PortName(f"idle{k}"))
+
     def program(self) -> None:
         for host, f in self._filters.items():
             f.sync(self.filter_state(host))
