@@ -109,6 +109,14 @@ class TenantFilter(abc.ABC):
     def counters(self) -> dict[str, PortCounters]:
         """Drop counters per port name (plus back-end specific buckets for unbound ports)."""
 
-    @abc.abstractmethod
     def remove(self) -> None:
-        """Remove every object of hostvlan's from the switch (idempotent)."""
+        """Remove every object of hostvlan's from the switch (idempotent).
+
+        The desired state is kept: the next `apply()` reinstalls it from scratch.
+        """
+        self._remove()
+        self._reconcile = True
+
+    @abc.abstractmethod
+    def _remove(self) -> None:
+        """Delete hostvlan's objects, atomically; absent objects are not an error."""

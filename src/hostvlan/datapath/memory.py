@@ -51,5 +51,5 @@ class MemoryFilter(TenantFilter):
     def counters(self) -> dict[str, PortCounters]:
         return {}
 
-    def remove(self) -> None:
+    def _remove(self) -> None:
         self.kernel.facts = None

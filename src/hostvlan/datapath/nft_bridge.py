@@ -249,10 +249,9 @@ class NftBridgeFilter(TenantFilter):
                 rx["(host)"] = packets
         return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
 
-    def remove(self) -> None:
+    def _remove(self) -> None:
         table = {"family": FAMILY, "name": TABLE}
         self._nft.run([{"add": {"table": table}}, {"delete": {"table": table}}])
-        self._reconcile = True
 
     def close(self) -> None:
         self._nft.close()
