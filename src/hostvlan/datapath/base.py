@@ -4,8 +4,11 @@ A back end enforces one host's FilterState in its virtual switch. Callers queue
 desired changes (`sync` a whole state, or `set_entry`/`del_entry`/`bind`/`unbind`),
 then call `apply()`, which pushes everything queued as ONE kernel transaction:
 
-- the first `apply()` of a process reads back what the kernel already enforces and
+- the first `apply()` of a process reconciles with what the kernel already enforces and
   applies only the difference (an agent restart never flushes, never opens the filter);
+  a back end that keeps a digest of its facts in the kernel (`_kernel_digest`) skips the
+  element read-back when the digests agree;
+- `audit()` always reads every element back and repairs drift made behind its back;
 - later `apply()`s push just the element changes the model computed (`FactsIndex`);
 - a failed `apply()` raises `DatapathError` and changes nothing in the kernel (each back
   end documents why); the next `apply()` reconciles from a fresh read-back.
@@ -22,7 +25,7 @@ import abc
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hostvlan.model.facts import Facts, FactsDelta, FactsIndex, diff_facts
+from hostvlan.model.facts import Facts, FactsDelta, FactsIndex, delta_digest, diff_facts, facts_digest
 from hostvlan.model.ids import Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
 
@@ -49,6 +52,7 @@ class TenantFilter(abc.ABC):
     def __init__(self) -> None:
         self._index = FactsIndex()
         self._reconcile = True
+        self._digest = 0  # digest of the facts committed to the kernel (valid once reconciled)
 
     # ----- queue -------------------------------------------------------------------
     def sync(self, state: FilterState) -> None:
@@ -77,20 +81,46 @@ class TenantFilter(abc.ABC):
         delta = self._index.take_delta()
         try:
             if self._reconcile:
-                actual = self.read()
-                delta = diff_facts(actual, self._index.facts())
-                if actual is None:
-                    self._install(delta)
-                elif delta:
-                    self._commit(delta)
-                self._reconcile = False
-                return ApplyReport(delta.size(), full=True)
+                desired = self._index.facts()
+                want = facts_digest(desired)
+                if self._kernel_digest() == want:
+                    self._digest = want
+                    self._reconcile = False
+                    return ApplyReport(0, full=True)
+                return self._repair(desired)
             if delta:
-                self._commit(delta)
+                digest = delta_digest(self._digest, delta)
+                self._commit(delta, digest)
+                self._digest = digest
             return ApplyReport(delta.size(), full=False)
         except BaseException:
             self._reconcile = True
             raise
+
+    def audit(self) -> ApplyReport:
+        """Read every element back and repair any drift (the report counts what was fixed)."""
+        self._index.take_delta()  # queued changes are part of the desired facts below
+        try:
+            return self._repair(self._index.facts())
+        except BaseException:
+            self._reconcile = True
+            raise
+
+    def _repair(self, desired: Facts) -> ApplyReport:
+        actual = self.read()
+        delta = diff_facts(actual, desired)
+        digest = facts_digest(desired)
+        if actual is None:
+            self._install(delta, digest)
+        elif delta or self._kernel_digest() != digest:
+            self._commit(delta, digest)
+        self._digest = digest
+        self._reconcile = False
+        return ApplyReport(delta.size(), full=True)
+
+    def _kernel_digest(self) -> int | None:
+        """The digest stored beside the kernel's facts, if this back end keeps one."""
+        return None
 
     # ----- what each back end provides -------------------------------------------------
     @abc.abstractmethod
@@ -98,12 +128,12 @@ class TenantFilter(abc.ABC):
         """What the kernel enforces now; None when hostvlan's objects are absent."""
 
     @abc.abstractmethod
-    def _install(self, delta: FactsDelta) -> None:
-        """Create hostvlan's objects holding `delta.add`, atomically (fail closed from the start)."""
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        """Create hostvlan's objects holding `delta.add` (and `digest`), atomically, failing closed."""
 
     @abc.abstractmethod
-    def _commit(self, delta: FactsDelta) -> None:
-        """Apply element changes as one transaction."""
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        """Apply element changes and store the new `digest`, as one transaction."""
 
     @abc.abstractmethod
     def counters(self) -> dict[str, PortCounters]:

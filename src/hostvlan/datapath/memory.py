@@ -13,6 +13,7 @@ class MemoryKernel:
     """Stands for the kernel: survives the back-end object, like real kernel state."""
 
     facts: Facts | None = None
+    digest: int | None = None
     transactions: list[FactsDelta] = field(default_factory=list)
     fail_next: int = 0
 
@@ -32,24 +33,29 @@ class MemoryFilter(TenantFilter):
         super().__init__()
         self.kernel = kernel or MemoryKernel()
 
-    def _transact(self, delta: FactsDelta) -> None:
+    def _transact(self, delta: FactsDelta, digest: int) -> None:
         if self.kernel.fail_next:
             self.kernel.fail_next -= 1
             raise DatapathError("injected failure")
         self.kernel.facts = _applied(self.kernel.facts, delta)
+        self.kernel.digest = digest
         self.kernel.transactions.append(delta)
 
     def read(self) -> Facts | None:
         return self.kernel.facts
 
-    def _install(self, delta: FactsDelta) -> None:
-        self._transact(delta)
+    def _kernel_digest(self) -> int | None:
+        return self.kernel.digest if self.kernel.facts is not None else None
 
-    def _commit(self, delta: FactsDelta) -> None:
-        self._transact(delta)
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        self._transact(delta, digest)
+
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        self._transact(delta, digest)
 
     def counters(self) -> dict[str, PortCounters]:
         return {}
 
     def _remove(self) -> None:
         self.kernel.facts = None
+        self.kernel.digest = None

@@ -18,7 +18,9 @@ table covers every bridge of the network namespace: one managed bridge per host 
       ether saddr @known accept ; counter rx_host drop
 
 Every base chain has policy drop. The sets are the model's facts
-(`hostvlan.model.facts`) verbatim. Atomicity: install, every change and removal is one
+(`hostvlan.model.facts`) verbatim; the one-element set `digest` holds the digest of
+them all, rewritten in every transaction, so a restarted agent can tell in one tiny
+read whether the kernel holds what it wants. Atomicity: install, every change and removal is one
 libnftables JSON batch, which the kernel commits as one transaction or not at all.
 """
 
@@ -101,6 +103,10 @@ def _elem(name: str, item: object) -> object:
     return item
 
 
+def _digest_text(digest: int) -> str:
+    return f"{digest:015x}"
+
+
 def _rx(port: str) -> str:
     return f"rx:{port}"
 
@@ -117,8 +123,11 @@ class NftBridgeFilter(TenantFilter):
         self._nft = nft or Nft()
 
     # ----- transactions -----------------------------------------------------------
-    def _element_cmds(self, delta: FactsDelta) -> list[dict[str, Any]]:
-        cmds: list[dict[str, Any]] = []
+    def _element_cmds(self, delta: FactsDelta, digest: int) -> list[dict[str, Any]]:
+        cmds: list[dict[str, Any]] = [
+            {"flush": {"set": {**_T, "name": "digest"}}},
+            {"add": {"element": {**_T, "name": "digest", "elem": [_digest_text(digest)]}}},
+        ]
         # removals first: a counter must leave its map before it is deleted
         for name in _SETS:
             items = getattr(delta, name).remove
@@ -146,7 +155,7 @@ class NftBridgeFilter(TenantFilter):
                 cmds.append({"add": {"element": {**_T, "name": name, "elem": elem}}})
         return cmds
 
-    def _install(self, delta: FactsDelta) -> None:
+    def _install(self, delta: FactsDelta, digest: int) -> None:
         table = {"family": FAMILY, "name": TABLE}
         cmds: list[dict[str, Any]] = [
             {"add": {"table": table}},
@@ -156,6 +165,7 @@ class NftBridgeFilter(TenantFilter):
         ]
         for name, typ in _SETS.items():
             cmds.append({"add": {"set": {**_T, "name": name, "type": typ}}})
+        cmds.append({"add": {"set": {**_T, "name": "digest", "type": "ifname"}}})
         for name in ("rx_drops", "tx_drops"):
             cmds.append({"add": {"map": {**_T, "name": name, "type": "ifname", "map": "counter"}}})
         for name in (UNBOUND_RX, UNBOUND_TX, HOST_RX):
@@ -179,13 +189,27 @@ class NftBridgeFilter(TenantFilter):
         for chain, rules in _rules().items():
             for expr in rules:
                 cmds.append({"add": {"rule": {**_T, "chain": chain, "expr": expr}}})
-        cmds.extend(self._element_cmds(delta))
+        cmds.extend(self._element_cmds(delta, digest))
         self._nft.run(cmds)
 
-    def _commit(self, delta: FactsDelta) -> None:
-        cmds = self._element_cmds(delta)
-        if cmds:
-            self._nft.run(cmds)
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        self._nft.run(self._element_cmds(delta, digest))
+
+    def _kernel_digest(self) -> int | None:
+        try:
+            out = self._nft.list_obj({"set": {**_T, "name": "digest"}})
+        except DatapathError as exc:
+            if "No such file or directory" in str(exc):
+                return None
+            raise
+        for item in out.get("nftables", []):
+            elems = item.get("set", {}).get("elem", [])
+            if len(elems) == 1 and isinstance(elems[0], str):
+                try:
+                    return int(elems[0], 16)
+                except ValueError:
+                    return None
+        return None
 
     # ----- read-back ------------------------------------------------------------------
     def _list(self) -> list[dict[str, Any]] | None:
@@ -229,7 +253,12 @@ class NftBridgeFilter(TenantFilter):
         )
 
     def counters(self) -> dict[str, PortCounters]:
-        items = self._list() or []
+        try:
+            items = self._nft.list_obj({"counters": {"family": FAMILY, "table": TABLE}}).get("nftables", [])
+        except DatapathError as exc:
+            if "No such file or directory" in str(exc):
+                return {}
+            raise
         rx: dict[str, int] = {}
         tx: dict[str, int] = {}
         for item in items:

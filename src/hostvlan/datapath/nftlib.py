@@ -71,7 +71,11 @@ class Nft:
 
     def list(self, what: str) -> dict[str, Any]:
         """`nft -j list …` as a dict, e.g. list("table bridge hostvlan")."""
-        return self._run(json.dumps({"nftables": [{"list": _list_obj(what)}]}), what=f"list {what}")
+        return self.list_obj(_list_obj(what))
+
+    def list_obj(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """List one JSON object spec, e.g. {"set": {"family": …, "table": …, "name": …}}."""
+        return self._run(json.dumps({"nftables": [{"list": obj}]}), what=f"list {next(iter(obj))}")
 
     def _run(self, text: str, what: str) -> dict[str, Any]:
         if self._ctx is None:

@@ -23,7 +23,14 @@ _EMPTY: frozenset[Lnid] = frozenset()
 
 
 class ModelError(ValueError):
-    """A command contradicts the data center's invariants (the message says how)."""
+    """A command contradicts the data center's invariants (the message says how).
+
+    `kind` is "not_found" (unknown host or MAC) or "conflict" (e.g. a MAC bound elsewhere).
+    """
+
+    def __init__(self, message: str, kind: str = "conflict") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -45,6 +52,22 @@ def apply_delta(view: HostView, delta: HostDelta) -> HostView:
     local = {m: p for m, p in view.local.items() if m not in delta.unlocal}
     local.update(delta.local)
     return HostView(view.host, entries, local)
+
+
+def merge_delta(acc: HostDelta, later: HostDelta) -> None:
+    """Fold `later` into `acc`, as if both were applied in order."""
+    for mac in later.removed:
+        acc.entries.pop(mac, None)
+    acc.removed |= later.removed
+    for mac in later.entries:
+        acc.removed.discard(mac)
+    acc.entries.update(later.entries)
+    for mac in later.unlocal:
+        acc.local.pop(mac, None)
+    acc.unlocal |= later.unlocal
+    for mac in later.local:
+        acc.unlocal.discard(mac)
+    acc.local.update(later.local)
 
 
 def _entry(lnids: frozenset[Lnid], scope: frozenset[Lnid] | set[Lnid], knows_all: bool) -> frozenset[Lnid] | None:
@@ -93,6 +116,13 @@ class DataCenter:
         return frozenset(self._hosts_by_lnid.get(lnid, ()))
 
     # ----- commands (validated here; each returns the per-host deltas) --------------------
+    def state_of(self, mac: Mac) -> tuple[frozenset[Lnid], Location | None]:
+        """A MAC's LNIDs and location, to restore with `restore` if a command cannot be made durable."""
+        return self.table.lnids(mac), self.locations.get(mac)
+
+    def restore(self, mac: Mac, state: tuple[frozenset[Lnid], Location | None]) -> None:
+        self._change(mac, state[0], state[1] if state[0] else None)
+
     def add_host(self, host: HostId) -> None:
         self.hosts.add(host)
 
@@ -104,7 +134,7 @@ class DataCenter:
     def reg(self, mac: Mac, lnid: Lnid, host: HostId | None, port: PortName | None = None) -> dict[HostId, HostDelta]:
         """Register `mac` in `lnid`, on `host` (None: external). Re-registering is a no-op."""
         if host is not None and host not in self.hosts:
-            raise ModelError(f"unknown host {host!r}")
+            raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
         loc = self.locations.get(mac)
         if loc is not None and loc.host != host:
             where = f"on host {loc.host}" if loc.host else "as external"
@@ -127,9 +157,9 @@ class DataCenter:
 
     def move(self, mac: Mac, host: HostId | None, port: PortName | None = None) -> dict[HostId, HostDelta]:
         if mac not in self.table:
-            raise ModelError(f"MAC {mac} is not registered")
+            raise ModelError(f"MAC {mac} is not registered", "not_found")
         if host is not None and host not in self.hosts:
-            raise ModelError(f"unknown host {host!r}")
+            raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
         return self._change(mac, self.table.lnids(mac), Location(host, port))
 
     # ----- the calc graph -----------------------------------------------------------------

@@ -18,6 +18,7 @@ remove: one change = one small kernel transaction.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -295,3 +296,39 @@ def diff_facts(old: Facts | None, new: Facts) -> FactsDelta:
         d.add = set(want - have)
         d.remove = set(have - want)
     return delta
+
+
+# ----- digests -----------------------------------------------------------------------------
+# A back end stores the digest of the facts it enforces beside them, updated in the same
+# transaction as every change. A restarted agent compares it with the digest of its
+# desired facts and skips reading back every element when they agree; a full read-back
+# (`TenantFilter.audit`) still finds drift made behind the agent's back.
+
+FACT_NAMES = ("known", "global_src", "ports", "global_ports", "uplinks", "bound", "pairs")
+DIGEST_BITS = 60  # fits 15 hex digits: storable wherever a short string is
+_MOD = 1 << DIGEST_BITS
+
+
+def fact_hash(name: str, item: object) -> int:
+    text = name + "\0" + ("\0".join(item) if isinstance(item, tuple) else str(item))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") % _MOD
+
+
+def facts_digest(facts: Facts) -> int:
+    """Order-independent digest of a set of facts (sum of element hashes mod 2^60)."""
+    total = 0
+    for name in FACT_NAMES:
+        for item in getattr(facts, name):
+            total += fact_hash(name, item)
+    return total % _MOD
+
+
+def delta_digest(digest: int, delta: FactsDelta) -> int:
+    """The digest after applying `delta` to facts whose digest was `digest`."""
+    for name in FACT_NAMES:
+        d: SetDelta[object] = getattr(delta, name)
+        for item in d.add:
+            digest += fact_hash(name, item)
+        for item in d.remove:
+            digest -= fact_hash(name, item)
+    return digest % _MOD

@@ -9,6 +9,7 @@ that never arrived are misses.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,7 @@ from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.model.verdict import receive, send
 from hostvlan.testbed.build import Testbed
-from hostvlan.testbed.traffic import BROADCAST, MULTICAST, Probe, frame
+from hostvlan.testbed.traffic import BROADCAST, ETH_P_PROBE, MULTICAST, Probe, frame
 
 KINDS = ("broadcast", "multicast", "tagged", "unicast")
 UNKNOWN_MAC = Mac("02:de:ad:be:ef:01")
@@ -117,15 +118,25 @@ def run_check(
                 probe.send(s, frame(dst, src, tag, vlan=100 if kind == "tagged" else None))
                 rep.sent += 1
                 intended += [(s, src, r, tag) for r in names if r != s]
-            if forged and s in tb.vms:
-                others = [macs[o] for o in names if o != s]
-                for i, fake in enumerate([*others[:1], UNKNOWN_MAC]):
+            time.sleep(0.002)
+        # Forged frames go last: a VM of an unfiltered (`none`) host really forges, the
+        # bridges learn the forged source there, and genuine unicast sent afterwards would
+        # follow that poisoned FDB entry (the model judges filters, not MAC learning).
+        victims: set[str] = set()
+        for s in senders if forged else []:
+            if s in tb.vms:
+                others = [o for o in names if o != s]
+                victims.update(others[:1])
+                for i, fake in enumerate([*(macs[o] for o in others[:1]), UNKNOWN_MAC]):
                     tag = f"forged/{s}/{i}/{fake}"
                     probe.send(s, frame(BROADCAST, fake, tag))
                     rep.sent += 1
                     intended += [(s, fake, r, tag) for r in names if r != s]
-            time.sleep(0.002)
+                time.sleep(0.002)
         got = probe.collect(settle=settle)
+        for v in sorted(victims):  # re-teach the FDBs where forged MACs really are (unmarked: not counted)
+            hello = bytes.fromhex("ff" * 6 + macs[v].replace(":", "")) + struct.pack("!H", ETH_P_PROBE)
+            probe.send(v, hello + bytes(46))
     seen: Counter[tuple[str, str]] = Counter()
     for r, frames in got.items():
         for fr in frames:

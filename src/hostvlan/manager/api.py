@@ -1,0 +1,270 @@
+"""The manager's HTTP edge (FastAPI): authentication, JSON in/out, error mapping.
+
+Thin by design: every decision is in `service.py` / the model. The OpenAPI document
+is served at /openapi.json (interactive docs at /docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hostvlan.manager.service import InputError, Service
+from hostvlan.model.datacenter import ModelError
+from hostvlan.model.ids import HostId
+
+MAX_BODY = 1 << 20  # 1 MiB for single commands
+MAX_BATCH_BODY = 256 << 20  # bulk registration
+HEARTBEAT_S = 15.0
+
+LnidIn = int | str
+
+
+class HostIn(BaseModel):
+    name: str
+
+
+class RegIn(BaseModel):
+    lnid: LnidIn
+    mac: str
+    host: str | None = None
+    port: str | None = None
+    external: bool = False
+
+
+class UnregIn(BaseModel):
+    lnid: LnidIn
+    mac: str
+
+
+class RmIn(BaseModel):
+    mac: str
+
+
+class MoveIn(BaseModel):
+    mac: str
+    host: str | None = None
+    port: str | None = None
+    external: bool = False
+
+
+class BatchIn(BaseModel):
+    ops: list[dict[str, Any]] = Field(description="commands: {op: reg|unreg|rm|move, …fields of that command}")
+
+
+class StatusIn(BaseModel):
+    revision: int
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        self.status, self.error, self.detail = status, error, detail
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413, also when no Content-Length is given."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = MAX_BATCH_BODY if scope["path"].endswith("/batch") else MAX_BODY
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _too_large(send, limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, "body", f"request body larger than {limit} bytes")
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"error": "body", "detail": f"request body larger than {limit} bytes"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(
+        title="hostvlan manager",
+        version="1",
+        description="The HostVLAN management server: the authoritative LNID table and the per-host feeds.",
+    )
+    lock = asyncio.Lock()
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"error": exc.field, "detail": exc.detail}, status_code=400)
+
+    @app.exception_handler(ModelError)
+    async def _model_error(request: Request, exc: ModelError) -> JSONResponse:
+        return JSONResponse(
+            {"error": exc.kind, "detail": str(exc)}, status_code=404 if exc.kind == "not_found" else 409
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            loc, msg = "body", "malformed JSON"
+        return JSONResponse({"error": loc, "detail": f"{loc}: {msg}"}, status_code=400)
+
+    def _token(request: Request) -> str:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer ") or not auth[7:].strip():
+            raise ApiError(401, "auth", "missing token: send 'Authorization: Bearer <token>'")
+        return auth[7:].strip()
+
+    def admin(request: Request) -> None:
+        if not service.is_admin(_token(request)):
+            if service.host_of_token(_token(request)) is not None:
+                raise ApiError(403, "auth", "a host token cannot make management calls")
+            raise ApiError(401, "auth", "invalid token")
+
+    def host_auth(name: str, request: Request) -> HostId:
+        token = _token(request)
+        host = service.host_of_token(token)
+        if host is None:
+            if service.is_admin(token):
+                return HostId(name)
+            raise ApiError(401, "auth", "invalid token")
+        if host != name:
+            raise ApiError(403, "auth", f"this token belongs to host {host}, not {name}")
+        return host
+
+    Admin = Depends(admin)
+    HostAuth = Annotated[HostId, Depends(host_auth)]
+
+    # ----- hosts -----------------------------------------------------------------------------
+    @app.post("/v1/hosts", status_code=201, dependencies=[Admin], summary="Register an end host; returns its token")
+    async def add_host(body: HostIn) -> dict[str, Any]:
+        async with lock:
+            token = service.add_host(body.name)
+        return {"name": body.name, "token": token}
+
+    @app.post("/v1/hosts/{name}/token", dependencies=[Admin], summary="Rotate a host's token")
+    async def rotate(name: str) -> dict[str, Any]:
+        async with lock:
+            token = service.rotate_host_token(name)
+        return {"name": name, "token": token}
+
+    @app.delete("/v1/hosts/{name}", dependencies=[Admin], summary="Remove a host that has no vNIC")
+    async def remove_host(name: str) -> dict[str, Any]:
+        async with lock:
+            service.remove_host(name)
+        return {"removed": name}
+
+    @app.get("/v1/hosts", dependencies=[Admin], summary="Hosts: connected, revision applied, lag")
+    async def hosts() -> list[dict[str, Any]]:
+        return service.hosts()
+
+    # ----- commands ------------------------------------------------------------------------------
+    @app.post("/v1/reg", dependencies=[Admin], summary="Register a MAC in an LNID (the paper's `reg`)")
+    async def reg(body: RegIn) -> dict[str, Any]:
+        async with lock:
+            return service.reg(body.lnid, body.mac, body.host, body.port, body.external).json()
+
+    @app.post("/v1/unreg", dependencies=[Admin], summary="Remove a MAC from one LNID")
+    async def unreg(body: UnregIn) -> dict[str, Any]:
+        async with lock:
+            return service.unreg(body.lnid, body.mac).json()
+
+    @app.post("/v1/rm", dependencies=[Admin], summary="Remove a MAC from every LNID")
+    async def rm(body: RmIn) -> dict[str, Any]:
+        async with lock:
+            return service.rm(body.mac).json()
+
+    @app.post("/v1/move", dependencies=[Admin], summary="Migrate a MAC to another host")
+    async def move(body: MoveIn) -> dict[str, Any]:
+        async with lock:
+            return service.move(body.mac, body.host, body.port, body.external).json()
+
+    @app.post("/v1/batch", dependencies=[Admin], summary="Many commands, one durable transaction")
+    async def batch(body: BatchIn) -> dict[str, Any]:
+        async with lock:
+            return service.batch(body.ops).json()
+
+    # ----- reading ---------------------------------------------------------------------------------
+    @app.get("/v1/macs", dependencies=[Admin], summary="The LNID table, filtered")
+    async def macs(host: str | None = None, lnid: str | None = None, mac: str | None = None) -> list[dict[str, Any]]:
+        return service.show(host, lnid, mac)
+
+    @app.get("/v1/trace", dependencies=[Admin], summary="Why can (not) a frame from SRC reach DST?")
+    async def trace(src: str, dst: str) -> dict[str, Any]:
+        return service.trace(src, dst)
+
+    @app.get("/v1/revision", dependencies=[Admin])
+    async def revision() -> dict[str, Any]:
+        return {"revision": service.revision}
+
+    # ----- agents ------------------------------------------------------------------------------------
+    @app.get("/v1/hosts/{name}/feed", summary="The host's view: a snapshot, then deltas (JSON lines)")
+    async def feed(name: str, host: HostAuth) -> StreamingResponse:
+        if host not in service.dc.hosts:
+            raise ApiError(404, "not_found", f"unknown host {host!r}")
+        q = service.feed.subscribe(host, service.snapshot(host), service.revision)
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    try:
+                        line = await asyncio.wait_for(q.get(), HEARTBEAT_S)
+                    except TimeoutError:
+                        line = json.dumps({"type": "heartbeat", "revision": service.revision}).encode() + b"\n"
+                    st = service.feed.status.get(host)
+                    if st is not None:
+                        st.bytes_sent += len(line)
+                    yield line
+            finally:
+                service.feed.unsubscribe(host, q)
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.post("/v1/hosts/{name}/status", summary="The agent reports the revision its data path enforces")
+    async def status(body: StatusIn, host: HostAuth) -> dict[str, Any]:
+        service.feed.report(host, body.revision)
+        return {"ok": True}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "revision": service.revision}
+
+    app.add_middleware(BodyLimit)
+    return app
+
+
+__all__ = ["create_app"]

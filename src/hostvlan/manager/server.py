@@ -1,0 +1,103 @@
+"""Run the manager: open the store, bind the listeners, serve the API with uvicorn.
+
+A listener may be bound inside another network namespace (`NETNS/HOST:PORT`): the
+socket is created there and stays there, so one manager process can serve the CLI on
+the root namespace's loopback and the agents on a management network made of
+namespaces, without any route between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from hostvlan.manager.api import create_app
+from hostvlan.manager.service import Service
+from hostvlan.manager.store.sqlite import Store
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+    netns: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        netns = None
+        if "/" in text:
+            netns, text = text.split("/", 1)
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen address must be HOST:PORT or NETNS/HOST:PORT, got {text!r}")
+        return cls(host.strip("[]"), int(port), netns)
+
+
+def bind(listen: Listen) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+
+    def make() -> socket.socket:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((listen.host, listen.port))
+        s.listen(4096)
+        s.set_inheritable(True)
+        return s
+
+    if listen.netns is None:
+        return make()
+    from pyroute2 import netns
+
+    netns.pushns(listen.netns)
+    try:
+        return make()
+    finally:
+        netns.popns()
+
+
+def run(
+    db: Path,
+    listens: list[Listen],
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    admin_token_file: Path | None = None,
+    ready_file: Path | None = None,
+    log_level: str = "warning",
+) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(db)
+    service = Service(store)
+    token_file = admin_token_file or db.with_name(db.name + ".admin-token")
+    if service.ensure_admin_token(token_file):
+        print(f"hostvlan manager: new admin token written to {token_file} (mode 0600)", file=sys.stderr)
+    socks = [bind(x) for x in listens]
+    scheme = "https" if tls_cert else "http"
+    urls = []
+    for s, x in zip(socks, listens, strict=True):
+        host, port = s.getsockname()[:2]
+        url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+        urls.append({"url": url, "netns": x.netns})
+        print(f"hostvlan manager: listening on {url}" + (f" in netns {x.netns}" if x.netns else ""), file=sys.stderr)
+    config = uvicorn.Config(
+        create_app(service),
+        log_level=log_level,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        timeout_graceful_shutdown=1,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    if ready_file:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"listen": urls, "revision": service.revision, "token_file": str(token_file)}))
+        tmp.replace(ready_file)
+    try:
+        asyncio.run(server.serve(sockets=socks))
+    finally:
+        store.close()

@@ -1,0 +1,352 @@
+"""Use cases of the management server: validate, make durable, update the model, notify.
+
+Order of every state-changing command: parse and validate the input (nothing changes
+on bad input) → apply it to the in-memory calc graph (which validates the invariants and
+yields per-host deltas) → write the MAC's new row in ONE SQLite transaction (durable
+before the answer) → publish the deltas. If the write fails, the calc graph is restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hostvlan.manager.feed import Feed, lnid_json, snapshot_line
+from hostvlan.manager.store.sqlite import Store
+from hostvlan.model.datacenter import DataCenter, HostDelta, ModelError, merge_delta
+from hostvlan.model.hostview import Location, filter_state
+from hostvlan.model.ids import (
+    HostId,
+    InvalidValue,
+    Lnid,
+    Mac,
+    PortName,
+    format_lnids,
+    parse_host,
+    parse_lnid,
+    parse_mac,
+    parse_port,
+)
+from hostvlan.model.verdict import receive
+
+
+class InputError(ValueError):
+    """Bad input: `field` names what is wrong."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
+def _field(name: str, parse: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return parse(value)
+    except InvalidValue as exc:
+        raise InputError(name, str(exc)) from None
+
+
+def sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Result:
+    revision: int
+    changed: bool
+
+    def json(self) -> dict[str, Any]:
+        return {"revision": self.revision, "changed": self.changed}
+
+
+class Service:
+    def __init__(self, store: Store, feed: Feed | None = None) -> None:
+        self.store = store
+        self.feed = feed or Feed()
+        self.dc = DataCenter()
+        self.revision = store.revision()
+        self._host_tokens: dict[str, HostId] = {}
+        for host, token_hash in store.hosts().items():
+            self.dc.add_host(host)
+            self._host_tokens[token_hash] = host
+        pending: dict[HostId, HostDelta] = {}
+        for row in store.rows():
+            for lnid in row.lnids:
+                for h, d in self.dc.reg(row.mac, lnid, row.host, row.port).items():
+                    merge_delta(pending.setdefault(h, HostDelta()), d)
+
+    # ----- tokens --------------------------------------------------------------------------
+    def ensure_admin_token(self, path: Path, rotate: bool = False) -> str | None:
+        """Create the admin token on first start (file mode 0600); returns it when new."""
+        if self.store.meta("admin_token_sha256") and not rotate:
+            return None
+        token = secrets.token_urlsafe(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        tmp.replace(path)
+        with self.store.transaction() as tx:
+            tx.set_meta("admin_token_sha256", sha256(token))
+        return token
+
+    def is_admin(self, token: str) -> bool:
+        want = self.store.meta("admin_token_sha256")
+        return want is not None and secrets.compare_digest(want, sha256(token))
+
+    def host_of_token(self, token: str) -> HostId | None:
+        return self._host_tokens.get(sha256(token))
+
+    # ----- hosts ---------------------------------------------------------------------------
+    def add_host(self, name: Any) -> str:
+        host = _field("name", parse_host, name)
+        if host in self.dc.hosts:
+            raise ModelError(f"host {host} already exists (rotate its token with `hostvlan host token {host}`)")
+        return self._new_host_token(host)
+
+    def rotate_host_token(self, name: Any) -> str:
+        host = _field("name", parse_host, name)
+        if host not in self.dc.hosts:
+            raise ModelError(f"unknown host {host!r}", "not_found")
+        return self._new_host_token(host)
+
+    def _new_host_token(self, host: HostId) -> str:
+        token = secrets.token_urlsafe(32)
+        with self.store.transaction() as tx:
+            tx.put_host(host, sha256(token))
+        self._host_tokens = {h: n for h, n in self._host_tokens.items() if n != host}
+        self._host_tokens[sha256(token)] = host
+        self.dc.add_host(host)
+        return token
+
+    def remove_host(self, name: Any) -> None:
+        host = _field("name", parse_host, name)
+        if host not in self.dc.hosts:
+            raise ModelError(f"unknown host {host!r}", "not_found")
+        self.dc.remove_host(host)
+        with self.store.transaction() as tx:
+            tx.delete_host(host)
+        self._host_tokens = {h: n for h, n in self._host_tokens.items() if n != host}
+        self.feed.forget(host)
+
+    # ----- the paper's commands ---------------------------------------------------------------
+    def _host_arg(self, host: Any, external: bool) -> HostId | None:
+        if external:
+            if host not in (None, ""):
+                raise InputError("host", "an external MAC has no host (drop --external or the host)")
+            return None
+        if host in (None, ""):
+            raise InputError("host", "a host is required (or mark the MAC as external)")
+        parsed: HostId = _field("host", parse_host, host)
+        return parsed
+
+    def reg(self, lnid: Any, mac: Any, host: Any = None, port: Any = None, external: bool = False) -> Result:
+        op = self._parse_op({"op": "reg", "lnid": lnid, "mac": mac, "host": host, "port": port, "external": external})
+        return self._run([op])
+
+    def unreg(self, lnid: Any, mac: Any) -> Result:
+        return self._run([self._parse_op({"op": "unreg", "lnid": lnid, "mac": mac})])
+
+    def rm(self, mac: Any) -> Result:
+        return self._run([self._parse_op({"op": "rm", "mac": mac})])
+
+    def move(self, mac: Any, host: Any = None, port: Any = None, external: bool = False) -> Result:
+        return self._run([self._parse_op({"op": "move", "mac": mac, "host": host, "port": port, "external": external})])
+
+    def batch(self, ops: Any) -> Result:
+        if not isinstance(ops, list):
+            raise InputError("ops", "ops must be a list of commands")
+        parsed = []
+        for i, op in enumerate(ops):
+            try:
+                parsed.append(self._parse_op(op))
+            except InputError as exc:
+                raise InputError(f"ops[{i}].{exc.field}", exc.detail) from None
+        return self._run(parsed)
+
+    def _parse_op(self, op: Any) -> tuple[Any, ...]:
+        if not isinstance(op, dict):
+            raise InputError("op", "each command must be an object")
+        kind = op.get("op")
+        port = op.get("port")
+        parsed_port = None if port in (None, "") else _field("port", parse_port, port)
+        if kind == "reg":
+            return (
+                "reg",
+                _field("mac", lambda v: parse_mac(v, vm=True), op.get("mac")),
+                _field("lnid", parse_lnid, op.get("lnid")),
+                self._host_arg(op.get("host"), bool(op.get("external", False))),
+                parsed_port,
+            )
+        if kind == "unreg":
+            return ("unreg", _field("mac", parse_mac, op.get("mac")), _field("lnid", parse_lnid, op.get("lnid")))
+        if kind == "rm":
+            return ("rm", _field("mac", parse_mac, op.get("mac")))
+        if kind == "move":
+            return (
+                "move",
+                _field("mac", parse_mac, op.get("mac")),
+                self._host_arg(op.get("host"), bool(op.get("external", False))),
+                parsed_port,
+            )
+        raise InputError("op", f"unknown command {kind!r} (reg, unreg, rm, move)")
+
+    def _run(self, ops: list[tuple[Any, ...]]) -> Result:
+        """Apply ops to the calc graph, make them durable in one transaction, publish."""
+        undo: list[tuple[Mac, tuple[frozenset[Lnid], Location | None]]] = []
+        merged: dict[HostId, HostDelta] = {}
+        touched: dict[Mac, None] = {}
+        changed = False
+        try:
+            for op in ops:
+                mac = op[1]
+                undo.append((mac, self.dc.state_of(mac)))
+                if op[0] == "reg":
+                    deltas = self.dc.reg(mac, op[2], op[3], op[4])
+                elif op[0] == "unreg":
+                    deltas = self.dc.unreg(mac, op[2])
+                elif op[0] == "rm":
+                    deltas = self.dc.rm(mac)
+                else:
+                    deltas = self.dc.move(mac, op[2], op[3])
+                if self.dc.state_of(mac) != undo[-1][1]:
+                    changed = True
+                    touched[mac] = None
+                for h, d in deltas.items():
+                    merge_delta(merged.setdefault(h, HostDelta()), d)
+            if not changed:
+                return Result(self.revision, False)
+            with self.store.transaction() as tx:
+                for mac in touched:
+                    lnids, loc = self.dc.state_of(mac)
+                    tx.put_mac(mac, loc.host if loc else None, loc.port if loc else None, lnids)
+            self.revision = tx.revision
+        except BaseException:
+            for mac, state in reversed(undo):
+                self.dc.restore(mac, state)
+            raise
+        self.feed.publish(self.revision, {h: d for h, d in merged.items() if d})
+        return Result(self.revision, True)
+
+    # ----- reading -------------------------------------------------------------------------
+    def snapshot(self, host: HostId) -> bytes:
+        return snapshot_line(self.dc.view(host), self.revision)
+
+    def show(self, host: Any = None, lnid: Any = None, mac: Any = None) -> list[dict[str, Any]]:
+        h = None if host in (None, "") else _field("host", parse_host, host)
+        ln = None if lnid in (None, "") else _field("lnid", parse_lnid, lnid)
+        m = None if mac in (None, "") else _field("mac", parse_mac, mac)
+        if m is not None:
+            macs = [m] if m in self.dc.table else []
+        elif ln is not None:
+            macs = sorted(self.dc.table.macs(ln))
+        elif h is not None:
+            macs = sorted(self.dc.local_macs(h))
+        else:
+            macs = sorted(self.dc.table)
+        out = []
+        for mac_ in macs:
+            loc = self.dc.locations.get(mac_)
+            if h is not None and (loc is None or loc.host != h):
+                continue
+            out.append(
+                {
+                    "mac": mac_,
+                    "lnids": [lnid_json(x) for x in sorted(self.dc.table.lnids(mac_))],
+                    "host": loc.host if loc else None,
+                    "port": loc.port if loc else None,
+                    "external": loc is not None and loc.host is None,
+                }
+            )
+        return out
+
+    def hosts(self) -> list[dict[str, Any]]:
+        out = []
+        for host in sorted(self.dc.hosts):
+            st = self.feed.status.get(host)
+            due = st.due if st else 0
+            applied = st.applied if st else 0
+            out.append(
+                {
+                    "name": host,
+                    "connected": bool(st and st.connected),
+                    "vnics": len(self.dc.local_macs(host)),
+                    "revision_due": due,
+                    "revision_applied": applied,
+                    "in_sync": bool(st and st.connected and applied >= due),
+                    "lag": max(0, due - applied),
+                }
+            )
+        return out
+
+    def trace(self, src: Any, dst: Any) -> dict[str, Any]:
+        """The model's verdict for a frame from `src` to `dst` (a MAC, or HOST:PORT)."""
+        s = _field("src", parse_mac, src)
+        if not isinstance(dst, str) or not dst:
+            raise InputError("dst", "dst must be a MAC or HOST:PORT")
+        if dst.count(":") == 1:
+            hname, pname = dst.split(":")
+            host = _field("dst", parse_host, hname)
+            port = _field("dst", parse_port, pname)
+            if host not in self.dc.hosts:
+                raise ModelError(f"unknown host {host!r}", "not_found")
+            dmac = next((m for m in self.dc.local_macs(host) if self.dc.locations[m].port == port), None)
+            where = f"{host}:{port}"
+        else:
+            dmac = _field("dst", parse_mac, dst)
+            loc = self.dc.locations.get(dmac)
+            if loc is None:
+                return self._trace_out(
+                    s, dst, False, f"destination {dmac} is not registered: no port is bound to it (fail closed)"
+                )
+            if loc.host is None:
+                return self._trace_out(
+                    s,
+                    dst,
+                    s in self.dc.table,
+                    "destination is external: it sits behind the physical network, not behind a tenant filter"
+                    + ("" if s in self.dc.table else "; but the source is unknown, so no host forwards it"),
+                )
+            host, port = loc.host, loc.port or PortName("vnic")
+            where = f"{host}:{port}"
+        if dmac is None:
+            return self._trace_out(s, dst, False, f"no vNIC is bound to port {where} (fail closed)")
+        view = self.dc.view(host)
+        st = filter_state(view, {m: self.dc.locations[m].port or PortName("vnic") for m in view.local}, {})
+        port_name = self.dc.locations[dmac].port or PortName("vnic")
+        v = receive(st, s, port_name)
+        src_lnids = self.dc.table.lnids(s)
+        dst_lnids = self.dc.table.lnids(dmac)
+        reason = v.reason
+        if not v.allow and s in self.dc.table and s not in view.entries:
+            reason = (
+                f"no shared LNID (source {s} in {format_lnids(src_lnids)}, destination {dmac} in "
+                f"{format_lnids(dst_lnids)}): host {host} does not even hold the source in its table"
+            )
+        elif not v.allow and s not in self.dc.table:
+            reason = f"source {s} is not registered in any LNID"
+        return self._trace_out(s, dst, v.allow, reason, host=host, port=port_name, dst_mac=dmac)
+
+    def _trace_out(self, src: Mac, dst: str, allow: bool, reason: str, **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "src": src,
+            "dst": dst,
+            "allow": allow,
+            "reason": reason,
+            "src_lnids": [lnid_json(x) for x in sorted(self.dc.table.lnids(src))],
+        }
+        for k, v in extra.items():
+            out[k] = v
+        if "dst_mac" in extra:
+            out["dst_lnids"] = [lnid_json(x) for x in sorted(self.dc.table.lnids(extra["dst_mac"]))]
+        return out
+
+
+__all__ = ["InputError", "ModelError", "Result", "Service"]

@@ -1,0 +1,144 @@
+"""SQLite store: the authoritative table, durable before any command is acknowledged.
+
+WAL journal with synchronous=FULL: a commit returns only once it is on disk, so an
+acknowledged command survives `kill -9` of the manager (and a power cut, as far as the
+disk's flush is honest). One command (or one batch) = one transaction that also bumps
+the revision. LNIDs are stored as SQLite integers (signed 64-bit), `global` as 0.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hostvlan.model.ids import HostId, Lnid, Mac, PortName
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS macs (
+    mac TEXT PRIMARY KEY,
+    host TEXT REFERENCES hosts(name),
+    port TEXT
+);
+CREATE TABLE IF NOT EXISTS memberships (
+    mac TEXT NOT NULL REFERENCES macs(mac) ON DELETE CASCADE,
+    lnid INTEGER NOT NULL,
+    PRIMARY KEY (mac, lnid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS memberships_by_lnid ON memberships(lnid);
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    mac: Mac
+    host: HostId | None
+    port: PortName | None
+    lnids: frozenset[Lnid]
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ----- transactions --------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One durable transaction; the revision it gets is `tx.revision`."""
+        self._db.execute("BEGIN IMMEDIATE")
+        tx = Tx(self._db)
+        try:
+            yield tx
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if tx.dirty:
+            tx.bump()
+        self._db.execute("COMMIT")
+
+    # ----- reading -------------------------------------------------------------------------
+    def revision(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
+        return int(row[0]) if row else 0
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def hosts(self) -> dict[HostId, str]:
+        return {HostId(n): t for n, t in self._db.execute("SELECT name, token_sha256 FROM hosts")}
+
+    def rows(self) -> Iterator[Row]:
+        """Every registered MAC with its location and LNIDs."""
+        cur = self._db.execute(
+            "SELECT m.mac, m.host, m.port, s.lnid FROM macs m JOIN memberships s ON s.mac = m.mac ORDER BY m.mac"
+        )
+        current: tuple[str, str | None, str | None] | None = None
+        lnids: set[Lnid] = set()
+        for mac, host, port, lnid in cur:
+            if current is not None and current[0] != mac:
+                yield _row(current, lnids)
+                lnids = set()
+            current = (mac, host, port)
+            lnids.add(Lnid(lnid))
+        if current is not None:
+            yield _row(current, lnids)
+
+
+def _row(cur: tuple[str, str | None, str | None], lnids: set[Lnid]) -> Row:
+    mac, host, port = cur
+    return Row(Mac(mac), HostId(host) if host else None, PortName(port) if port else None, frozenset(lnids))
+
+
+class Tx:
+    """Writes inside one transaction (see Store.transaction)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.dirty = False
+        row = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
+        self.revision = int(row[0]) if row else 0
+
+    def bump(self) -> None:
+        self.revision += 1
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('revision', ?)", (str(self.revision),))
+
+    def put_host(self, name: HostId, token_sha256: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO hosts(name, token_sha256) VALUES (?, ?)", (name, token_sha256))
+        self.dirty = True
+
+    def delete_host(self, name: HostId) -> None:
+        self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
+        self.dirty = True
+
+    def put_mac(self, mac: Mac, host: HostId | None, port: PortName | None, lnids: frozenset[Lnid]) -> None:
+        """Make the stored row of `mac` exactly this (no LNIDs: delete it)."""
+        if not lnids:
+            self._db.execute("DELETE FROM macs WHERE mac=?", (mac,))
+        else:
+            self._db.execute(
+                "INSERT INTO macs(mac, host, port) VALUES (?, ?, ?) "
+                "ON CONFLICT(mac) DO UPDATE SET host=excluded.host, port=excluded.port",
+                (mac, host, port),
+            )
+            self._db.execute("DELETE FROM memberships WHERE mac=?", (mac,))
+            self._db.executemany("INSERT INTO memberships(mac, lnid) VALUES (?, ?)", [(mac, int(x)) for x in lnids])
+        self.dirty = True
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
