@@ -97,6 +97,17 @@ class TenantFilter(abc.ABC):
             self._reconcile = True
             raise
 
+    def install_if_absent(self) -> bool:
+        """Install hostvlan's objects EMPTY (fail closed) when the switch has none; else touch nothing.
+
+        An agent calls this at start, before it has a view: a fresh host drops everything
+        until the first snapshot, and a host that already enforces a view keeps it.
+        """
+        if self._kernel_digest() is not None or self.read() is not None:
+            return False
+        self._install(FactsDelta(), facts_digest(FactsIndex().facts()))
+        return True
+
     def audit(self) -> ApplyReport:
         """Read every element back and repair any drift (the report counts what was fixed)."""
         self._index.take_delta()  # queued changes are part of the desired facts below

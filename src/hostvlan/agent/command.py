@@ -1,0 +1,97 @@
+"""`hostvlan agent`: run the control daemon of this end host (in its network namespace)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from hostvlan.model.ids import InvalidValue, parse_host
+
+
+@click.command("agent")
+@click.option("--manager", envvar="HOSTVLAN_MANAGER", required=True, help="Manager URL (or HOSTVLAN_MANAGER).")
+@click.option("--host", "host", required=True, help="This end host's name, as registered with `hostvlan host add`.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding this host's token.")
+@click.option("--token", envvar="HOSTVLAN_HOST_TOKEN", help="This host's token (or HOSTVLAN_HOST_TOKEN).")
+@click.option(
+    "--cacert",
+    envvar="HOSTVLAN_CACERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle to verify an HTTPS manager.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["bridge"]),
+    default="bridge",
+    show_default=True,
+    help="The virtual switch whose tenant filter this agent programs.",
+)
+@click.option(
+    "--uplink",
+    "uplinks",
+    multiple=True,
+    default=["uplink0"],
+    show_default=True,
+    help="The host's physical NIC port(s): NAME or NAME=MAC; bound as `global`. Repeatable.",
+)
+@click.option(
+    "--audit-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between full read-backs of the data path that repair drift.",
+)
+@click.option("--ready-file", type=click.Path(dir_okay=False), help="Written once the agent runs.")
+@click.option("-v", "--verbose", count=True)
+def agent(
+    manager: str,
+    host: str,
+    token_file: str | None,
+    token: str | None,
+    cacert: str | None,
+    backend: str,
+    uplinks: tuple[str, ...],
+    audit_interval: float,
+    ready_file: str | None,
+    verbose: int,
+) -> None:
+    """Run the control daemon: follow this host's feed and program its tenant filter.
+
+    Finds each local vNIC's port (libvirt tap: host MAC = guest MAC with first octet fe;
+    macvtap: same MAC; or the port named at registration), binds it, and keeps the
+    filter in step with the manager. On restart it keeps what the kernel enforces (never
+    flushes) until the manager's snapshot arrives; a host with no filter yet gets it
+    installed closed. If the manager is unreachable, the last view stays enforced.
+    """
+    from hostvlan.agent.daemon import Agent, AgentConfig, uplinks_from_args
+    from hostvlan.datapath.nft_bridge import NftBridgeFilter
+
+    logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(asctime)s agent %(levelname)s %(message)s")
+    if os.geteuid() != 0:
+        raise click.ClickException("the agent programs the kernel's virtual switch and needs root")
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    if not token:
+        raise click.ClickException("no host token: pass --token-file or set HOSTVLAN_HOST_TOKEN")
+    try:
+        host_id = parse_host(host)
+        ups = uplinks_from_args(uplinks)
+    except (InvalidValue, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    cfg = AgentConfig(
+        manager=manager.rstrip("/"),
+        host=host_id,
+        token=token,
+        uplinks=ups,
+        cacert=cacert,
+        audit_interval=audit_interval,
+        ready_file=Path(ready_file) if ready_file else None,
+    )
+    try:
+        asyncio.run(Agent(cfg, NftBridgeFilter()).run())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,87 @@
+"""Find the switch port of each local vNIC, the way real deployments name them.
+
+- libvirt tap / veth: the host-side device's MAC is the guest MAC with first octet `fe`;
+- macvtap: the device's MAC *is* the guest MAC;
+- an explicit port name given at registration always wins (resolved by the caller).
+Links are read over netlink (pyroute2) in the agent's own network namespace.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from pyroute2 import IPRoute
+
+from hostvlan.model.ids import Mac, PortName, tap_mac
+
+
+def links() -> dict[PortName, tuple[Mac, str]]:
+    """Every link of this namespace: name -> (MAC, kind)."""
+    out: dict[PortName, tuple[Mac, str]] = {}
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            name = link.get("ifname")
+            mac = link.get("address")
+            if not name or not mac or name == "lo":
+                continue
+            info = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) or ""
+            out[PortName(name)] = (Mac(mac.lower()), str(info))
+    return out
+
+
+def link_mac(name: str) -> Mac | None:
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            return None
+        return Mac(str(ipr.get_links(idx[0])[0].get("address")).lower())
+
+
+def find_ports(
+    local: Iterable[Mac], found: Mapping[PortName, tuple[Mac, str]], exclude: Iterable[PortName] = ()
+) -> dict[Mac, PortName]:
+    """Map each local vNIC MAC to the port that carries it (first match by name, stable)."""
+    wanted = set(local)
+    by_tap = {tap_mac(m): m for m in wanted}
+    skip = set(exclude)
+    out: dict[Mac, PortName] = {}
+    for name in sorted(found):
+        if name in skip:
+            continue
+        mac, kind = found[name]
+        guest = by_tap.get(mac)
+        if guest is None and kind == "macvtap" and mac in wanted:
+            guest = mac
+        if guest is not None and guest not in out:
+            out[guest] = name
+    return out
+
+
+class LinkWatcher:
+    """Calls `on_change()` (from its own thread) whenever a link appears, goes or changes."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+        self._ipr = IPRoute()
+        self._ipr.bind()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hostvlan-links", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msgs = self._ipr.get()
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            if any(m.get("event") in ("RTM_NEWLINK", "RTM_DELLINK") for m in msgs):
+                self._on_change()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._ipr.close()
