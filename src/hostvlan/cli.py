@@ -208,5 +208,10 @@ def demo(topology: str | None) -> None:
     sys.exit(0 if ok else 1)
 
 
+from hostvlan.agent.command import agent as agent_command  # noqa: E402
+
+main.add_command(agent_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
