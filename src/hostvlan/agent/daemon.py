@@ -84,11 +84,11 @@ class Agent:
         self._stopping = False
 
     # ----- desired state -------------------------------------------------------------------
-    def _rescan_ports(self) -> bool:
+    async def _rescan_ports(self) -> bool:
         view = self.state.view
         if view is None:
             return False
-        found = find_ports(view.local, links(), exclude=self.cfg.uplinks)
+        found = find_ports(view.local, await asyncio.to_thread(links), exclude=self.cfg.uplinks)
         if found != self.state.ports:
             self.state.ports = found
             return True
@@ -99,7 +99,7 @@ class Agent:
         self.backend.sync(filter_state(self.state.view, self.state.ports, self.cfg.uplinks))
         self._apply()
 
-    def _program_delta(self, delta: HostDelta) -> None:
+    async def _program_delta(self, delta: HostDelta) -> None:
         """Push one delta as element changes; bindings are recomputed only when local vNICs moved."""
         uplink_macs = set(self.cfg.uplinks.values())
         for mac in delta.removed:
@@ -109,7 +109,7 @@ class Agent:
             if mac not in uplink_macs:
                 self.backend.set_entry(mac, lnids)
         if delta.local or delta.unlocal:
-            self._rescan_ports()
+            await self._rescan_ports()
             assert self.state.view is not None
             self.backend.sync(filter_state(self.state.view, self.state.ports, self.cfg.uplinks))
         self._apply()
@@ -122,12 +122,12 @@ class Agent:
         )
 
     # ----- feed ------------------------------------------------------------------------------
-    def handle(self, msg: dict[str, Any]) -> None:
+    async def handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "snapshot":
             self.state.view = parse_snapshot(self.cfg.host, msg)
             self.state.revision = int(msg["revision"])
-            self._rescan_ports()
+            await self._rescan_ports()
             self._program_full()
             self.state.synced = True
         elif kind == "delta":
@@ -136,7 +136,7 @@ class Agent:
             delta = parse_delta(msg)
             self.state.view = apply_delta(self.state.view, delta)
             self.state.revision = int(msg["revision"])
-            self._program_delta(delta)
+            await self._program_delta(delta)
         else:
             return
         self._report()
@@ -173,7 +173,7 @@ class Agent:
             log.info("connected to %s as %s", self.cfg.manager, self.cfg.host)
             async for line in resp.aiter_lines():
                 if line.strip():
-                    self.handle(json.loads(line))
+                    await self.handle(json.loads(line))
 
     # ----- main loop ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -217,7 +217,7 @@ class Agent:
             await self._links_changed.wait()
             self._links_changed.clear()
             await asyncio.sleep(0.01)  # coalesce bursts of link events
-            if self.state.view is not None and self._rescan_ports():
+            if self.state.view is not None and await self._rescan_ports():
                 try:
                     self._program_full()
                     log.info("ports now: %s", {str(m): str(p) for m, p in self.state.ports.items()})

@@ -59,23 +59,31 @@ def find_ports(
 
 
 class LinkWatcher:
-    """Calls `on_change()` (from its own thread) whenever a link appears, goes or changes."""
+    """Calls `on_change()` (from its own thread) whenever a link appears, goes or changes.
+
+    pyroute2's synchronous sockets run an event loop of their own, so the watcher (like
+    every netlink call of the agent) lives outside the agent's asyncio loop.
+    """
 
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
-        self._ipr = IPRoute()
-        self._ipr.bind()
         self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._ipr: IPRoute | None = None
         self._thread = threading.Thread(target=self._run, name="hostvlan-links", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._ready.wait(5.0)
 
     def _run(self) -> None:
+        self._ipr = IPRoute()
+        self._ipr.bind()
+        self._ready.set()
         while not self._stop.is_set():
             try:
                 msgs = self._ipr.get()
-            except OSError:
+            except Exception:  # the socket is closed under us on stop
                 if self._stop.is_set():
                     return
                 continue
@@ -84,4 +92,5 @@ class LinkWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()

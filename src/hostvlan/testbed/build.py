@@ -9,10 +9,13 @@ Layout (every namespace named `<prefix>-…`, so parallel runs never collide):
                          (host-side MAC = guest MAC with first octet fe)
   <prefix>-v-<vm>        a VM: `eth0` with the VM's MAC and an IP
   <prefix>-x-<name>      an external endpoint (router, client) on sw0
+  <prefix>-mg            the management network (bridge `mg0`, 10.201.0.1): each host's
+                         `mgmt0` (10.201.0.<i+2>) reaches the manager here
 
-The tenant filter of a `bridge` host is installed EMPTY (fail closed) before any port
-comes up, then fed the host's view through the same back-end contract the control
-daemon uses (`TenantFilter.sync` + `apply`).
+The control plane is real (see `control.py`): a manager process, and an agent process
+in each `bridge` host's namespace, started before any VM port exists so that the host's
+filter is installed closed first; then the topology's VMs are registered through the
+management API and `up` returns once every agent enforces them.
 """
 
 from __future__ import annotations
@@ -20,20 +23,24 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hostvlan.datapath.base import PortCounters, TenantFilter
+import yaml
+
+from hostvlan.datapath.base import PortCounters
 from hostvlan.datapath.nft_bridge import NftBridgeFilter
 from hostvlan.datapath.nftlib import Nft
 from hostvlan.model.hostview import Location, filter_state, host_view
-from hostvlan.model.ids import HostId, Lnid, Mac, PortName, int_to_mac, tap_mac
+from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, int_to_mac, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
-from hostvlan.testbed import netns
-from hostvlan.testbed.topology import Endpoint, Topology
+from hostvlan.testbed import control, netns
+from hostvlan.testbed.control import Api
+from hostvlan.testbed.topology import Endpoint, Topology, parse_topology
 
 STATE_DIR = Path(os.environ.get("HOSTVLAN_TESTBED_DIR", "/run/hostvlan/testbeds"))
 SUBNET = ipaddress.ip_network("10.200.0.0/16")
@@ -73,41 +80,48 @@ class HostInfo:
 
 
 class Testbed:
-    """One emulated data center. `with Testbed(topo) as tb:` builds it and always removes it."""
+    """One emulated data center. `with Testbed(topo) as tb:` builds it and always removes it.
 
-    def __init__(self, topology: Topology, prefix: str | None = None, *, record: bool = False) -> None:
+    The control plane is real: a `hostvlan manager` process holds the table, one
+    `hostvlan agent` process per `bridge` host programs that host's filter, and every
+    registration goes through the management API, as an administrator's would.
+    `table`/`locations` mirror the manager's table (see `refresh`) for the model oracle.
+    """
+
+    def __init__(
+        self, topology: Topology, prefix: str | None = None, *, record: bool = False, workdir: Path | None = None
+    ) -> None:
         self.topology = topology
         self.prefix = prefix or netns.new_prefix()
         self.record = record  # keep a state file so `hostvlan testbed down` can find it
+        self.workdir = workdir or STATE_DIR / self.prefix
         self.switch_ns = f"{self.prefix}-sw"
+        self.mgmt_ns = f"{self.prefix}-mg"
         self.hosts: dict[str, HostInfo] = {}
         self.vms: dict[str, VmInfo] = {}
         self.external: dict[str, ExternalInfo] = {}
         self.table = LnidTable()
         self.locations: dict[Mac, Location] = {}
-        self._filters: dict[str, TenantFilter] = {}
+        self.manager_url = ""
+        self.manager_token = ""
+        self.api: Api | None = None
+        self.pids: dict[str, int] = {}
+        self._readers: dict[str, NftBridgeFilter] = {}
         self._plan()
 
     # ----- plan (pure) ---------------------------------------------------------------
     def _plan(self) -> None:
-        hosts_used = set()
         ips = iter(SUBNET.hosts())
         taken = {e.mac for e in self.topology.endpoints()}
         for i, h in enumerate(self.topology.hosts):
             uplink_mac = self._uplink_mac(i, taken)
             self.hosts[h.name] = HostInfo(h.name, f"{self.prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac)
-            hosts_used.add(h.name)
             for k, vm in enumerate(h.vms):
                 self.vms[vm.name] = VmInfo(
                     vm.name, f"{self.prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, PortName(f"vnet{k}")
                 )
         for e in self.topology.external:
             self.external[e.name] = ExternalInfo(e.name, f"{self.prefix}-x-{e.name}", "eth0", e.mac, str(next(ips)))
-        for e in self.topology.endpoints():
-            for lnid in e.lnids:
-                self.table.add(e.mac, lnid)
-            if e.lnids:
-                self.locations[e.mac] = Location(HostId(e.host) if e.host else None, None)
 
     @staticmethod
     def _uplink_mac(index: int, taken: set[Mac]) -> Mac:
@@ -117,9 +131,24 @@ class Testbed:
             n += 0x1000
         return int_to_mac(base + n)
 
-    # ----- views (what the control plane would send) ------------------------------------
+    def filtered_hosts(self) -> list[str]:
+        return [h for h, i in self.hosts.items() if i.backend != "none"]
+
+    # ----- the model's view of what hosts should enforce --------------------------------------
+    def refresh(self) -> None:
+        """Mirror the manager's table (it may have been changed with `hostvlan reg` …)."""
+        assert self.api is not None
+        table = LnidTable()
+        locations: dict[Mac, Location] = {}
+        for row in self.api.call("GET", "/v1/macs"):
+            mac = Mac(row["mac"])
+            for lnid in row["lnids"]:
+                table.add(mac, parse_lnid(lnid))
+            locations[mac] = Location(HostId(row["host"]) if row["host"] else None, row["port"])
+        self.table, self.locations = table, locations
+
     def filter_state(self, host: str) -> FilterState:
-        """The model's state of one host's tenant filter, from the current table."""
+        """The model's state of one host's tenant filter, from the mirrored table."""
         info = self.hosts[host]
         view = host_view(self.table, self.locations, HostId(host))
         ports = {vm.mac: vm.port for vm in self.vms.values() if vm.host == host}
@@ -135,44 +164,64 @@ class Testbed:
                 return e
         raise KeyError(name)
 
+    # ----- administering (through the manager's API) ------------------------------------------
+    def _ops(self, ops: list[dict[str, Any]]) -> int:
+        assert self.api is not None
+        rev = 0
+        for i in range(0, len(ops), 20000):
+            rev = int(self.api.call("POST", "/v1/batch", {"ops": ops[i : i + 20000]})["revision"])
+        return rev
+
     def set_lnids(self, name: str, lnids: Iterable[Lnid]) -> None:
-        """Change an endpoint's LNIDs (the paper's "VM1-1 joins LNID 3") and push every host's view."""
+        """Change an endpoint's LNIDs through the API (the paper's "VM1-1 joins LNID 3"); wait until enforced."""
         mac = self.endpoint(name).mac
+        want = set(lnids)
+        have = set(self.table.lnids(mac))
         host = self.vms[name].host if name in self.vms else None
-        self.table.drop(mac)
-        for lnid in lnids:
-            self.table.add(mac, lnid)
-        if mac in self.table:
-            self.locations[mac] = Location(HostId(host) if host else None, None)
-        else:
-            self.locations.pop(mac, None)
+        ops: list[dict[str, Any]] = [
+            {"op": "reg", "lnid": _lnid_json(x), "mac": mac, "host": host, "external": host is None}
+            for x in sorted(want - have)
+        ]
+        ops += [{"op": "unreg", "lnid": _lnid_json(x), "mac": mac} for x in sorted(have - want)]
+        if ops:
+            self._ops(ops)
         self.program()
 
     def fill(self, host: str, macs: int, lnids: int, ports: int, *, first_lnid: int = 1) -> None:
-        """Grow `host`'s table to the paper's worst case without building VMs.
+        """Grow `host`'s table to the paper's worst case without building VMs (through the API).
 
-        Adds `macs` remote MACs spread round-robin over LNIDs first_lnid…first_lnid+lnids-1
-        (VMs of other hosts that need not exist) and `ports` idle bound ports (names
-        `idle<k>`, no interface behind them) in those LNIDs. Call `program()` after.
+        Registers `macs` remote MACs spread round-robin over LNIDs first_lnid…first_lnid+lnids-1
+        on a phantom host `<host>-fill` (VMs that need not exist), and `ports` idle ports
+        (`idle<k>`, no interface behind them) of `host` in those LNIDs. Call `program()` after.
         """
-        remote = HostId(f"{host}-remote")
+        assert self.api is not None
+        phantom = f"{host}-fill"
+        if phantom not in {h["name"] for h in self.api.hosts()}:
+            self.api.call("POST", "/v1/hosts", {"name": phantom})
+        ops: list[dict[str, Any]] = []
         for i in range(macs):
             mac = int_to_mac(0x02_FE_00_00_00_00 + i)
-            self.table.add(mac, Lnid(first_lnid + i % lnids))
-            self.locations[mac] = Location(remote, None)
+            ops.append({"op": "reg", "lnid": first_lnid + i % lnids, "mac": mac, "host": phantom})
         for k in range(ports):
             mac = int_to_mac(0x02_FD_00_00_00_00 + k)
-            self.table.add(mac, Lnid(first_lnid + k % lnids))
-            self.locations[mac] = Location(HostId(host), PortName(f"idle{k}"))
+            ops.append({"op": "reg", "lnid": first_lnid + k % lnids, "mac": mac, "host": host, "port": f"idle{k}"})
+        self._ops(ops)
 
-    def program(self) -> None:
-        for host, f in self._filters.items():
-            f.sync(self.filter_state(host))
-            f.apply()
+    def program(self, timeout: float = 30.0) -> float:
+        """Wait until every agent enforces the manager's current table; mirror it. Returns the wait."""
+        assert self.api is not None
+        waited = self.api.wait_synced(self.filtered_hosts(), timeout)
+        self.refresh()
+        return waited
 
     def counters(self, host: str) -> dict[str, PortCounters]:
-        f = self._filters.get(host)
-        return f.counters() if f else {}
+        if self.hosts[host].backend == "none":
+            return {}
+        if host not in self._readers:
+            with netns.inside(self.hosts[host].netns):
+                nft = Nft()
+            self._readers[host] = NftBridgeFilter(nft)
+        return self._readers[host].counters()
 
     # ----- build / teardown -------------------------------------------------------------
     def __enter__(self) -> Testbed:
@@ -183,27 +232,47 @@ class Testbed:
         self.down()
 
     def up(self) -> None:
-        if self.record:
-            self._write_state({"prefix": self.prefix, "status": "building"})
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._save(status="building")
         try:
             self._build()
+        except Exception as exc:
+            logs = self._log_tails()
+            self.down()
+            raise RuntimeError(f"testbed {self.prefix} failed to come up: {exc}{logs}") from exc
         except BaseException:
             self.down()
             raise
-        if self.record:
-            self._write_state(self.to_json())
+        self._save(status="up")
+
+    def _log_tails(self, lines: int = 15) -> str:
+        out = []
+        for log in sorted(self.workdir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            if tail:
+                out.append(f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "".join(out)
 
     def down(self) -> None:
-        for f in self._filters.values():
-            close = getattr(f, "close", None)
-            if close:
-                close()
-        self._filters.clear()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+        if self.api is not None:
+            self.api.close()
+            self.api = None
+        control.stop_pids(list(self.pids.values()))
+        control.stop_pids(control.pids_in_netns(netns.owned(self.prefix)))
+        self.pids.clear()
         netns.sweep(self.prefix)
+        shutil.rmtree(self.workdir, ignore_errors=True)
         if self.record:
             (STATE_DIR / f"{self.prefix}.json").unlink(missing_ok=True)
 
-    def _write_state(self, data: dict[str, Any]) -> None:
+    def _save(self, status: str) -> None:
+        if not self.record:
+            return
+        data = self.to_json()
+        data["status"] = status
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         tmp = STATE_DIR / f".{self.prefix}.json.tmp"
         tmp.write_text(json.dumps(data, indent=2))
@@ -217,27 +286,53 @@ class Testbed:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
     def _build(self) -> None:
+        self._start_manager()
         self._new_ns(self.switch_ns)
         with netns.iproute(self.switch_ns) as sw:
             sw.link("add", ifname=SWITCH, kind="bridge", br_stp_state=0, br_mcast_snooping=0)
             sw.link("set", index=sw.link_lookup(ifname=SWITCH)[0], state="up")
         for i, h in enumerate(self.hosts.values()):
             self._build_host(i, h)
+        self._start_agents()
         for j, e in enumerate(self.external.values()):
             self._build_endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
         for vm in self.vms.values():
             self._build_endpoint(vm.netns, vm.mac, vm.ip, self.hosts[vm.host].netns, vm.port, BRIDGE, tap_mac(vm.mac))
+        self._register()
         self.program()
         netns.wait_operstate_up(netns.owned(self.prefix))
 
+    def _start_manager(self) -> None:
+        self._new_ns(self.mgmt_ns)
+        with netns.iproute(self.mgmt_ns) as ipr:
+            ipr.link("add", ifname="mg0", kind="bridge", br_stp_state=0)
+            idx = ipr.link_lookup(ifname="mg0")[0]
+            ipr.addr("add", index=idx, address=f"{control.MGMT_NET}.1", prefixlen=16)
+            ipr.link("set", index=idx, state="up")
+        ready = self.workdir / "manager.ready"
+        proc = control.start(
+            control.hostvlan_argv(
+                "manager",
+                "--db",
+                str(self.workdir / "manager.db"),
+                "--listen",
+                "127.0.0.1:0",
+                "--listen",
+                f"{self.mgmt_ns}/{control.MGMT_NET}.1:{control.MGMT_PORT}",
+                "--ready-file",
+                str(ready),
+            ),
+            self.workdir / "manager.log",
+        )
+        self.pids["manager"] = proc.pid
+        self._save(status="building")
+        info = control.wait_file(ready, proc, "the manager")
+        self.manager_url = str(info["listen"][0]["url"])
+        self.manager_token = Path(info["token_file"]).read_text().strip()
+        self.api = Api(self.manager_url, self.manager_token)
+
     def _build_host(self, index: int, h: HostInfo) -> None:
         self._new_ns(h.netns)
-        if h.backend == "bridge":
-            with netns.inside(h.netns):
-                nft = Nft()
-            f = NftBridgeFilter(nft)
-            f.apply()  # empty: fail closed before any port exists
-            self._filters[h.name] = f
         with netns.iproute(h.netns) as ipr:
             ipr.link("add", ifname=BRIDGE, kind="bridge", address=h.uplink_mac, br_stp_state=0, br_mcast_snooping=0)
             br = ipr.link_lookup(ifname=BRIDGE)[0]
@@ -250,10 +345,66 @@ class Testbed:
             )
             ipr.link("set", index=ipr.link_lookup(ifname=h.uplink)[0], master=br, state="up")
             ipr.link("set", index=br, state="up")
+            ipr.link("add", ifname="mgmt0", kind="veth", peer={"ifname": f"m{index}", "net_ns_fd": self.mgmt_ns})
+            m = ipr.link_lookup(ifname="mgmt0")[0]
+            ipr.addr("add", index=m, address=f"{control.MGMT_NET}.{index + 2}", prefixlen=16)
+            ipr.link("set", index=m, state="up")
         with netns.iproute(self.switch_ns) as sw:
             sw.link(
                 "set", index=sw.link_lookup(ifname=f"up{index}")[0], master=sw.link_lookup(ifname=SWITCH)[0], state="up"
             )
+        with netns.iproute(self.mgmt_ns) as mg:
+            mg.link(
+                "set", index=mg.link_lookup(ifname=f"m{index}")[0], master=mg.link_lookup(ifname="mg0")[0], state="up"
+            )
+
+    def _start_agents(self) -> None:
+        """Register every host; start an agent per filtered host; wait until each installed its filter
+        (closed) — before any VM port exists."""
+        assert self.api is not None
+        procs = []
+        for h in self.hosts.values():
+            token = self.api.call("POST", "/v1/hosts", {"name": h.name})["token"]
+            if h.backend == "none":
+                continue
+            token_file = self.workdir / f"{h.name}.token"
+            token_file.write_text(token)
+            token_file.chmod(0o600)
+            ready = self.workdir / f"{h.name}.agent.ready"
+            proc = control.start(
+                control.hostvlan_argv(
+                    "agent",
+                    "--manager",
+                    f"http://{control.MGMT_NET}.1:{control.MGMT_PORT}",
+                    "--host",
+                    h.name,
+                    "--token-file",
+                    str(token_file),
+                    "--uplink",
+                    f"{h.uplink}={h.uplink_mac}",
+                    "--ready-file",
+                    str(ready),
+                    "-v",
+                ),
+                self.workdir / f"{h.name}.agent.log",
+                netns=h.netns,
+            )
+            self.pids[f"agent:{h.name}"] = proc.pid
+            procs.append((h, proc, ready))
+        self._save(status="building")
+        for h, proc, ready in procs:
+            control.wait_file(ready, proc, f"the agent of {h.name}")
+
+    def _register(self) -> None:
+        """Register the topology's VMs and external endpoints, as an administrator would."""
+        ops: list[dict[str, Any]] = []
+        for e in self.topology.endpoints():
+            for lnid in sorted(e.lnids):
+                ops.append(
+                    {"op": "reg", "lnid": _lnid_json(lnid), "mac": e.mac, "host": e.host, "external": e.host is None}
+                )
+        if ops:
+            self._ops(ops)
 
     def _build_endpoint(
         self, ns: str, mac: Mac, ip: str, parent_ns: str, port: str, bridge: str, port_mac: Mac | None
@@ -273,27 +424,34 @@ class Testbed:
     def to_json(self) -> dict[str, Any]:
         return {
             "prefix": self.prefix,
-            "vms": {n: {k: v for k, v in asdict(vm).items()} for n, vm in self.vms.items()},
+            "vms": {n: asdict(vm) for n, vm in self.vms.items()},
             "external": {n: asdict(e) for n, e in self.external.items()},
             "hosts": {n: asdict(h) for n, h in self.hosts.items()},
             "switch": {"netns": self.switch_ns, "bridge": SWITCH},
+            "manager": {
+                "url": self.manager_url,
+                "token": self.manager_token,
+                "netns_url": f"http://{control.MGMT_NET}.1:{control.MGMT_PORT}",
+            },
+            "pids": dict(self.pids),
+            "workdir": str(self.workdir),
             "topology": self.topology.to_dict(),
         }
 
 
+def _lnid_json(lnid: Lnid) -> int | str:
+    return "global" if lnid == GLOBAL else int(lnid)
+
+
 def from_record(data: dict[str, Any]) -> Testbed:
     """Re-attach to a running testbed from its state file (planning is deterministic)."""
-    import yaml
-
-    from hostvlan.testbed.topology import parse_topology
-
     topo = parse_topology(yaml.safe_dump(data["topology"]), f"testbed {data['prefix']}")
-    tb = Testbed(topo, prefix=str(data["prefix"]), record=True)
-    for name, info in tb.hosts.items():
-        if info.backend == "bridge":
-            with netns.inside(info.netns):
-                nft = Nft()
-            tb._filters[name] = NftBridgeFilter(nft)
+    tb = Testbed(topo, prefix=str(data["prefix"]), record=True, workdir=Path(data["workdir"]))
+    tb.manager_url = data["manager"]["url"]
+    tb.manager_token = data["manager"]["token"]
+    tb.api = Api(tb.manager_url, tb.manager_token)
+    tb.pids = {k: int(v) for k, v in data.get("pids", {}).items()}
+    tb.refresh()
     return tb
 
 
@@ -309,14 +467,20 @@ def recorded() -> list[dict[str, Any]]:
 
 
 def down_recorded(prefix: str | None = None) -> list[str]:
-    """Remove recorded testbeds (all, or the one with `prefix`); returns namespaces removed. Idempotent."""
+    """Remove recorded testbeds (all, or the one with `prefix`): stop their processes, remove their
+    namespaces and files. Returns the namespaces removed. Idempotent."""
     gone: list[str] = []
     for st in recorded():
         p = str(st.get("prefix", ""))
         if not p or (prefix and p != prefix):
             continue
+        control.stop_pids([int(x) for x in st.get("pids", {}).values()])
+        control.stop_pids(control.pids_in_netns(netns.owned(p)))
         gone += netns.sweep(p)
+        if st.get("workdir"):
+            shutil.rmtree(str(st["workdir"]), ignore_errors=True)
         (STATE_DIR / f"{p}.json").unlink(missing_ok=True)
     if prefix:
+        control.stop_pids(control.pids_in_netns(netns.owned(prefix)))
         gone += netns.sweep(prefix)
     return gone

@@ -1,0 +1,147 @@
+"""The testbed's control plane: a real `hostvlan manager` process and one real
+`hostvlan agent` process per filtered host, on a management network of namespaces.
+
+    root namespace            <prefix>-mg (management switch mg0, 10.201.0.1)
+    manager ── 127.0.0.1:P    manager ── 10.201.0.1:7080  (one process, two listeners)
+                                   │
+              <prefix>-h-<host>: mgmt0 10.201.0.<i+2> ── agent
+
+The CLI reaches the manager on the root namespace's loopback; agents reach it over
+the management network; nothing is routed between the two and nothing touches the
+machine's real NIC. Every process is started in its own session and stopped on
+teardown; `reap` also kills stray processes found inside the run's namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MGMT_PORT = 7080
+MGMT_NET = "10.201.0"
+
+
+def hostvlan_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hostvlan.cli", *args]
+
+
+def start(argv: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    with log.open("ab") as fh:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
+
+
+def wait_file(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists():
+            try:
+                data: dict[str, Any] = json.loads(path.read_text())
+                return data
+            except json.JSONDecodeError:
+                pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before it was ready")
+        time.sleep(0.02)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def stop_pids(pids: list[int], grace: float = 3.0) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after `grace` seconds."""
+    alive = []
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            alive.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    end = time.monotonic() + grace
+    while alive and time.monotonic() < end:
+        alive = [p for p in alive if _alive(p)]
+        time.sleep(0.02)
+    for pid in alive:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pids_in_netns(netns_names: list[str]) -> list[int]:
+    """Processes whose network namespace is one of these (e.g. agents left by a crash)."""
+    inodes = set()
+    for name in netns_names:
+        try:
+            inodes.add(os.stat(f"/var/run/netns/{name}").st_ino)
+        except OSError:
+            pass
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                out.append(int(entry))
+        except OSError:
+            pass
+    return out
+
+
+class Api:
+    """The few manager calls the testbed makes itself (as an administrator would)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        resp = self._http.request(method, path, json=body, params=params)
+        if resp.status_code >= 400:
+            raise RuntimeError(f"manager: {method} {path}: {resp.status_code} {resp.text}")
+        return resp.json()
+
+    def hosts(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self.call("GET", "/v1/hosts")
+        return out
+
+    def wait_synced(self, hosts: list[str], timeout: float = 15.0) -> float:
+        """Wait until every listed host's agent is connected and has applied all that concerns it."""
+        t0 = time.monotonic()
+        while True:
+            st = {h["name"]: h for h in self.hosts()}
+            lagging = [h for h in hosts if not st.get(h, {}).get("in_sync")]
+            if not lagging:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"agents not in sync after {timeout}s: {', '.join(lagging)}")
+            time.sleep(0.01)
