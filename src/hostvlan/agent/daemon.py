@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,7 @@ class Agent:
         return httpx.AsyncClient(
             base_url=self.cfg.manager,
             headers={"Authorization": f"Bearer {self.cfg.token}"},
-            verify=self.cfg.cacert or True,
+            verify=ssl.create_default_context(cafile=self.cfg.cacert) if self.cfg.cacert else True,
             timeout=timeout or httpx.Timeout(10.0),
         )
 
