@@ -35,6 +35,7 @@ hosts:
       - {name: a2, mac: "52:54:00:00:0a:02", lnids: [1]}
   - name: hv
     backend: bridge
+    fill: {macs: MACS, lnids: LNIDS, ports: PORTS}
     vms:
       - {name: b1, mac: "52:54:00:00:0b:01", lnids: [1]}
       - {name: b2, mac: "52:54:00:00:0b:02", lnids: [1]}
@@ -99,13 +100,12 @@ def main() -> int:
     ap.add_argument("--lnids", type=int, default=128)
     ap.add_argument("--ports", type=int, default=126)
     args = ap.parse_args()
-    topo = parse_topology(TOPOLOGY, "filter_cost")
+    text = TOPOLOGY.replace("MACS", str(args.macs)).replace("LNIDS", str(args.lnids)).replace("PORTS", str(args.ports))
+    topo = parse_topology(text, "filter_cost")
     results: dict[str, dict[str, list[float]]] = {
         w: {"none": [], "bridge": []} for w in ("lat_us", "udp_gbps", "tcp_gbps")
     }
     with Testbed(topo) as tb:
-        tb.fill("hv", args.macs, args.lnids, args.ports)
-        tb.program()
         entries = len(tb.filter_state("hv").entries)
         pairs = {"none": ("a1", "a2"), "bridge": ("b1", "b2")}
         for r in range(args.rounds):

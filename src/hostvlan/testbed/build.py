@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class Testbed:
         self.manager_token = ""
         self.api: Api | None = None
         self.pids: dict[str, int] = {}
+        self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
         self._readers: dict[str, NftBridgeFilter] = {}
         self._plan()
 
@@ -187,12 +189,13 @@ class Testbed:
             self._ops(ops)
         self.program()
 
-    def fill(self, host: str, macs: int, lnids: int, ports: int, *, first_lnid: int = 1) -> None:
+    def fill(self, host: str, macs: int, lnids: int, ports: int, *, first_lnid: int = 1, base: int = 0) -> None:
         """Grow `host`'s table to the paper's worst case without building VMs (through the API).
 
         Registers `macs` remote MACs spread round-robin over LNIDs first_lnid…first_lnid+lnids-1
         on a phantom host `<host>-fill` (VMs that need not exist), and `ports` idle ports
         (`idle<k>`, no interface behind them) of `host` in those LNIDs. Call `program()` after.
+        `base` keeps the MACs of several filled hosts apart.
         """
         assert self.api is not None
         phantom = f"{host}-fill"
@@ -200,10 +203,10 @@ class Testbed:
             self.api.call("POST", "/v1/hosts", {"name": phantom})
         ops: list[dict[str, Any]] = []
         for i in range(macs):
-            mac = int_to_mac(0x02_FE_00_00_00_00 + i)
+            mac = int_to_mac(0x02_FE_00_00_00_00 + (base << 24) + i)
             ops.append({"op": "reg", "lnid": first_lnid + i % lnids, "mac": mac, "host": phantom})
         for k in range(ports):
-            mac = int_to_mac(0x02_FD_00_00_00_00 + k)
+            mac = int_to_mac(0x02_FD_00_00_00_00 + (base << 24) + k)
             ops.append({"op": "reg", "lnid": first_lnid + k % lnids, "mac": mac, "host": host, "port": f"idle{k}"})
         self._ops(ops)
 
@@ -262,6 +265,9 @@ class Testbed:
             self.api = None
         control.stop_pids(list(self.pids.values()))
         control.stop_pids(control.pids_in_netns(netns.owned(self.prefix)))
+        for proc in self._procs:
+            proc.poll()  # reap (stop_pids may have already)
+        self._procs.clear()
         self.pids.clear()
         netns.sweep(self.prefix)
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -299,6 +305,9 @@ class Testbed:
         for vm in self.vms.values():
             self._build_endpoint(vm.netns, vm.mac, vm.ip, self.hosts[vm.host].netns, vm.port, BRIDGE, tap_mac(vm.mac))
         self._register()
+        for i, spec in enumerate(self.topology.hosts):
+            if spec.fill is not None:
+                self.fill(spec.name, spec.fill.macs, spec.fill.lnids, spec.fill.ports, base=i)
         self.program()
         netns.wait_operstate_up(netns.owned(self.prefix))
 
@@ -325,6 +334,7 @@ class Testbed:
             self.workdir / "manager.log",
         )
         self.pids["manager"] = proc.pid
+        self._procs.append(proc)
         self._save(status="building")
         info = control.wait_file(ready, proc, "the manager")
         self.manager_url = str(info["listen"][0]["url"])
@@ -390,6 +400,7 @@ class Testbed:
                 netns=h.netns,
             )
             self.pids[f"agent:{h.name}"] = proc.pid
+            self._procs.append(proc)
             procs.append((h, proc, ready))
         self._save(status="building")
         for h, proc, ready in procs:

@@ -12,6 +12,10 @@
         mac: "52:54:00:ff:00:01"
         lnids: [global]
 
+A host may also carry `fill: {macs: 8192, lnids: 128, ports: 126}`: its table is filled
+to `macs` entries over `lnids` LNIDs (remote VMs that need not exist) plus `ports` idle
+bound ports (the paper's Table 1 worst case), registered through the management API.
+
 Every error names the file and line, and is raised before anything is built.
 """
 
@@ -45,11 +49,19 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Fill:
+    macs: int
+    lnids: int
+    ports: int
+
+
+@dataclass(frozen=True)
 class HostSpec:
     name: str
     backend: str
     vms: tuple[Endpoint, ...]
     line: int = field(default=0, compare=False)
+    fill: Fill | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,11 @@ class Topology:
             return {"name": e.name, "mac": e.mac, "lnids": [_lnid_out(x) for x in sorted(e.lnids)]}
 
         return {
-            "hosts": [{"name": h.name, "backend": h.backend, "vms": [ep(v) for v in h.vms]} for h in self.hosts],
+            "hosts": [
+                {"name": h.name, "backend": h.backend, "vms": [ep(v) for v in h.vms]}
+                | ({"fill": {"macs": h.fill.macs, "lnids": h.fill.lnids, "ports": h.fill.ports}} if h.fill else {})
+                for h in self.hosts
+            ],
             "external": [ep(e) for e in self.external],
         }
 
@@ -115,6 +131,19 @@ class _Reader:
             raise self.fail(node, f"{what} {text!r} must be 1-{_NAME_MAX} letters, digits, '-', '_', '.'")
         return text
 
+    def count(self, node: yaml.Node, what: str, low: int, high: int) -> int:
+        text = self.scalar(node, what)
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise self.fail(node, f"{what} must be an integer {low}..{high}, got {text!r}")
+        return int(text)
+
+    def fill(self, node: yaml.Node, host: str) -> Fill:
+        m = self.mapping(node, f"host {host}: fill", {"macs", "lnids", "ports"}, {"macs", "lnids"})
+        macs = self.count(m["macs"], f"host {host}: fill.macs", 0, 1 << 24)
+        lnids = self.count(m["lnids"], f"host {host}: fill.lnids", 1, 1 << 20)
+        ports = self.count(m["ports"], f"host {host}: fill.ports", 0, 4096) if "ports" in m else 0
+        return Fill(macs, lnids, ports)
+
     def endpoint(self, node: yaml.Node, what: str, host: str | None) -> Endpoint:
         m = self.mapping(node, what, {"name", "mac", "lnids"}, {"name", "mac"})
         name = self.name(m["name"], f"{what} name")
@@ -145,13 +174,14 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     top = r.mapping(root, "topology", {"hosts", "external"}, {"hosts"})
     hosts: list[HostSpec] = []
     for hnode in r.seq(top["hosts"], "hosts"):
-        hm = r.mapping(hnode, "host", {"name", "backend", "vms"}, {"name"})
+        hm = r.mapping(hnode, "host", {"name", "backend", "vms", "fill"}, {"name"})
         hname = r.name(hm["name"], "host name")
         backend = r.scalar(hm["backend"], "backend") if "backend" in hm else "bridge"
         if backend not in BACKENDS:
             raise r.fail(hm["backend"], f"host {hname}: unknown backend {backend!r} (supported: {', '.join(BACKENDS)})")
         vms = tuple(r.endpoint(v, "vm", hname) for v in (r.seq(hm["vms"], "vms") if "vms" in hm else []))
-        hosts.append(HostSpec(hname, backend, vms, line=hnode.start_mark.line + 1))
+        fill = r.fill(hm["fill"], hname) if "fill" in hm else None
+        hosts.append(HostSpec(hname, backend, vms, line=hnode.start_mark.line + 1, fill=fill))
     external = tuple(
         r.endpoint(e, "external", None) for e in (r.seq(top["external"], "external") if "external" in top else [])
     )
