@@ -1,18 +1,23 @@
 """`hostvlan …`: the command line.
 
-Management commands (reg, unreg, …) will talk to the manager's HTTP API only; the
-`testbed` and `demo` commands drive the emulated data center on this machine (root).
+Management commands (reg, unreg, rm, move, show, hosts, trace, host …) talk to the
+manager's HTTP API only, through `hostvlan.client`; the `testbed` and `demo` commands
+drive the emulated data center on this machine (root).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from hostvlan.client import Client, ManagerError
 from hostvlan.model.ids import InvalidValue
 
 
@@ -96,6 +101,363 @@ def manager(
         ready_file=Path(ready_file) if ready_file else None,
         log_level=log_level,
     )
+
+
+# ----- management commands (the manager's HTTP API only) ------------------------------------
+DEFAULT_MANAGER = "http://127.0.0.1:7080"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        ctx.meta[f"hostvlan.{name}"] = value
+        ctx.meta[f"hostvlan.{name}.source"] = ctx.get_parameter_source(param.name or name)
+
+    return store
+
+
+_CONNECTION = (
+    click.option(
+        "--manager",
+        envvar="HOSTVLAN_MANAGER",
+        default=DEFAULT_MANAGER,
+        show_default=True,
+        metavar="URL",
+        expose_value=False,
+        callback=_keep("manager"),
+        help="The manager's URL (env HOSTVLAN_MANAGER).",
+    ),
+    click.option(
+        "--token",
+        envvar="HOSTVLAN_TOKEN",
+        metavar="T",
+        expose_value=False,
+        callback=_keep("token"),
+        help="The admin token (env HOSTVLAN_TOKEN); the manager writes it to DB.admin-token on first start.",
+    ),
+    click.option(
+        "--token-file",
+        envvar="HOSTVLAN_TOKEN_FILE",
+        type=click.Path(exists=True, dir_okay=False),
+        expose_value=False,
+        callback=_keep("token_file"),
+        help="Read the admin token from this file (env HOSTVLAN_TOKEN_FILE).",
+    ),
+    click.option(
+        "--cacert",
+        envvar="HOSTVLAN_CACERT",
+        type=click.Path(exists=True, dir_okay=False),
+        expose_value=False,
+        callback=_keep("cacert"),
+        help="CA bundle (PEM) to verify an HTTPS manager with (env HOSTVLAN_CACERT).",
+    ),
+)
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print the manager's answer as JSON.")
+
+
+def _api(f: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A management command: connection options, and `error: FIELD: DETAIL` + exit 1 on refusal."""
+
+    @functools.wraps(f)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return f(*args, **kwargs)
+        except ManagerError as exc:
+            click.echo(f"error: {exc.field}: {exc.detail}", err=True)
+            sys.exit(1)
+
+    for option in reversed(_CONNECTION):
+        run = option(run)
+    return run
+
+
+def _token(meta: dict[str, Any]) -> str:
+    token, token_file = meta.get("hostvlan.token"), meta.get("hostvlan.token_file")
+    cmdline = click.core.ParameterSource.COMMANDLINE
+    if token and token_file:
+        if meta.get("hostvlan.token.source") == meta.get("hostvlan.token_file.source") == cmdline:
+            raise click.UsageError("give --token or --token-file, not both")
+        if meta.get("hostvlan.token_file.source") == cmdline:
+            token = None  # an explicit --token-file beats HOSTVLAN_TOKEN
+    if not token and token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read the token file: {exc}") from None
+        if not token:
+            raise click.UsageError(f"the token file {token_file} is empty")
+    if not token:
+        raise click.UsageError(
+            "no admin token: pass --token T or --token-file FILE, or set HOSTVLAN_TOKEN "
+            "(the manager writes it to DB.admin-token on first start)"
+        )
+    return str(token)
+
+
+def _client() -> Client:
+    ctx = click.get_current_context()
+    meta = ctx.meta
+    try:
+        client = Client(str(meta["hostvlan.manager"]), _token(meta), cacert=meta.get("hostvlan.cacert"))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.call_on_close(client.close)
+    return client
+
+
+def _lnids(values: list[int | str]) -> str:
+    return ",".join(str(x) for x in values) or "-"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _where(host: str | None, port: str | None) -> str:
+    return "as external" if host is None else f"on host {host}" + (f" port {port}" if port else "")
+
+
+@main.command(short_help="Register MAC in LNID on HOST (the paper's `reg`).")
+@click.argument("lnid")
+@click.argument("mac")
+@click.argument("host", required=False)
+@click.option("--port", metavar="NAME", help="The vNIC's port on HOST (tap/veth/macvtap name), if known.")
+@click.option("--external", is_flag=True, help="MAC lives outside every end host (router, gateway): no HOST.")
+@_JSON
+@_api
+def reg(lnid: str, mac: str, host: str | None, port: str | None, external: bool, as_json: bool) -> None:
+    """Register vNIC MAC in logical network LNID, on end host HOST (the paper's `reg`).
+
+    LNID is an integer 1..2^63-1, or `global` (member of every logical network: routers,
+    shared services). A MAC may be in several LNIDs: run `reg` once per LNID. Frames
+    reach a port only from sources sharing one of its LNIDs; the manager sends each host
+    exactly the entries it needs, so an LNID added to a running VM takes effect at once.
+
+    A MAC lives on one host; registering it on another is refused (use `move`).
+    Re-registering what is already there changes nothing. Examples:
+
+      hostvlan reg 1 52:54:00:00:00:01 EHS1 --port vnet0
+
+      hostvlan reg global 52:54:00:ff:00:01 --external
+    """
+    if external and host is not None:
+        raise click.UsageError("an --external MAC has no HOST")
+    if not external and host is None:
+        raise click.UsageError("give HOST, or --external for a MAC outside every end host")
+    if external and port is not None:
+        raise click.UsageError("an --external MAC has no --port")
+    ans = _client().reg(lnid, mac, host, port, external=external)
+    if as_json:
+        _emit(ans)
+    elif ans["changed"]:
+        click.echo(f"registered {mac} in LNID {lnid} {_where(host, port)} (revision {ans['revision']})")
+    else:
+        click.echo(
+            f"{mac} is already in LNID {lnid} {_where(host, port)}: nothing changed (revision {ans['revision']})"
+        )
+
+
+@main.command()
+@click.argument("lnid")
+@click.argument("mac")
+@_JSON
+@_api
+def unreg(lnid: str, mac: str, as_json: bool) -> None:
+    """Remove MAC from logical network LNID (its other LNIDs stay).
+
+    Takes effect at once on every host. When LNID was the MAC's last one, the MAC is
+    unregistered and its port is unbound: the filter then drops every frame to it.
+    """
+    ans = _client().unreg(lnid, mac)
+    if as_json:
+        _emit(ans)
+    elif ans["changed"]:
+        click.echo(f"removed {mac} from LNID {lnid} (revision {ans['revision']})")
+    else:
+        click.echo(f"{mac} is not in LNID {lnid}: nothing changed (revision {ans['revision']})")
+
+
+@main.command()
+@click.argument("mac")
+@_JSON
+@_api
+def rm(mac: str, as_json: bool) -> None:
+    """Remove MAC from every LNID and unbind its port (the VM is gone)."""
+    ans = _client().rm(mac)
+    if as_json:
+        _emit(ans)
+    elif ans["changed"]:
+        click.echo(f"removed {mac} from every LNID (revision {ans['revision']})")
+    else:
+        click.echo(f"{mac} is not registered: nothing changed (revision {ans['revision']})")
+
+
+@main.command(short_help="Migrate MAC to another end host, keeping its LNIDs.")
+@click.argument("mac")
+@click.argument("host", required=False)
+@click.option("--port", metavar="NAME", help="The vNIC's port on the new host, if known.")
+@click.option("--external", is_flag=True, help="The MAC now lives outside every end host.")
+@_JSON
+@_api
+def move(mac: str, host: str | None, port: str | None, external: bool, as_json: bool) -> None:
+    """Migrate registered MAC to end host HOST, keeping its LNIDs (paper §3.6.3).
+
+    Only the source and destination hosts' tables change; the port binding moves.
+    """
+    if external == (host is not None):
+        raise click.UsageError("give HOST, or --external (not both)")
+    if external and port is not None:
+        raise click.UsageError("an --external MAC has no --port")
+    ans = _client().move(mac, host, port, external=external)
+    if as_json:
+        _emit(ans)
+    elif ans["changed"]:
+        click.echo(f"moved {mac} {_where(host, port).replace('on host', 'to host')} (revision {ans['revision']})")
+    else:
+        click.echo(f"{mac} is already {_where(host, port)}: nothing changed (revision {ans['revision']})")
+
+
+@main.command(short_help="Show the LNID table: MAC, LNIDs, host, port.")
+@click.option("--host", metavar="H", help="Only the vNICs placed on host H.")
+@click.option("--lnid", metavar="L", help="Only members of LNID L (an integer or `global`).")
+@click.option("--mac", metavar="M", help="Only MAC M.")
+@_JSON
+@_api
+def show(host: str | None, lnid: str | None, mac: str | None, as_json: bool) -> None:
+    """Show the manager's LNID table: each MAC, its LNIDs and where it lives.
+
+    HOST is the end host whose virtual switch holds the vNIC (`external`: outside every
+    host, e.g. a router); PORT is the bound port, `-` if the registration named none.
+    Filters combine.
+    """
+    rows = _client().macs(host, lnid, mac)
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        click.echo("no MAC matches" if host or lnid or mac else "no MAC is registered")
+        return
+    _table(
+        ("MAC", "LNIDS", "HOST", "PORT"),
+        [
+            (r["mac"], _lnids(r["lnids"]), "external" if r["external"] else (r["host"] or "-"), r["port"] or "-")
+            for r in rows
+        ],
+    )
+
+
+@main.command(short_help="List end hosts: connected, vNICs, revision applied/due, in sync.")
+@_JSON
+@_api
+def hosts(as_json: bool) -> None:
+    """List end hosts and whether their agents enforce the latest table.
+
+    CONNECTED: the agent's feed is open. DUE: the last revision that changed the host's
+    table; APPLIED: the last one its agent reported enforcing; LAG: DUE - APPLIED.
+    IN-SYNC: connected and nothing pending.
+    """
+    rows = _client().hosts()
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        click.echo("no host is registered (add one with `hostvlan host add NAME`)")
+        return
+    yn = {True: "yes", False: "no"}
+    _table(
+        ("NAME", "CONNECTED", "VNICS", "APPLIED", "DUE", "LAG", "IN-SYNC"),
+        [
+            (
+                h["name"],
+                yn[h["connected"]],
+                str(h["vnics"]),
+                str(h["revision_applied"]),
+                str(h["revision_due"]),
+                str(h["lag"]),
+                yn[h["in_sync"]],
+            )
+            for h in rows
+        ],
+    )
+
+
+@main.command(short_help="Why can (not) SRC_MAC reach DST? ALLOW/DROP and the reason.")
+@click.argument("src_mac")
+@click.argument("dst")
+@_JSON
+@_api
+def trace(src_mac: str, dst: str, as_json: bool) -> None:
+    """Explain whether a frame from SRC_MAC reaches DST ("why can't A reach B?").
+
+    DST is a registered MAC or HOST:PORT. Prints ALLOW or DROP and the tenant filter's
+    reason, from the manager's model: the frame passes iff its source MAC shares an LNID
+    with the destination port (or either is `global`); unknown sources and unbound ports
+    are dropped (fail closed).
+    """
+    t = _client().trace(src_mac, dst)
+    if as_json:
+        _emit(t)
+        return
+    click.echo(f"{'ALLOW' if t['allow'] else 'DROP'}: {t['reason']}")
+    click.echo(f"  from {t['src']} (LNIDs {_lnids(t['src_lnids'])})")
+    if "host" in t:
+        to = f"{t.get('dst_mac')} on {t['host']}:{t.get('port')} (LNIDs {_lnids(t.get('dst_lnids', []))})"
+    else:
+        to = t["dst"]
+    click.echo(f"  to   {to}")
+
+
+@main.group()
+def host() -> None:
+    """End hosts known to the manager, and their agents' tokens."""
+
+
+@host.command("add")
+@click.argument("name")
+@_JSON
+@_api
+def host_add(name: str, as_json: bool) -> None:
+    """Register end host NAME and print its agent's token (shown only once).
+
+    Start the host's agent (control daemon) with this token: it can read only NAME's
+    partial LNID table and report NAME's status.
+    """
+    ans = _client().add_host(name)
+    if as_json:
+        _emit(ans)
+        return
+    click.echo(f"host {ans['name']} added (revision {ans['revision']}); its agent's token (shown only once):")
+    click.echo(ans["token"])
+
+
+@host.command("token")
+@click.argument("name")
+@_JSON
+@_api
+def host_token(name: str, as_json: bool) -> None:
+    """Give host NAME a new token; the old one stops working and its open feeds end."""
+    ans = _client().rotate_host_token(name)
+    if as_json:
+        _emit(ans)
+        return
+    click.echo(f"host {ans['name']} has a new token (revision {ans['revision']}); the old one no longer works:")
+    click.echo(ans["token"])
+
+
+@host.command("rm")
+@click.argument("name")
+@_JSON
+@_api
+def host_rm(name: str, as_json: bool) -> None:
+    """Remove end host NAME; refused while vNICs are registered on it (`rm` or `move` them first)."""
+    revision = _client().remove_host(name)
+    if as_json:
+        _emit({"removed": name, "revision": revision})
+        return
+    click.echo(f"host {name} removed (revision {revision})")
 
 
 # ----- testbed ------------------------------------------------------------------------------

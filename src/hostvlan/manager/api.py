@@ -25,7 +25,9 @@ MAX_BODY = 1 << 20  # 1 MiB for single commands
 MAX_BATCH_BODY = 256 << 20  # bulk registration
 HEARTBEAT_S = 15.0
 
-LnidIn = int | str
+# Any on purpose: `model.ids.parse_lnid` is the one parser. A typed field would let
+# pydantic coerce first (`true` -> 1, `"1"` -> 1) and name the field `lnid.int`.
+LnidIn = Annotated[Any, Field(description='an integer 1..2^63-1, or "global"')]
 
 
 class HostIn(BaseModel):
@@ -70,7 +72,11 @@ class ApiError(Exception):
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413, also when no Content-Length is given."""
+    """Refuse bodies over the limit with 413, also when no Content-Length is given.
+
+    The body is read here, before the app sees it: an error raised from inside the
+    app's `receive` would be turned into a generic 400 by the body parser.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -85,18 +91,30 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > limit:
             await _too_large(send, limit)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:
-                    raise ApiError(413, "body", f"request body larger than {limit} bytes")
-            return msg
+            if msg["type"] != "http.request":  # the client went away before sending its body
+                return
+            chunk = msg.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                await _too_large(send, limit)
+                return
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        first: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal first
+            if first is not None:
+                msg, first = first, None
+                return msg
+            return await receive()  # after the body: http.disconnect (streaming responses wait for it)
+
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -137,11 +155,15 @@ def create_app(service: Service) -> FastAPI:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         first = errs[0] if errs else {}
-        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+        # loc is e.g. ("body", "lnid") or ("query", "dst"): name the field itself
+        names = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
+        loc = names[0] if names else "body"
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             loc, msg = "body", "malformed JSON"
-        return JSONResponse({"error": loc, "detail": f"{loc}: {msg}"}, status_code=400)
+        elif first.get("type") == "model_attributes_type":
+            loc, msg = "body", "the body must be a JSON object"
+        return JSONResponse({"error": loc, "detail": msg}, status_code=400)
 
     def _token(request: Request) -> str:
         auth = request.headers.get("authorization", "")
@@ -167,26 +189,25 @@ def create_app(service: Service) -> FastAPI:
         return host
 
     Admin = Depends(admin)
-    HostAuth = Annotated[HostId, Depends(host_auth)]
 
     # ----- hosts -----------------------------------------------------------------------------
     @app.post("/v1/hosts", status_code=201, dependencies=[Admin], summary="Register an end host; returns its token")
     async def add_host(body: HostIn) -> dict[str, Any]:
         async with lock:
             token = service.add_host(body.name)
-        return {"name": body.name, "token": token}
+            return {"name": body.name, "token": token, "revision": service.revision}
 
     @app.post("/v1/hosts/{name}/token", dependencies=[Admin], summary="Rotate a host's token")
     async def rotate(name: str) -> dict[str, Any]:
         async with lock:
             token = service.rotate_host_token(name)
-        return {"name": name, "token": token}
+            return {"name": name, "token": token, "revision": service.revision}
 
     @app.delete("/v1/hosts/{name}", dependencies=[Admin], summary="Remove a host that has no vNIC")
     async def remove_host(name: str) -> dict[str, Any]:
         async with lock:
             service.remove_host(name)
-        return {"removed": name}
+            return {"removed": name, "revision": service.revision}
 
     @app.get("/v1/hosts", dependencies=[Admin], summary="Hosts: connected, revision applied, lag")
     async def hosts() -> list[dict[str, Any]]:
@@ -233,7 +254,10 @@ def create_app(service: Service) -> FastAPI:
 
     # ----- agents ------------------------------------------------------------------------------------
     @app.get("/v1/hosts/{name}/feed", summary="The host's view: a snapshot, then deltas (JSON lines)")
-    async def feed(name: str, host: HostAuth) -> StreamingResponse:
+    async def feed(
+        name: str,
+        host: HostId = Depends(host_auth),  # noqa: B008
+    ) -> StreamingResponse:
         if host not in service.dc.hosts:
             raise ApiError(404, "not_found", f"unknown host {host!r}")
         q = service.feed.subscribe(host, service.snapshot(host), service.revision)
@@ -245,6 +269,8 @@ def create_app(service: Service) -> FastAPI:
                         line = await asyncio.wait_for(q.get(), HEARTBEAT_S)
                     except TimeoutError:
                         line = json.dumps({"type": "heartbeat", "revision": service.revision}).encode() + b"\n"
+                    if not line:  # Feed.close: the host's token was rotated or the host removed
+                        return
                     st = service.feed.status.get(host)
                     if st is not None:
                         st.bytes_sent += len(line)
@@ -255,7 +281,10 @@ def create_app(service: Service) -> FastAPI:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     @app.post("/v1/hosts/{name}/status", summary="The agent reports the revision its data path enforces")
-    async def status(body: StatusIn, host: HostAuth) -> dict[str, Any]:
+    async def status(
+        body: StatusIn,
+        host: HostId = Depends(host_auth),  # noqa: B008
+    ) -> dict[str, Any]:
         service.feed.report(host, body.revision)
         return {"ok": True}
 

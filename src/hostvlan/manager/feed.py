@@ -100,7 +100,18 @@ class Feed:
         st.applied = max(st.applied, revision)
         st.applied_at = time.time()
 
+    def close(self, host: HostId) -> None:
+        """End every open stream of `host` (its token was rotated, or it was removed).
+
+        The empty line is the end marker the API's stream generator stops on.
+        """
+        st = self.status.get(host)
+        if st is not None:
+            for q in st.subscribers:
+                q.put_nowait(b"")
+
     def forget(self, host: HostId) -> None:
+        self.close(host)
         self.status.pop(host, None)
 
 

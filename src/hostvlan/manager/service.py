@@ -115,12 +115,15 @@ class Service:
         host = _field("name", parse_host, name)
         if host not in self.dc.hosts:
             raise ModelError(f"unknown host {host!r}", "not_found")
-        return self._new_host_token(host)
+        token = self._new_host_token(host)
+        self.feed.close(host)  # streams opened with the old token end now
+        return token
 
     def _new_host_token(self, host: HostId) -> str:
         token = secrets.token_urlsafe(32)
         with self.store.transaction() as tx:
             tx.put_host(host, sha256(token))
+        self.revision = tx.revision
         self._host_tokens = {h: n for h, n in self._host_tokens.items() if n != host}
         self._host_tokens[sha256(token)] = host
         self.dc.add_host(host)
@@ -133,6 +136,7 @@ class Service:
         self.dc.remove_host(host)
         with self.store.transaction() as tx:
             tx.delete_host(host)
+        self.revision = tx.revision
         self._host_tokens = {h: n for h, n in self._host_tokens.items() if n != host}
         self.feed.forget(host)
 

@@ -1,0 +1,258 @@
+"""A small typed client of the manager's HTTP API (docs/control-plane.md).
+
+Used by the CLI and by agents. It knows the calls, their JSON shapes and the error
+format, nothing of the model: the manager validates every value and names the field
+that is wrong. Every failure surfaces as one exception class, `ManagerError`:
+an error answer keeps the manager's status, field and detail; a manager that cannot be
+reached (refused, DNS, TLS, timeout) raises its subclass `ManagerUnreachable`.
+
+The agent's feed (`GET /v1/hosts/{H}/feed`, a long-lived stream) is not here; the
+underlying `httpx.Client` is available as `Client.http` with the same base URL, token
+and TLS settings for whoever streams it.
+
+May import: httpx and the standard library only (no `hostvlan.model`, no manager code).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NotRequired, TypedDict
+from urllib.parse import quote
+
+import httpx
+
+LnidArg = int | str
+"""An LNID as the API takes it: an integer 1..2^63-1, or "global" (strings are parsed by the manager)."""
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class ManagerError(Exception):
+    """The manager refused a call (`status` 4xx/5xx), or could not be reached (`status` 0).
+
+    `field` names what is wrong (e.g. "mac", "lnid", "host", "body", "auth") or the kind of
+    refusal ("conflict", "not_found"); `detail` says how, for a human.
+    """
+
+    def __init__(self, status: int, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.status = status
+        self.field = field
+        self.detail = detail
+
+
+class ManagerUnreachable(ManagerError):
+    """No answer at all: connection refused, name not resolved, TLS failure, timeout."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(0, "manager", f"cannot reach the manager at {url}: {reason}")
+        self.url = url
+
+
+# ----- answers -----------------------------------------------------------------------------------
+class Change(TypedDict):
+    """Answer of every state-changing command; `changed` is false for a no-op."""
+
+    revision: int
+    changed: bool
+
+
+class HostToken(TypedDict):
+    name: str
+    token: str
+    revision: int
+
+
+class HostInfo(TypedDict):
+    name: str
+    connected: bool
+    vnics: int
+    revision_due: int
+    revision_applied: int
+    in_sync: bool
+    lag: int
+
+
+class MacRow(TypedDict):
+    mac: str
+    lnids: list[int | str]
+    host: str | None
+    port: str | None
+    external: bool
+
+
+class Trace(TypedDict):
+    src: str
+    dst: str
+    allow: bool
+    reason: str
+    src_lnids: list[int | str]
+    host: NotRequired[str]
+    port: NotRequired[str]
+    dst_mac: NotRequired[str]
+    dst_lnids: NotRequired[list[int | str]]
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """The innermost cause of a transport error, in a few words."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer in time ({type(exc).__name__})"
+    cause: BaseException = exc
+    while (inner := cause.__cause__ or cause.__context__) is not None:
+        cause = inner
+    text = str(cause) or str(exc) or type(exc).__name__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        text += " (pass the manager's CA with --cacert / HOSTVLAN_CACERT)"
+    return text
+
+
+class Client:
+    """The manager API. `token` is the admin token, or a host token for `status`.
+
+    `cacert` is a CA bundle (PEM) to verify an HTTPS manager with; `verify=False`
+    disables verification (tests only). Use as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        cacert: str | Path | None = None,
+        verify: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        url = base_url.rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"manager URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = url
+        tls: ssl.SSLContext | bool
+        if cacert is not None:
+            try:
+                tls = ssl.create_default_context(cafile=str(cacert))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot load the CA bundle {cacert}: {exc}") from None
+        else:
+            tls = verify
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=url, headers=headers, verify=tls, timeout=timeout, transport=transport, trust_env=False
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ----- transport -----------------------------------------------------------------------------
+    def call(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        """One API call; the decoded JSON answer, or `ManagerError`."""
+        try:
+            resp = self.http.request(method, path, json=body, params=params)
+        except httpx.TransportError as exc:
+            raise ManagerUnreachable(self.base_url, _reason(exc)) from exc
+        if resp.is_success:
+            try:
+                return resp.json()
+            except ValueError:
+                raise ManagerError(resp.status_code, "answer", f"not JSON: {resp.text[:200]!r}") from None
+        try:
+            err = resp.json()
+        except ValueError:
+            err = None
+        if isinstance(err, dict) and isinstance(err.get("error"), str):
+            raise ManagerError(resp.status_code, err["error"], str(err.get("detail", "")))
+        raise ManagerError(resp.status_code, "http", f"{resp.status_code} {resp.reason_phrase}: {resp.text[:200]}")
+
+    # ----- hosts ---------------------------------------------------------------------------------
+    def hosts(self) -> list[HostInfo]:
+        """Every end host: feed connected, vNICs, revision due / applied, lag, in sync."""
+        out: list[HostInfo] = self.call("GET", "/v1/hosts")
+        return out
+
+    def add_host(self, name: str) -> HostToken:
+        """Register an end host; the answer carries its token (shown only once)."""
+        out: HostToken = self.call("POST", "/v1/hosts", body={"name": name})
+        return out
+
+    def rotate_host_token(self, name: str) -> HostToken:
+        """A new token for `name`; the old one stops working and its open feeds end."""
+        out: HostToken = self.call("POST", f"/v1/hosts/{_seg(name)}/token")
+        return out
+
+    def remove_host(self, name: str) -> int:
+        """Remove a host without vNICs; returns the revision."""
+        out = self.call("DELETE", f"/v1/hosts/{_seg(name)}")
+        return int(out["revision"])
+
+    def status(self, host: str, revision: int) -> None:
+        """(Agent, host token) report the revision this host's data path enforces."""
+        self.call("POST", f"/v1/hosts/{_seg(host)}/status", body={"revision": revision})
+
+    # ----- the paper's commands ------------------------------------------------------------------
+    def reg(
+        self, lnid: LnidArg, mac: str, host: str | None = None, port: str | None = None, *, external: bool = False
+    ) -> Change:
+        """Register `mac` in `lnid` on `host` (or as an external MAC); re-registering is a no-op."""
+        body = {"lnid": lnid, "mac": mac, "host": host, "port": port, "external": external}
+        out: Change = self.call("POST", "/v1/reg", body=body)
+        return out
+
+    def unreg(self, lnid: LnidArg, mac: str) -> Change:
+        out: Change = self.call("POST", "/v1/unreg", body={"lnid": lnid, "mac": mac})
+        return out
+
+    def rm(self, mac: str) -> Change:
+        out: Change = self.call("POST", "/v1/rm", body={"mac": mac})
+        return out
+
+    def move(self, mac: str, host: str | None, port: str | None = None, *, external: bool = False) -> Change:
+        out: Change = self.call("POST", "/v1/move", body={"mac": mac, "host": host, "port": port, "external": external})
+        return out
+
+    def batch(self, ops: list[dict[str, Any]]) -> Change:
+        """Many commands ({"op": "reg"|"unreg"|"rm"|"move", …}) in one durable transaction."""
+        out: Change = self.call("POST", "/v1/batch", body={"ops": ops})
+        return out
+
+    # ----- reading -------------------------------------------------------------------------------
+    def macs(self, host: str | None = None, lnid: LnidArg | None = None, mac: str | None = None) -> list[MacRow]:
+        """The LNID table, filtered by host, LNID and/or MAC."""
+        params = {k: str(v) for k, v in (("host", host), ("lnid", lnid), ("mac", mac)) if v is not None}
+        out: list[MacRow] = self.call("GET", "/v1/macs", params=params)
+        return out
+
+    def trace(self, src: str, dst: str) -> Trace:
+        """The model's verdict for a frame from MAC `src` to `dst` (a MAC or HOST:PORT)."""
+        out: Trace = self.call("GET", "/v1/trace", params={"src": src, "dst": dst})
+        return out
+
+    def revision(self) -> int:
+        return int(self.call("GET", "/v1/revision")["revision"])
+
+
+def _seg(name: str) -> str:
+    """A host name as one path segment (the manager validates it)."""
+    return quote(name, safe="")
+
+
+__all__ = [
+    "Change",
+    "Client",
+    "HostInfo",
+    "HostToken",
+    "LnidArg",
+    "MacRow",
+    "ManagerError",
+    "ManagerUnreachable",
+    "Trace",
+]

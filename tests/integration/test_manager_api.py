@@ -1,0 +1,229 @@
+"""The manager's HTTP API on a real process: authentication and bad input (SPEC §7).
+
+Every refused call must name the field (or kind) that is wrong and leave the state as
+it was: the revision and the whole table are compared before and after.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from managerproc import Manager, running_manager
+
+VM1, VM2, VM3 = "52:54:00:10:00:01", "52:54:00:10:00:02", "52:54:00:10:00:03"
+
+
+@pytest.fixture(scope="module")
+def mgr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manager]:
+    with running_manager(tmp_path_factory.mktemp("manager")) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def admin(mgr: Manager) -> Iterator[httpx.Client]:
+    with mgr.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tokens(admin: httpx.Client) -> dict[str, str]:
+    """Hosts A and B with one vNIC each: VM1 on A (LNID 1), VM2 on B (LNID 2)."""
+    out = {}
+    for h in ("A", "B"):
+        r = admin.post("/v1/hosts", json={"name": h})
+        assert r.status_code == 201, r.text
+        out[h] = r.json()["token"]
+    for lnid, mac, host in ((1, VM1, "A"), (2, VM2, "B")):
+        assert admin.post("/v1/reg", json={"lnid": lnid, "mac": mac, "host": host}).json()["changed"] is True
+    return out
+
+
+def state(admin: httpx.Client) -> tuple[int, Any, Any]:
+    return (
+        admin.get("/v1/revision").json()["revision"],
+        admin.get("/v1/macs").json(),
+        admin.get("/v1/hosts").json(),
+    )
+
+
+# ----- authentication ---------------------------------------------------------------------------
+def test_no_token_and_wrong_token_are_401(mgr: Manager, tokens: dict[str, str]) -> None:
+    for token in ("", "not-the-token"):
+        with mgr.client(token) as c:
+            for method, path in (("GET", "/v1/macs"), ("POST", "/v1/reg"), ("GET", "/v1/hosts/A/feed")):
+                r = c.request(method, path, json={"lnid": 1, "mac": VM3, "host": "A"})
+                assert r.status_code == 401, (token, path, r.text)
+                assert r.json()["error"] == "auth"
+    with httpx.Client(base_url=mgr.url, headers={"Authorization": "Basic abc"}, trust_env=False) as c:
+        assert c.get("/v1/macs").status_code == 401
+
+
+def test_host_token_cannot_manage(mgr: Manager, admin: httpx.Client, tokens: dict[str, str]) -> None:
+    before = state(admin)
+    with mgr.client(tokens["A"]) as c:
+        for method, path, body in (
+            ("GET", "/v1/macs", None),
+            ("GET", "/v1/hosts", None),
+            ("POST", "/v1/reg", {"lnid": 1, "mac": VM3, "host": "A"}),
+            ("POST", "/v1/hosts", {"name": "C"}),
+            ("POST", "/v1/hosts/A/token", None),
+        ):
+            r = c.request(method, path, json=body)
+            assert r.status_code == 403, (path, r.text)
+            assert r.json()["error"] == "auth"
+    assert state(admin) == before
+
+
+def test_host_token_reads_only_its_own_feed(mgr: Manager, tokens: dict[str, str]) -> None:
+    with mgr.client(tokens["A"]) as c:
+        r = c.get("/v1/hosts/B/feed")
+        assert r.status_code == 403 and "A" in r.json()["detail"]
+        assert c.post("/v1/hosts/B/status", json={"revision": 1}).status_code == 403
+    snap = mgr.snapshot("A", tokens["A"])
+    assert snap["entries"] == {VM1: [1]} and snap["local"] == {VM1: None}
+
+
+# ----- bad input never changes anything ----------------------------------------------------------
+def reg(lnid: Any = 1, mac: Any = VM3, host: Any = "A", **kw: Any) -> dict[str, Any]:
+    return {"lnid": lnid, "mac": mac, "host": host, **kw}
+
+
+BAD: list[tuple[str, str, Any, int, str]] = [
+    # id, path, JSON body, status, field
+    ("mac-malformed", "/v1/reg", reg(mac="52:54:00:10:00"), 400, "mac"),
+    ("mac-not-hex", "/v1/reg", reg(mac="52:54:00:10:00:zz"), 400, "mac"),
+    ("mac-number", "/v1/reg", reg(mac=5), 400, "mac"),
+    ("mac-multicast", "/v1/reg", reg(mac="01:00:5e:00:00:01"), 400, "mac"),
+    ("mac-broadcast", "/v1/reg", reg(mac="ff:ff:ff:ff:ff:ff"), 400, "mac"),
+    ("mac-zero", "/v1/reg", reg(mac="00:00:00:00:00:00"), 400, "mac"),
+    ("mac-missing", "/v1/reg", {"lnid": 1, "host": "A"}, 400, "mac"),
+    ("lnid-0", "/v1/reg", reg(lnid=0), 400, "lnid"),
+    ("lnid-neg", "/v1/reg", reg(lnid=-1), 400, "lnid"),
+    ("lnid-2^63", "/v1/reg", reg(lnid=2**63), 400, "lnid"),
+    ("lnid-2^63-str", "/v1/reg", reg(lnid=str(2**63)), 400, "lnid"),
+    ("lnid-abc", "/v1/reg", reg(lnid="abc"), 400, "lnid"),
+    ("lnid-true", "/v1/reg", reg(lnid=True), 400, "lnid"),
+    ("lnid-float", "/v1/reg", reg(lnid=1.5), 400, "lnid"),
+    ("lnid-null", "/v1/reg", reg(lnid=None), 400, "lnid"),
+    ("lnid-list", "/v1/reg", reg(lnid=[1]), 400, "lnid"),
+    ("lnid-missing", "/v1/reg", {"mac": VM3, "host": "A"}, 400, "lnid"),
+    ("host-unknown", "/v1/reg", reg(host="NOPE"), 404, "not_found"),
+    ("host-malformed", "/v1/reg", reg(host="a b"), 400, "host"),
+    ("host-missing", "/v1/reg", reg(host=None), 400, "host"),
+    ("host-and-external", "/v1/reg", reg(external=True), 400, "host"),
+    ("port-too-long", "/v1/reg", reg(port="p" * 16), 400, "port"),
+    ("port-slash", "/v1/reg", reg(port="a/b"), 400, "port"),
+    ("mac-on-other-host", "/v1/reg", reg(mac=VM2, host="A"), 409, "conflict"),
+    ("mac-other-host-as-external", "/v1/reg", reg(mac=VM1, host=None, external=True), 409, "conflict"),
+    ("body-list", "/v1/reg", [1, 2], 400, "body"),
+    ("unreg-lnid", "/v1/unreg", {"lnid": "abc", "mac": VM1}, 400, "lnid"),
+    ("unreg-mac", "/v1/unreg", {"lnid": 1, "mac": "nope"}, 400, "mac"),
+    ("rm-mac", "/v1/rm", {"mac": "52:54:00"}, 400, "mac"),
+    ("move-unknown-mac", "/v1/move", {"mac": VM3, "host": "B"}, 404, "not_found"),
+    ("move-unknown-host", "/v1/move", {"mac": VM1, "host": "NOPE"}, 404, "not_found"),
+    ("batch-one-bad", "/v1/batch", {"ops": [{"op": "reg", **reg()}, {"op": "reg", **reg(mac="x")}]}, 400, "ops[1].mac"),
+    ("batch-conflict", "/v1/batch", {"ops": [{"op": "reg", **reg()}, {"op": "reg", **reg(mac=VM2)}]}, 409, "conflict"),
+    ("batch-unknown-op", "/v1/batch", {"ops": [{"op": "drop", "mac": VM1}]}, 400, "ops[0].op"),
+    ("host-add-name", "/v1/hosts", {"name": "bad name!"}, 400, "name"),
+    ("host-add-exists", "/v1/hosts", {"name": "A"}, 409, "conflict"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_refused_and_changes_nothing(
+    admin: httpx.Client, tokens: dict[str, str], path: str, body: Any, status: int, field: str
+) -> None:
+    before = state(admin)
+    r = admin.post(path, json=body)
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert set(err) == {"error", "detail"}
+    assert err["error"] == field
+    assert err["detail"]
+    assert state(admin) == before
+
+
+def test_unknown_host_and_conflict_explain_themselves(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    assert "NOPE" in admin.post("/v1/reg", json=reg(host="NOPE")).json()["detail"]
+    detail = admin.post("/v1/reg", json=reg(mac=VM2, host="A")).json()["detail"]
+    assert VM2 in detail and "host B" in detail and "move" in detail
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (b'{"lnid": 1, "mac": ', {"content-type": "application/json"}),
+        (b"\xff\xfe", {"content-type": "application/json"}),
+        (b"lnid=1", {"content-type": "application/json"}),
+    ],
+    ids=["truncated", "not-utf8", "not-json"],
+)
+def test_malformed_json(admin: httpx.Client, tokens: dict[str, str], content: bytes, headers: dict[str, str]) -> None:
+    before = state(admin)
+    r = admin.post("/v1/reg", content=content, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "body"
+    assert state(admin) == before
+
+
+def test_oversized_body_is_413(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    before = state(admin)
+    big = json.dumps(reg(port="x" * (1 << 20))).encode()
+    r = admin.post("/v1/reg", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while reading
+        step = 64 << 10
+        for i in range(0, len(big), step):
+            yield big[i : i + step]
+
+    r = admin.post("/v1/reg", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "body"
+    assert state(admin) == before
+    # a body just under the limit is read and judged on its content
+    ok = json.dumps(reg(port="x" * ((1 << 20) - 200))).encode()
+    assert len(ok) < 1 << 20
+    assert admin.post("/v1/reg", content=ok, headers={"content-type": "application/json"}).json()["error"] == "port"
+
+
+def test_bad_query_names_the_field(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    assert admin.get("/v1/macs", params={"lnid": "abc"}).json()["error"] == "lnid"
+    assert admin.get("/v1/macs", params={"mac": "zz"}).json()["error"] == "mac"
+    r = admin.get("/v1/trace", params={"src": VM1})
+    assert r.status_code == 400 and r.json()["error"] == "dst"
+    assert admin.get("/v1/trace", params={"src": "x", "dst": VM2}).json()["error"] == "src"
+    r = admin.get("/v1/trace", params={"src": VM1, "dst": "NOPE:eth0"})
+    assert r.status_code == 404 and "NOPE" in r.json()["detail"]
+
+
+# ----- good input --------------------------------------------------------------------------------
+def test_reregistering_is_a_noop(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    first = admin.post("/v1/reg", json=reg(lnid=9, mac="52:54:00:10:00:09", host="B", port="vp9")).json()
+    assert first["changed"] is True
+    again = admin.post("/v1/reg", json=reg(lnid=9, mac="52:54:00:10:00:09", host="B", port="vp9")).json()
+    assert again == {"revision": first["revision"], "changed": False}
+    assert admin.get("/v1/revision").json()["revision"] == first["revision"]
+    # the extreme LNIDs are accepted, as integers or strings
+    top = admin.post("/v1/reg", json=reg(lnid=str(2**63 - 1), mac="52:54:00:10:00:09", host="B")).json()
+    assert top["changed"] is True and top["revision"] == first["revision"] + 1
+    row = admin.get("/v1/macs", params={"mac": "52:54:00:10:00:09"}).json()
+    assert row == [{"mac": "52:54:00:10:00:09", "lnids": [9, 2**63 - 1], "host": "B", "port": "vp9", "external": False}]
+
+
+def test_host_calls_answer_the_revision(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    before = admin.get("/v1/revision").json()["revision"]
+    added = admin.post("/v1/hosts", json={"name": "TMP"}).json()
+    assert added["revision"] == before + 1 == admin.get("/v1/revision").json()["revision"]
+    rotated = admin.post("/v1/hosts/TMP/token").json()
+    assert rotated["token"] != added["token"] and rotated["revision"] == before + 2
+    removed = admin.delete("/v1/hosts/TMP").json()
+    assert removed == {"removed": "TMP", "revision": before + 3}
+    assert admin.delete("/v1/hosts/TMP").status_code == 404
+    r = admin.delete("/v1/hosts/A")
+    assert r.status_code == 409 and r.json()["error"] == "conflict"
