@@ -486,6 +486,8 @@ def down_recorded(prefix: str | None = None) -> list[str]:
         if not p or (prefix and p != prefix):
             continue
         control.stop_pids([int(x) for x in st.get("pids", {}).values()])
+        if st.get("workdir"):  # also what a killed `up` started but did not record
+            control.stop_pids(control.pids_naming(str(st["workdir"])))
         control.stop_pids(control.pids_in_netns(netns.owned(p)))
         gone += netns.sweep(p)
         if st.get("workdir"):

@@ -113,6 +113,28 @@ def pids_in_netns(netns_names: list[str]) -> list[int]:
     return out
 
 
+def pids_naming(path: str) -> list[int]:
+    """Session leaders (how `start` runs the manager and agents) whose command line names a file
+    under `path`, a testbed's work dir. Finds a process whose pid was never recorded because
+    `up` was killed right after starting it (the manager is in the root namespace, so
+    `pids_in_netns` cannot find it)."""
+    needle = os.fsencode(path.rstrip("/") + "/")
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+            with open(f"/proc/{entry}/stat") as fh:
+                session = int(fh.read().rsplit(")", 1)[-1].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if session == int(entry) and needle in cmdline:
+            out.append(int(entry))
+    return out
+
+
 class Api:
     """The few manager calls the testbed makes itself (as an administrator would)."""
 

@@ -61,9 +61,13 @@ def sweep(prefix: str) -> list[str]:
 
 @contextmanager
 def inside(name: str) -> Iterator[None]:
-    """Run the block with this thread inside namespace `name` (sockets opened here stay bound to it)."""
-    netns.pushns(name)
+    """Run the block with this thread inside namespace `name` (sockets opened here stay bound to it).
+
+    A missing namespace raises FileNotFoundError (pyroute2's `pushns(name)` would create it).
+    """
+    netns.pushns()
     try:
+        netns.setns(name, flags=0)
         yield
     finally:
         netns.popns()

@@ -1,0 +1,72 @@
+"""Helpers shared by the e2e tier: per-session namespace prefixes, topology files, checks.
+
+Every testbed of this tier is named with a prefix that starts with one per-session
+root (`SESSION`), so the tier can prove afterwards that none of its namespaces is left
+behind while other runs build their own namespaces concurrently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hostvlan.testbed import netns
+from hostvlan.testbed.build import Testbed
+from hostvlan.testbed.check import Report
+from hostvlan.testbed.topology import Topology, load_topology
+
+# `e` + 6 hex digits; each testbed appends a counter, each CLI test a letter (≤ 12 chars)
+SESSION = "e" + secrets.token_hex(3)
+_counter = itertools.count()
+
+
+def new_prefix(tag: str = "t") -> str:
+    """A fresh prefix under this session's root, valid for `hostvlan testbed up --prefix`."""
+    return f"{SESSION}{tag}{next(_counter)}"
+
+
+def session_namespaces() -> list[str]:
+    return [n for n in netns.list_netns() if n.startswith(SESSION)]
+
+
+def topology_from_text(tmp_path: Path, text: str, name: str = "topo.yaml") -> Topology:
+    """Write YAML to a file and load it the way the CLI does."""
+    path = tmp_path / name
+    path.write_text(text)
+    return load_topology(path)
+
+
+def reached(report: Report, sender: str) -> set[str]:
+    """Who received `sender`'s broadcast in a `run_check` report."""
+    return {r for r, got in report.matrix.get(sender, {}).items() if got}
+
+
+def broadcast_pairs(report: Report) -> set[tuple[str, str]]:
+    """The broadcast matrix of a report as a set of (sender, receiver) pairs that delivered."""
+    return {(s, r) for s, row in report.matrix.items() for r, got in row.items() if got}
+
+
+def describe(report: Report, limit: int = 30) -> str:
+    """A failure message: the summary and the first problems."""
+    lines = [str(report.summary())]
+    lines += [f"LEAK   {x}" for x in report.leaks[:limit]]
+    lines += [f"MISS   {x}" for x in report.misses[:limit]]
+    lines += [f"FORGED {x}" for x in report.forged_delivered[:limit]]
+    return "\n".join(lines)
+
+
+def assert_model_agrees(report: Report) -> None:
+    assert report.ok, describe(report)
+    assert report.delivered > 0, describe(report)
+
+
+@contextmanager
+def running(topology: Topology) -> Iterator[Testbed]:
+    """`with Testbed(...)` under a fresh prefix of this session; checks the teardown too."""
+    with Testbed(topology, prefix=new_prefix()) as tb:
+        yield tb
+    left = netns.owned(tb.prefix)
+    assert not left, f"namespaces of {tb.prefix} left behind: {left}"
