@@ -92,15 +92,18 @@ def manager(
         parsed = [Listen.parse(x) for x in listens]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
-    run(
-        Path(db),
-        parsed,
-        tls_cert=Path(tls_cert) if tls_cert else None,
-        tls_key=Path(tls_key) if tls_key else None,
-        admin_token_file=Path(admin_token_file) if admin_token_file else None,
-        ready_file=Path(ready_file) if ready_file else None,
-        log_level=log_level,
-    )
+    try:
+        run(
+            Path(db),
+            parsed,
+            tls_cert=Path(tls_cert) if tls_cert else None,
+            tls_key=Path(tls_key) if tls_key else None,
+            admin_token_file=Path(admin_token_file) if admin_token_file else None,
+            ready_file=Path(ready_file) if ready_file else None,
+            log_level=log_level,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # ----- management commands (the manager's HTTP API only) ------------------------------------

@@ -57,9 +57,12 @@ def bind(listen: Listen) -> socket.socket:
         return make()
     from pyroute2 import netns
 
-    netns.pushns(listen.netns)
+    netns.pushns()
     try:
+        netns.setns(listen.netns, flags=0)  # a missing namespace is an error, never created
         return make()
+    except FileNotFoundError:
+        raise ValueError(f"network namespace {listen.netns!r} does not exist") from None
     finally:
         netns.popns()
 
@@ -73,13 +76,16 @@ def run(
     ready_file: Path | None = None,
     log_level: str = "warning",
 ) -> None:
+    try:
+        socks = [bind(x) for x in listens]
+    except OSError as exc:
+        raise ValueError(f"cannot listen: {exc.strerror or exc}") from None
     db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db)
     service = Service(store)
     token_file = admin_token_file or db.with_name(db.name + ".admin-token")
     if service.ensure_admin_token(token_file):
         print(f"hostvlan manager: new admin token written to {token_file} (mode 0600)", file=sys.stderr)
-    socks = [bind(x) for x in listens]
     scheme = "https" if tls_cert else "http"
     urls = []
     for s, x in zip(socks, listens, strict=True):
