@@ -24,7 +24,9 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ SUBNET = ipaddress.ip_network("10.200.0.0/16")
 UPLINK = PortName("uplink0")
 BRIDGE = "br0"
 SWITCH = "sw0"
+SNAPSHOT_LOG = "snapshot enforced"  # what an agent logs once its first snapshot is in the kernel
 
 
 @dataclass(frozen=True)
@@ -318,7 +321,12 @@ class Testbed:
             idx = ipr.link_lookup(ifname="mg0")[0]
             ipr.addr("add", index=idx, address=f"{control.MGMT_NET}.1", prefixlen=16)
             ipr.link("set", index=idx, state="up")
+        self._run_manager()
+
+    def _run_manager(self, status: str = "building") -> None:
+        """Start the manager process on the testbed's database and wait until it serves."""
         ready = self.workdir / "manager.ready"
+        ready.unlink(missing_ok=True)
         proc = control.start(
             control.hostvlan_argv(
                 "manager",
@@ -335,11 +343,44 @@ class Testbed:
         )
         self.pids["manager"] = proc.pid
         self._procs.append(proc)
-        self._save(status="building")
+        self._save(status=status)
         info = control.wait_file(ready, proc, "the manager")
         self.manager_url = str(info["listen"][0]["url"])
         self.manager_token = Path(info["token_file"]).read_text().strip()
+        if self.api is not None:
+            self.api.close()
         self.api = Api(self.manager_url, self.manager_token)
+
+    def restart_manager(self, timeout: float = 30.0) -> float:
+        """Start the manager again on the same database, exactly as `up` did (after a crash or
+        `kill("manager")`; a running manager is stopped first), then wait until every agent
+        has reconnected and applied its snapshot. The root-namespace URL (`manager_url`)
+        changes; agents find it at the same management address. Returns the wait for the agents."""
+        old = self.pids.pop("manager", None)
+        if old is not None:
+            control.stop_pids([old])
+        if self.api is not None:
+            self.api.close()
+            self.api = None
+        self._run_manager(status="up")
+        return self.program(timeout)
+
+    def kill(self, name: str, timeout: float = 10.0) -> None:
+        """SIGKILL a control-plane process (`manager` or `agent:<host>`, a key of `pids`) and
+        its process group, as a crash would; return once it is gone. Its kernel state stays."""
+        pid = self.pids[name]
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        mine = [p for p in self._procs if p.pid == pid]
+        for proc in mine:
+            proc.wait(timeout)
+        end = time.monotonic() + timeout
+        while not mine and control.running(pid):  # a re-attached testbed (`from_record`) has no Popen
+            if time.monotonic() > end:
+                raise TimeoutError(f"{name} (pid {pid}) still alive {timeout}s after SIGKILL")
+            time.sleep(0.01)
 
     def _build_host(self, index: int, h: HostInfo) -> None:
         self._new_ns(h.netns)
@@ -380,31 +421,62 @@ class Testbed:
             token_file = self.workdir / f"{h.name}.token"
             token_file.write_text(token)
             token_file.chmod(0o600)
-            ready = self.workdir / f"{h.name}.agent.ready"
-            proc = control.start(
-                control.hostvlan_argv(
-                    "agent",
-                    "--manager",
-                    f"http://{control.MGMT_NET}.1:{control.MGMT_PORT}",
-                    "--host",
-                    h.name,
-                    "--token-file",
-                    str(token_file),
-                    "--uplink",
-                    f"{h.uplink}={h.uplink_mac}",
-                    "--ready-file",
-                    str(ready),
-                    "-v",
-                ),
-                self.workdir / f"{h.name}.agent.log",
-                netns=h.netns,
-            )
-            self.pids[f"agent:{h.name}"] = proc.pid
-            self._procs.append(proc)
-            procs.append((h, proc, ready))
+            procs.append((h, *self._run_agent(h)))
         self._save(status="building")
         for h, proc, ready in procs:
             control.wait_file(ready, proc, f"the agent of {h.name}")
+
+    def _run_agent(self, h: HostInfo) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start `h`'s agent inside its namespace (its token file is in the workdir)."""
+        ready = self.workdir / f"{h.name}.agent.ready"
+        ready.unlink(missing_ok=True)
+        proc = control.start(
+            control.hostvlan_argv(
+                "agent",
+                "--manager",
+                f"http://{control.MGMT_NET}.1:{control.MGMT_PORT}",
+                "--host",
+                h.name,
+                "--token-file",
+                str(self.workdir / f"{h.name}.token"),
+                "--uplink",
+                f"{h.uplink}={h.uplink_mac}",
+                "--ready-file",
+                str(ready),
+                "-v",
+            ),
+            self.workdir / f"{h.name}.agent.log",
+            netns=h.netns,
+        )
+        self.pids[f"agent:{h.name}"] = proc.pid
+        self._procs.append(proc)
+        return proc, ready
+
+    def restart_agent(self, host: str, timeout: float = 15.0) -> float:
+        """Start `host`'s agent again exactly as `up` does (after a crash or `kill`; a running
+        agent is stopped first). Returns once the new agent has enforced its first snapshot
+        and the manager sees the host in sync; the value is the time that took."""
+        h = self.hosts[host]
+        if h.backend == "none":
+            raise ValueError(f"host {host} runs no agent (backend none)")
+        old = self.pids.pop(f"agent:{host}", None)
+        if old is not None:
+            control.stop_pids([old])
+        log = self.workdir / f"{host}.agent.log"
+        start = log.stat().st_size if log.exists() else 0
+        t0 = time.monotonic()
+        proc, ready = self._run_agent(h)
+        self._save(status="up")
+        control.wait_file(ready, proc, f"the agent of {host}", timeout)
+        while SNAPSHOT_LOG not in _read_from(log, start):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the agent of {host} exited with status {proc.returncode}")
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"the agent of {host} enforced no snapshot after {timeout}s")
+            time.sleep(0.01)
+        assert self.api is not None
+        self.api.wait_synced([host], max(0.1, timeout - (time.monotonic() - t0)))
+        return time.monotonic() - t0
 
     def _register(self) -> None:
         """Register the topology's VMs and external endpoints, as an administrator would."""
@@ -448,6 +520,12 @@ class Testbed:
             "workdir": str(self.workdir),
             "topology": self.topology.to_dict(),
         }
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
 
 
 def _lnid_json(lnid: Lnid) -> int | str:

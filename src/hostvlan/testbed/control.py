@@ -93,6 +93,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def running(pid: int) -> bool:
+    """Is this process still running (not gone, not a zombie)? Reaps it if it is our child."""
+    return _alive(pid)
+
+
 def pids_in_netns(netns_names: list[str]) -> list[int]:
     """Processes whose network namespace is one of these (e.g. agents left by a crash)."""
     inodes = set()
