@@ -55,11 +55,11 @@ def cert(tmp_path: Path) -> tuple[Path, Path]:
 def ns() -> Iterator[str]:
     prefix = netns.new_prefix()
     name = f"{prefix}-tls"
-    netns.create(name)
-    with netns.iproute(name) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        ipr.link("add", ifname="uplink0", kind="veth", address="0e:00:00:00:00:01", peer={"ifname": "wire0"})
     try:
+        netns.create(name)
+        with netns.iproute(name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            ipr.link("add", ifname="uplink0", kind="veth", address="0e:00:00:00:00:01", peer={"ifname": "wire0"})
         yield name
     finally:
         netns.sweep(prefix)

@@ -85,6 +85,7 @@ class Agent:
         self._status_client: httpx.AsyncClient | None = None  # one, kept alive: reports are frequent
         self._ssl: ssl.SSLContext | None = None  # built once: loading a CA store costs ~25 ms of CPU
         self._stopping = False
+        self._snapshots_seen = 0
 
     # ----- desired state -------------------------------------------------------------------
     async def _rescan_ports(self) -> bool:
@@ -134,6 +135,7 @@ class Agent:
             await self._rescan_ports()
             rep = self._program_full()
             self.state.synced = True
+            self._snapshots_seen += 1
             log.info(
                 "snapshot enforced: r%d, %d element changes%s",
                 self.state.revision,
@@ -219,6 +221,9 @@ class Agent:
                 except DatapathError as exc:
                     log.error("data path rejected a change: %s; resyncing", exc)
                     self.state.synced = False
+                if self._snapshots_seen:  # the connection worked: the next outage starts the backoff anew
+                    self._snapshots_seen = 0
+                    backoff = 0.1
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(self.cfg.backoff_max, backoff * 2)
         finally:

@@ -77,6 +77,7 @@ class Feed:
         q.put_nowait(snapshot)
         st.subscribers.add(q)
         st.due = max(st.due, revision)
+        st.applied = 0  # a new connection has applied nothing until it reports its snapshot
         st.connected_since = time.time()
         return q
 

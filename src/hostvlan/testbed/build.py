@@ -92,6 +92,8 @@ class Testbed:
     `table`/`locations` mirror the manager's table (see `refresh`) for the model oracle.
     """
 
+    __test__ = False  # not a pytest test class, whatever imports it
+
     def __init__(
         self, topology: Topology, prefix: str | None = None, *, record: bool = False, workdir: Path | None = None
     ) -> None:
