@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from hostvlan.client import Client
 from hostvlan.datapath.base import PortCounters
 from hostvlan.datapath.nft_bridge import NftBridgeFilter
 from hostvlan.datapath.nftlib import Nft
@@ -42,7 +43,6 @@ from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, int_to_mac, 
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
 from hostvlan.testbed import control, netns
-from hostvlan.testbed.control import Api
 from hostvlan.testbed.topology import Endpoint, Topology, parse_topology
 
 STATE_DIR = Path(os.environ.get("HOSTVLAN_TESTBED_DIR", "/run/hostvlan/testbeds"))
@@ -110,7 +110,7 @@ class Testbed:
         self.locations: dict[Mac, Location] = {}
         self.manager_url = ""
         self.manager_token = ""
-        self.api: Api | None = None
+        self.api: Client | None = None
         self.pids: dict[str, int] = {}
         self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
         self._readers: dict[str, NftBridgeFilter] = {}
@@ -147,11 +147,13 @@ class Testbed:
         assert self.api is not None
         table = LnidTable()
         locations: dict[Mac, Location] = {}
-        for row in self.api.call("GET", "/v1/macs"):
+        for row in self.api.macs():
             mac = Mac(row["mac"])
             for lnid in row["lnids"]:
                 table.add(mac, parse_lnid(lnid))
-            locations[mac] = Location(HostId(row["host"]) if row["host"] else None, row["port"])
+            locations[mac] = Location(
+                HostId(row["host"]) if row["host"] else None, PortName(row["port"]) if row["port"] else None
+            )
         self.table, self.locations = table, locations
 
     def filter_state(self, host: str) -> FilterState:
@@ -176,7 +178,7 @@ class Testbed:
         assert self.api is not None
         rev = 0
         for i in range(0, len(ops), 20000):
-            rev = int(self.api.call("POST", "/v1/batch", {"ops": ops[i : i + 20000]})["revision"])
+            rev = int(self.api.batch(ops[i : i + 20000])["revision"])
         return rev
 
     def set_lnids(self, name: str, lnids: Iterable[Lnid]) -> None:
@@ -205,7 +207,7 @@ class Testbed:
         assert self.api is not None
         phantom = f"{host}-fill"
         if phantom not in {h["name"] for h in self.api.hosts()}:
-            self.api.call("POST", "/v1/hosts", {"name": phantom})
+            self.api.add_host(phantom)
         ops: list[dict[str, Any]] = []
         for i in range(macs):
             mac = int_to_mac(0x02_FE_00_00_00_00 + (base << 24) + i)
@@ -218,7 +220,7 @@ class Testbed:
     def program(self, timeout: float = 30.0) -> float:
         """Wait until every agent enforces the manager's current table; mirror it. Returns the wait."""
         assert self.api is not None
-        waited = self.api.wait_synced(self.filtered_hosts(), timeout)
+        waited = control.wait_synced(self.api, self.filtered_hosts(), timeout)
         self.refresh()
         return waited
 
@@ -351,7 +353,7 @@ class Testbed:
         self.manager_token = Path(info["token_file"]).read_text().strip()
         if self.api is not None:
             self.api.close()
-        self.api = Api(self.manager_url, self.manager_token)
+        self.api = Client(self.manager_url, self.manager_token)
 
     def restart_manager(self, timeout: float = 30.0) -> float:
         """Start the manager again on the same database, exactly as `up` did (after a crash or
@@ -417,7 +419,7 @@ class Testbed:
         assert self.api is not None
         procs = []
         for h in self.hosts.values():
-            token = self.api.call("POST", "/v1/hosts", {"name": h.name})["token"]
+            token = self.api.add_host(h.name)["token"]
             if h.backend == "none":
                 continue
             token_file = self.workdir / f"{h.name}.token"
@@ -477,7 +479,7 @@ class Testbed:
                 raise TimeoutError(f"the agent of {host} enforced no snapshot after {timeout}s")
             time.sleep(0.01)
         assert self.api is not None
-        self.api.wait_synced([host], max(0.1, timeout - (time.monotonic() - t0)))
+        control.wait_synced(self.api, [host], max(0.1, timeout - (time.monotonic() - t0)))
         return time.monotonic() - t0
 
     def _register(self) -> None:
@@ -540,7 +542,7 @@ def from_record(data: dict[str, Any]) -> Testbed:
     tb = Testbed(topo, prefix=str(data["prefix"]), record=True, workdir=Path(data["workdir"]))
     tb.manager_url = data["manager"]["url"]
     tb.manager_token = data["manager"]["token"]
-    tb.api = Api(tb.manager_url, tb.manager_token)
+    tb.api = Client(tb.manager_url, tb.manager_token)
     tb.pids = {k: int(v) for k, v in data.get("pids", {}).items()}
     tb.refresh()
     return tb

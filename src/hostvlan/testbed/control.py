@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from hostvlan.client import Client
 
 MGMT_PORT = 7080
 MGMT_NET = "10.201.0"
@@ -140,35 +140,14 @@ def pids_naming(path: str) -> list[int]:
     return out
 
 
-class Api:
-    """The few manager calls the testbed makes itself (as an administrator would)."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url
-        self.token = token
-        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def call(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
-        resp = self._http.request(method, path, json=body, params=params)
-        if resp.status_code >= 400:
-            raise RuntimeError(f"manager: {method} {path}: {resp.status_code} {resp.text}")
-        return resp.json()
-
-    def hosts(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = self.call("GET", "/v1/hosts")
-        return out
-
-    def wait_synced(self, hosts: list[str], timeout: float = 15.0) -> float:
-        """Wait until every listed host's agent is connected and has applied all that concerns it."""
-        t0 = time.monotonic()
-        while True:
-            st = {h["name"]: h for h in self.hosts()}
-            lagging = [h for h in hosts if not st.get(h, {}).get("in_sync")]
-            if not lagging:
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"agents not in sync after {timeout}s: {', '.join(lagging)}")
-            time.sleep(0.01)
+def wait_synced(api: Client, hosts: list[str], timeout: float = 15.0) -> float:
+    """Wait until every listed host's agent is connected and has applied all that concerns it."""
+    t0 = time.monotonic()
+    while True:
+        st = {h["name"]: h for h in api.hosts()}
+        lagging = [h for h in hosts if not (h in st and st[h]["in_sync"])]
+        if not lagging:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"agents not in sync after {timeout}s: {', '.join(lagging)}")
+        time.sleep(0.01)
