@@ -36,8 +36,9 @@ is up, then copies until SIGTERM/SIGINT (exit 0) or until either side fails (exi
 The guest TAP device is not persistent: it disappears with the process.
 
 /dev/tapN names: N is the macvtap's ifindex, which is per network namespace, while
-devtmpfs is global: two namespaces with a macvtap of the same ifindex race for one
-/dev/tapN node. A testbed with several namespaces should pass a private node made with
+devtmpfs is global: with two namespaces holding a macvtap of the same ifindex, /dev/tapN
+is the first one's, the second gets no node, and it loses it too when the first goes
+(verified on 6.18). A testbed with several namespaces should pass a private node made with
 the (major, minor) from the macvtap's own `/sys/class/net/<dev>/macvtap/tap<N>/dev`
 (read inside the host namespace); `ready` names the macvtap the node really opened.
 """

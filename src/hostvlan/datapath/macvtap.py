@@ -1,0 +1,449 @@
+"""Tenant filter for macvtap (SPEC §4.3), on nftables netdev hooks: no kernel patch.
+
+VMs attach through macvtap devices in `bridge` mode on the host's uplink (its physical
+NIC, the macvtaps' lower device). A macvtap is tap + bridge in one device, and its MAC is
+the vNIC MAC, so there is no tap binding: the port IS the macvtap, bound to its MAC.
+
+Which hook sees what (verified on Linux 6.18 with counters on every hook, see
+tests/integration/test_macvtap_hooks.py):
+
+  frame                                  hooks that see it
+  VM writes a frame to /dev/tapN         the macvtap's EGRESS (QEMU's write is a
+                                         dev_queue_xmit on the macvtap), once
+  … broadcast/multicast from a VM        + the INGRESS of each sibling macvtap (one copy
+                                         each) + the lower device's egress (to the wire)
+  … unicast to a sibling VM              + the sibling's INGRESS (+ the lower's ingress:
+                                         macvlan forwards it through the lower device)
+  … unicast to the wire                  + the lower device's egress
+  broadcast/multicast from the wire      the lower's ingress ONCE (before the fan-out), then
+                                         the INGRESS of every macvtap (one copy each)
+  unicast from the wire to a VM          the lower's ingress, then that macvtap's INGRESS
+
+So a macvtap's ingress hook runs once per copy headed to its VM, whatever the copy came
+from (wire, sibling broadcast, sibling unicast): that is the model's receive filter with
+output port = that macvtap (`meta iifname`, the device whose ingress runs). Its egress
+hook runs once per frame the VM sends: the send check (`meta oifname`). Hooks on the
+lower device alone cannot do either: they see a broadcast once before the fan-out and
+never see sibling broadcasts.
+
+The uplink (a binding with `uplink=True`, port = the lower device) is `global`: its
+send check is exempt, and its receive filter runs on the lower device's EGRESS (every
+frame leaving for the wire, from any macvtap, passes there once, with `meta oifname` =
+the uplink). It holds exactly the model's verdict for the uplink port: a frame that
+passed its VM's send check reaches the wire iff its source is known (in the table).
+
+Layout of the one table `netdev hostvlan` (sets as in nft_bridge: the model's facts
+verbatim, plus the one-element set `digest`):
+
+  rx (regular; at a VM port's ingress, output port = iifname)
+      ether saddr . iifname @pairs accept           ONE lookup for tenant traffic
+      iifname @global_ports ether saddr @known accept
+      ether saddr @global_src iifname @ports accept
+      iifname @ports counter rx:<port> drop
+      counter rx_unbound drop
+  wire_rx (regular; at the uplink's egress) the same on oifname
+  tx (regular; at a VM port's egress)
+      oifname . ether saddr @bound accept           the port's own vNIC MAC
+      oifname @uplinks accept
+      oifname @ports counter tx:<port> drop          forged (counted per port)
+      counter tx_unbound drop
+  per bound VM port P:   chain rx_P  hook ingress device P policy drop { jump rx }
+                         chain tx_P  hook egress  device P policy drop { jump tx }
+  per bound uplink U:    chain rx_U  hook egress  device U policy drop { jump wire_rx }
+
+(Per-port chains start with `rx_`/`tx_`, shared ones never do: no port name collides.
+Drop counters are named `rx:P`/`tx:P` as in nft_bridge.)
+
+A netdev base chain is bound to ONE device, so the per-port base chains are created and
+deleted in the same transaction as the binding's elements (`ports`/`uplinks`/`bound`):
+a port is filtered from the commit that binds it. On this kernel (6.18) a netdev chain
+may name a device that does not exist yet: the hook attaches when the device is
+registered (before it can be brought up), stays when the device is deleted and
+re-attaches when it comes back. So binding a port BEFORE its macvtap is created filters
+it from birth. (Verified on 6.18 only. Older kernels, before the netdev-hook rework of
+about 6.16, refuse a chain for a missing device and delete it with the device: there the
+device must exist when its port is bound, and be re-bound when it is re-created.)
+
+Fail closed. Every base chain has policy drop. A macvtap that is NOT bound has no chain,
+and nothing else sees all of its frames (its broadcasts reach siblings without passing
+any hook of the lower device; the kernel's wildcard device hooks, `macvtap*`, cannot be
+expressed with nft 1.0.6), so the contract the agent and the testbed follow is:
+
+  1. create the macvtap DOWN (the kernel's default) or bind its port first;
+  2. bind its port (apply) before bringing it up and before QEMU opens /dev/tapN;
+  3. bring it down (or delete it) before unbinding its port.
+
+A macvtap that is down is out of macvlan's forwarding table (it receives no copy) and
+cannot transmit, so an unbound device is isolated as long as the contract holds;
+`unguarded()` lists the macvtaps that break it (up and unbound) so an agent can alarm
+or bring them down.
+
+Multicast: macvlan delivers a multicast copy only to macvtaps whose multicast filter
+passes the group, so the macvtaps need `allmulticast on` (the testbed sets it; on a real
+host the agent or the VM manager must); a broadcast always passes. `mode source`
+macvtaps are no substitute for this filter (the project found they leak).
+
+The host's own frames: what the host's stack sends through the lower device passes the
+uplink's receive filter like any frame for the wire (the NIC's MAC is known, `global`;
+any other source must be in the table). What it sends through a macvtap (IPv6 ND/MLD of
+a host namespace with IPv6 on) carries the vNIC MAC and passes as the VM's own frame:
+keep IPv6 off on the macvtaps (the testbed disables it in every namespace).
+
+Differences from the model. Stricter: macvlan itself drops a wire broadcast whose
+source MAC is a local bridge-mode macvtap's (it takes it for its own frame looped back),
+and, as with every macvtap, VMs cannot reach the host's own stack on the lower device.
+Looser: with the uplink UNBOUND there is no chain on the lower device, so frames that
+passed a VM's send check reach the wire unchecked, and frames from the wire are checked
+only at each VM port's ingress (by source); the model would drop both at the unbound
+port. An agent always binds its uplink.
+
+Atomicity: install, every change and removal is one libnftables JSON batch, which the
+kernel commits as one transaction or not at all; chain hooks registered by a batch drop
+(policy) until it commits and vanish if it aborts. Counters per port: `counters()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from hostvlan.datapath.base import DatapathError, PortCounters, TenantFilter
+from hostvlan.datapath.nftlib import Nft
+from hostvlan.model.facts import Facts, FactsDelta
+from hostvlan.model.ids import Mac, PortName
+
+TABLE = "hostvlan"
+FAMILY = "netdev"
+VERSION = "layout_macvtap_v1"  # a counter of this name marks the table layout
+PRIORITY = -200
+
+UNBOUND_RX = "rx_unbound"
+UNBOUND_TX = "tx_unbound"
+
+RX = "rx"  # receive filter at a VM port's ingress (output port = iifname)
+RX_WIRE = "wire_rx"  # receive filter at the uplink's egress (output port = oifname)
+TX = "tx"  # send check at a VM port's egress (input port = oifname)
+_SHARED = (RX, RX_WIRE, TX)
+
+_T = {"family": FAMILY, "table": TABLE}
+
+_SETS: dict[str, str | list[str]] = {
+    "known": "ether_addr",
+    "global_src": "ether_addr",
+    "ports": "ifname",
+    "global_ports": "ifname",
+    "uplinks": "ifname",
+    "bound": ["ifname", "ether_addr"],
+    "pairs": ["ether_addr", "ifname"],
+}
+
+_SADDR = {"payload": {"protocol": "ether", "field": "saddr"}}
+_IIF = {"meta": {"key": "iifname"}}
+_OIF = {"meta": {"key": "oifname"}}
+_ACCEPT: dict[str, Any] = {"accept": None}
+_DROP: dict[str, Any] = {"drop": None}
+
+Kind = Literal["vm", "uplink"]
+# (chain name, hook, shared chain it jumps to) of each kind of bound port
+_CHAINS: dict[str, list[tuple[str, str, str]]] = {
+    "vm": [("rx_", "ingress", RX), ("tx_", "egress", TX)],
+    "uplink": [("rx_", "egress", RX_WIRE)],
+}
+
+
+def _in(left: dict[str, Any], setname: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": f"@{setname}"}}
+
+
+def _cat(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"concat": list(parts)}
+
+
+def _receive(port: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The model's receive filter, `port` being the meta key that names the output port."""
+    return [
+        [_in(_cat(_SADDR, port), "pairs"), _ACCEPT],
+        [_in(port, "global_ports"), _in(_SADDR, "known"), _ACCEPT],
+        [_in(_SADDR, "global_src"), _in(port, "ports"), _ACCEPT],
+        [_in(port, "ports"), {"counter": {"map": {"key": port, "data": "@rx_drops"}}}, _DROP],
+        [{"counter": UNBOUND_RX}, _DROP],
+    ]
+
+
+def _rules() -> dict[str, list[list[dict[str, Any]]]]:
+    return {
+        RX: _receive(_IIF),
+        RX_WIRE: _receive(_OIF),
+        TX: [
+            [_in(_cat(_OIF, _SADDR), "bound"), _ACCEPT],
+            [_in(_OIF, "uplinks"), _ACCEPT],
+            [_in(_OIF, "ports"), {"counter": {"map": {"key": _OIF, "data": "@tx_drops"}}}, _DROP],
+            [{"counter": UNBOUND_TX}, _DROP],
+        ],
+    }
+
+
+def _elem(name: str, item: object) -> object:
+    if name in ("bound", "pairs"):
+        assert isinstance(item, tuple)
+        return {"concat": list(item)}
+    return item
+
+
+def _digest_text(digest: int) -> str:
+    return f"{digest:015x}"
+
+
+def _rx(port: str) -> str:
+    return f"rx:{port}"
+
+
+def _tx(port: str) -> str:
+    return f"tx:{port}"
+
+
+def port_chains(port: str, kind: Kind) -> dict[str, tuple[str, str]]:
+    """The base chains of a bound port: chain name → (hook, shared chain it jumps to)."""
+    return {prefix + port: (hook, target) for prefix, hook, target in _CHAINS[kind]}
+
+
+def _kind_before(port: PortName, delta: FactsDelta) -> Kind | None:
+    """A port's kind in the kernel before `delta` (which is relative to the kernel's facts)."""
+    if port in delta.ports.add:
+        return None
+    if port in delta.uplinks.remove:
+        return "uplink"
+    if port in delta.uplinks.add:
+        return "vm"
+    return "vm"  # removed from ports and never an uplink
+
+
+def _kind_after(port: PortName, delta: FactsDelta) -> Kind | None:
+    if port in delta.ports.remove:
+        return None
+    if port in delta.uplinks.add:
+        return "uplink"
+    return "vm"  # newly bound VM port, or an uplink turned into a VM port
+
+
+class MacvtapFilter(TenantFilter):
+    """HostVLAN on macvtap devices. Create it inside the host's network namespace."""
+
+    def __init__(self, nft: Nft | None = None) -> None:
+        super().__init__()
+        self._nft = nft or Nft()
+
+    # ----- transactions -----------------------------------------------------------
+    @staticmethod
+    def _chain_cmds(port: str, kind: Kind) -> list[dict[str, Any]]:
+        cmds: list[dict[str, Any]] = []
+        for name, (hook, target) in port_chains(port, kind).items():
+            chain = {**_T, "name": name, "type": "filter", "hook": hook, "dev": port, "prio": PRIORITY}
+            cmds.append({"add": {"chain": {**chain, "policy": "drop"}}})
+            cmds.append({"add": {"rule": {**_T, "chain": name, "expr": [{"jump": {"target": target}}]}}})
+        return cmds
+
+    def _element_cmds(self, delta: FactsDelta, digest: int, *, fresh: bool) -> list[dict[str, Any]]:
+        cmds: list[dict[str, Any]] = [
+            {"flush": {"set": {**_T, "name": "digest"}}},
+            {"add": {"element": {**_T, "name": "digest", "elem": [_digest_text(digest)]}}},
+        ]
+        # removals first: a counter must leave its map before it is deleted
+        for name in _SETS:
+            items = getattr(delta, name).remove
+            if items:
+                elem = [_elem(name, i) for i in items]
+                cmds.append({"delete": {"element": {**_T, "name": name, "elem": elem}}})
+        gone = sorted(delta.ports.remove)
+        if gone:
+            for mapname in ("rx_drops", "tx_drops"):
+                cmds.append({"delete": {"element": {**_T, "name": mapname, "elem": gone}}})
+            for port in gone:
+                cmds.append({"delete": {"counter": {**_T, "name": _rx(port)}}})
+                cmds.append({"delete": {"counter": {**_T, "name": _tx(port)}}})
+        # per-port base chains follow the bindings, in this very transaction
+        affected = sorted(delta.ports.add | delta.ports.remove | delta.uplinks.add | delta.uplinks.remove)
+        new_chains: list[dict[str, Any]] = []
+        for port in affected:
+            before = None if fresh else _kind_before(port, delta)
+            after = _kind_after(port, delta)
+            if before == after:
+                continue
+            if before is not None:
+                for name in port_chains(port, before):
+                    cmds.append({"delete": {"chain": {**_T, "name": name}}})
+            if after is not None:
+                new_chains.extend(self._chain_cmds(port, after))
+        new = sorted(delta.ports.add)
+        for port in new:
+            cmds.append({"add": {"counter": {**_T, "name": _rx(port)}}})
+            cmds.append({"add": {"counter": {**_T, "name": _tx(port)}}})
+        if new:
+            cmds.append({"add": {"element": {**_T, "name": "rx_drops", "elem": [[p, _rx(p)] for p in new]}}})
+            cmds.append({"add": {"element": {**_T, "name": "tx_drops", "elem": [[p, _tx(p)] for p in new]}}})
+        for name in _SETS:
+            items = getattr(delta, name).add
+            if items:
+                elem = [_elem(name, i) for i in items]
+                cmds.append({"add": {"element": {**_T, "name": name, "elem": elem}}})
+        cmds.extend(new_chains)
+        return cmds
+
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        table = {"family": FAMILY, "name": TABLE}
+        cmds: list[dict[str, Any]] = [
+            {"add": {"table": table}},
+            {"delete": {"table": table}},  # replaces a stale table in the same transaction
+            {"add": {"table": table}},
+            {"add": {"counter": {**_T, "name": VERSION}}},
+        ]
+        for name, typ in _SETS.items():
+            cmds.append({"add": {"set": {**_T, "name": name, "type": typ}}})
+        cmds.append({"add": {"set": {**_T, "name": "digest", "type": "ifname"}}})
+        for name in ("rx_drops", "tx_drops"):
+            cmds.append({"add": {"map": {**_T, "name": name, "type": "ifname", "map": "counter"}}})
+        for name in (UNBOUND_RX, UNBOUND_TX):
+            cmds.append({"add": {"counter": {**_T, "name": name}}})
+        for chain, rules in _rules().items():
+            cmds.append({"add": {"chain": {**_T, "name": chain}}})
+            for expr in rules:
+                cmds.append({"add": {"rule": {**_T, "chain": chain, "expr": expr}}})
+        cmds.extend(self._element_cmds(delta, digest, fresh=True))
+        self._nft.run(cmds)
+
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        self._nft.run(self._element_cmds(delta, digest, fresh=False))
+
+    def _kernel_digest(self) -> int | None:
+        try:
+            out = self._nft.list_obj({"set": {**_T, "name": "digest"}})
+        except DatapathError as exc:
+            if "No such file or directory" in str(exc):
+                return None
+            raise
+        for item in out.get("nftables", []):
+            elems = item.get("set", {}).get("elem", [])
+            if len(elems) == 1 and isinstance(elems[0], str):
+                try:
+                    return int(elems[0], 16)
+                except ValueError:
+                    return None
+        return None
+
+    # ----- read-back ------------------------------------------------------------------
+    def _list(self) -> list[dict[str, Any]] | None:
+        try:
+            out = self._nft.list(f"table {FAMILY} {TABLE}")
+        except DatapathError as exc:
+            if "No such file or directory" in str(exc):
+                return None
+            raise
+        items: list[dict[str, Any]] = out.get("nftables", [])
+        return items
+
+    def read(self) -> Facts | None:
+        """The facts the kernel enforces; None when the table is absent or its chains do not
+        match its sets (a foreign/older layout, or chains changed behind the agent's back):
+        the next apply then reinstalls the whole table in one transaction."""
+        items = self._list()
+        if items is None:
+            return None
+        single: dict[str, set[str]] = {name: set() for name, t in _SETS.items() if isinstance(t, str)}
+        double: dict[str, set[tuple[str, str]]] = {name: set() for name, t in _SETS.items() if isinstance(t, list)}
+        version = None
+        chains: dict[str, tuple[str | None, str | None]] = {}  # name → (hook, policy)
+        jumps: dict[str, list[str | None]] = {}  # chain → jump target of each rule
+        for item in items:
+            if "counter" in item and item["counter"]["name"] == VERSION:
+                version = VERSION
+            elif "set" in item:
+                name = item["set"]["name"]
+                for e in item["set"].get("elem", []):
+                    if name in double and isinstance(e, dict):
+                        a, b = e["concat"]
+                        double[name].add((str(a), str(b)))
+                    elif name in single:
+                        single[name].add(str(e))
+            elif "chain" in item:
+                c = item["chain"]
+                chains[str(c["name"])] = (c.get("hook"), c.get("policy"))
+            elif "rule" in item:
+                r = item["rule"]
+                expr = r.get("expr", [])
+                target = expr[0]["jump"]["target"] if len(expr) == 1 and "jump" in expr[0] else None
+                jumps.setdefault(str(r["chain"]), []).append(target)
+        if version != VERSION:
+            return None  # foreign or older layout: reinstall atomically
+        facts = Facts(
+            known=frozenset(Mac(m) for m in single["known"]),
+            global_src=frozenset(Mac(m) for m in single["global_src"]),
+            ports=frozenset(PortName(p) for p in single["ports"]),
+            global_ports=frozenset(PortName(p) for p in single["global_ports"]),
+            uplinks=frozenset(PortName(p) for p in single["uplinks"]),
+            bound=frozenset((PortName(p), Mac(m)) for p, m in double["bound"]),
+            pairs=frozenset((Mac(m), PortName(p)) for m, p in double["pairs"]),
+        )
+        if not self._layout_matches(facts, chains, jumps):
+            return None
+        return facts
+
+    @staticmethod
+    def _layout_matches(
+        facts: Facts, chains: dict[str, tuple[str | None, str | None]], jumps: dict[str, list[str | None]]
+    ) -> bool:
+        if not facts.uplinks <= facts.ports or {p for p, _ in facts.bound} != facts.ports - facts.uplinks:
+            return False
+        want: dict[str, tuple[str, str]] = {}
+        for port in facts.ports:
+            want |= port_chains(port, "uplink" if port in facts.uplinks else "vm")
+        if set(chains) != set(want) | set(_SHARED) or any(chains[c] != (None, None) for c in _SHARED):
+            return False
+        # (nft 1.0.6 does not print a netdev chain's device in JSON: the name carries the port)
+        return all(chains[n] == (hook, "drop") and jumps.get(n) == [target] for n, (hook, target) in want.items())
+
+    def counters(self) -> dict[str, PortCounters]:
+        try:
+            items = self._nft.list_obj({"counters": {"family": FAMILY, "table": TABLE}}).get("nftables", [])
+        except DatapathError as exc:
+            if "No such file or directory" in str(exc):
+                return {}
+            raise
+        rx: dict[str, int] = {}
+        tx: dict[str, int] = {}
+        for item in items:
+            c = item.get("counter")
+            if not c:
+                continue
+            name, packets = str(c["name"]), int(c.get("packets", 0))
+            if name.startswith("rx:"):
+                rx[name[3:]] = packets
+            elif name.startswith("tx:"):
+                tx[name[3:]] = packets
+            elif name == UNBOUND_RX:
+                rx["(unbound)"] = packets
+            elif name == UNBOUND_TX:
+                tx["(unbound)"] = packets
+        return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
+
+    def _remove(self) -> None:
+        table = {"family": FAMILY, "name": TABLE}
+        self._nft.run([{"add": {"table": table}}, {"delete": {"table": table}}])
+
+    def close(self) -> None:
+        self._nft.close()
+
+    # ----- the fail-closed contract --------------------------------------------------------
+    def unguarded(self, links: Iterable[Any]) -> list[PortName]:
+        """Macvtap devices that are up but not bound: they break the contract (module doc).
+
+        `links` are the host namespace's links as pyroute2 messages (`IPRoute.get_links()`).
+        """
+        bound = self._index.state().bindings
+        out = []
+        for link in links:
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            name = PortName(str(link.get_attr("IFLA_IFNAME")))
+            if kind == "macvtap" and link["flags"] & 1 and name not in bound:  # IFF_UP
+                out.append(name)
+        return sorted(out)
