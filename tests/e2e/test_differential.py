@@ -1,6 +1,6 @@
 """Differential test: random topologies, real frames, the model as the oracle.
 
-Each seed generates a topology file (2-4 hosts, mostly `bridge`, sometimes one `none`;
+Each seed generates a topology file (2-4 hosts mixing the HostVLAN back ends, sometimes one `none`;
 1-4 VMs per host; 0-2 external endpoints; LNID sets drawn from {1, 2, 3, 2^33, global},
 empty sets included), loads it like the CLI does, builds it and checks every kind of
 frame plus forgeries against the model. Set HOSTVLAN_E2E_SEEDS="s1,s2,…" to replay or
@@ -23,6 +23,7 @@ from .support import describe, running, topology_from_text
 pytestmark = pytest.mark.root
 
 POOL: tuple[int | str, ...] = (1, 2, 3, 2**33, "global")
+FILTERED = ("bridge", "macvtap")  # HostVLAN back ends mixed in every topology
 DEFAULT_SEEDS = (11, 23, 33, 37, 41, 53, 67)
 SEEDS = tuple(int(x) for x in os.environ["HOSTVLAN_E2E_SEEDS"].split(",")) if "HOSTVLAN_E2E_SEEDS" in os.environ else ()
 
@@ -47,9 +48,14 @@ def random_topology(seed: int) -> str:
     ):
         for i in rng.sample(range(len(vms)), 2):
             vms[i][3].append(1)
+    brng = random.Random(seed * 7919)  # back ends drawn apart, so the seeds' topologies stay as they were
+    backends = [
+        "none" if h == none_host else FILTERED[(h + brng.randrange(len(FILTERED))) % len(FILTERED)]
+        for h in range(n_hosts)
+    ]
     lines = [f"# differential seed {seed}", "hosts:"]
     for h in range(n_hosts):
-        lines += [f"  - name: h{h}", f"    backend: {'none' if h == none_host else 'bridge'}", "    vms:"]
+        lines += [f"  - name: h{h}", f"    backend: {backends[h]}", "    vms:"]
         lines += [f'      - {{name: {n}, mac: "{m}", lnids: {ls}}}' for hh, n, m, ls in vms if hh == h]
     if ext:
         lines.append("external:")
@@ -62,6 +68,9 @@ def test_the_seeds_cover_the_corners() -> None:
     topos = [parse_topology(random_topology(s), f"seed {s}") for s in DEFAULT_SEEDS]
     eps = [e for t in topos for e in t.endpoints()]
     assert any(h.backend == "none" for t in topos for h in t.hosts)
+    for backend in FILTERED:
+        assert any(h.backend == backend for t in topos for h in t.hosts), backend
+    assert any(len({h.backend for h in t.hosts} - {"none"}) >= 2 for t in topos), "a mixed topology"
     assert any(len(t.hosts) == 2 for t in topos) and any(len(t.hosts) == 4 for t in topos)
     assert any(t.external for t in topos) and any(not t.external for t in topos)
     assert any(not e.lnids for e in eps), "an unregistered endpoint"

@@ -25,10 +25,11 @@ from hostvlan.model.ids import InvalidValue, parse_host
 )
 @click.option(
     "--backend",
-    type=click.Choice(["bridge"]),
+    type=click.Choice(["bridge", "macvtap"]),
     default="bridge",
     show_default=True,
-    help="The virtual switch whose tenant filter this agent programs.",
+    help="The virtual switch whose tenant filter this agent programs: a Linux bridge, or the macvtap "
+    "devices on the uplink (each must be bound before it is brought up).",
 )
 @click.option(
     "--uplink",
@@ -68,6 +69,8 @@ def agent(
     installed closed. If the manager is unreachable, the last view stays enforced.
     """
     from hostvlan.agent.daemon import Agent, AgentConfig, uplinks_from_args
+    from hostvlan.datapath.base import TenantFilter
+    from hostvlan.datapath.macvtap import MacvtapFilter
     from hostvlan.datapath.nft_bridge import NftBridgeFilter
 
     logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(asctime)s agent %(levelname)s %(message)s")
@@ -90,8 +93,10 @@ def agent(
         cacert=cacert,
         audit_interval=audit_interval,
         ready_file=Path(ready_file) if ready_file else None,
+        guard_macvtaps=backend == "macvtap",
     )
     try:
-        asyncio.run(Agent(cfg, NftBridgeFilter()).run())
+        filt: TenantFilter = MacvtapFilter() if backend == "macvtap" else NftBridgeFilter()
+        asyncio.run(Agent(cfg, filt).run())
     except KeyboardInterrupt:
         pass

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from hostvlan.agent.ports import LinkWatcher, find_ports, link_mac, links
+from hostvlan.agent.ports import LinkWatcher, find_ports, guard_macvtaps, link_mac, links
 from hostvlan.datapath.base import ApplyReport, DatapathError, TenantFilter
 from hostvlan.model.datacenter import HostDelta, apply_delta
 from hostvlan.model.hostview import HostView, filter_state
@@ -46,6 +46,7 @@ class AgentConfig:
     audit_interval: float = 60.0
     backoff_max: float = 5.0
     ready_file: Path | None = None
+    guard_macvtaps: bool = False  # macvtap back end: the agent keeps unbound macvtaps down
 
 
 @dataclass
@@ -98,10 +99,10 @@ class Agent:
             return True
         return False
 
-    def _program_full(self) -> ApplyReport:
+    async def _program_full(self) -> ApplyReport:
         assert self.state.view is not None
         self.backend.sync(filter_state(self.state.view, self.state.ports, self.cfg.uplinks))
-        return self._apply()
+        return await self._guarded_apply()
 
     async def _program_delta(self, delta: HostDelta) -> None:
         """Push one delta as element changes; bindings are recomputed only when local vNICs moved."""
@@ -116,7 +117,22 @@ class Agent:
             await self._rescan_ports()
             assert self.state.view is not None
             self.backend.sync(filter_state(self.state.view, self.state.ports, self.cfg.uplinks))
-        self._apply()
+        await self._guarded_apply()
+
+    async def _guarded_apply(self) -> ApplyReport:
+        """Apply; with macvtap ports, unbound macvtaps go down before and bound ones come up after."""
+        if not self.cfg.guard_macvtaps:
+            return self._apply()
+        await self._guard("down")
+        rep = self._apply()
+        await self._guard("up")
+        return rep
+
+    async def _guard(self, phase: str) -> None:
+        bound = set(self.backend.state().bindings)
+        changed = await asyncio.to_thread(guard_macvtaps, bound, phase)
+        if changed:
+            log.info("macvtap contract: %s", ", ".join(changed))
 
     def _apply(self) -> ApplyReport:
         t = time.perf_counter()
@@ -133,7 +149,7 @@ class Agent:
             self.state.view = parse_snapshot(self.cfg.host, msg)
             self.state.revision = int(msg["revision"])
             await self._rescan_ports()
-            rep = self._program_full()
+            rep = await self._program_full()
             self.state.synced = True
             self._snapshots_seen += 1
             log.info(
@@ -238,12 +254,17 @@ class Agent:
             await self._links_changed.wait()
             self._links_changed.clear()
             await asyncio.sleep(0.01)  # coalesce bursts of link events
-            if self.state.view is not None and await self._rescan_ports():
-                try:
-                    self._program_full()
+            if self.state.view is None:
+                continue
+            try:
+                if await self._rescan_ports():
+                    await self._program_full()
                     log.info("ports now: %s", {str(m): str(p) for m, p in self.state.ports.items()})
-                except DatapathError as exc:
-                    log.error("binding ports failed: %s", exc)
+                elif self.cfg.guard_macvtaps:
+                    await self._guard("down")
+                    await self._guard("up")
+            except DatapathError as exc:
+                log.error("binding ports failed: %s", exc)
 
     async def _audit_loop(self) -> None:
         while True:

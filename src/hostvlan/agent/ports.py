@@ -58,6 +58,35 @@ def find_ports(
     return out
 
 
+IFF_UP = 0x1
+IFF_ALLMULTI = 0x200
+
+
+def guard_macvtaps(bound: set[PortName], phase: str) -> list[str]:
+    """Keep the macvtap contract: a macvtap is up iff its port is bound (its filter exists).
+
+    `phase="down"` (before an apply) takes down every macvtap that is up but not bound;
+    `phase="up"` (after it) brings up, with allmulticast for multicast, the bound ones that
+    are down. A macvtap that is up without its filter chains would be unfiltered: the
+    agent owns their admin state. Returns "name:down"/"name:up" for what it changed.
+    """
+    changed = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            kind = link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            if kind != "macvtap":
+                continue
+            name = PortName(str(link.get("ifname")))
+            up = bool(link["flags"] & IFF_UP)
+            if phase == "down" and up and name not in bound:
+                ipr.link("set", index=link["index"], flags=0, change=IFF_UP)
+                changed.append(f"{name}:down")
+            elif phase == "up" and not up and name in bound:
+                ipr.link("set", index=link["index"], flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
+                changed.append(f"{name}:up")
+    return changed
+
+
 class LinkWatcher:
     """Calls `on_change()` (from its own thread) whenever a link appears, goes or changes.
 

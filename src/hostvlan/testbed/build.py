@@ -25,7 +25,9 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ import yaml
 
 from hostvlan.client import Client
 from hostvlan.datapath.base import PortCounters
+from hostvlan.datapath.macvtap import MacvtapFilter
 from hostvlan.datapath.nft_bridge import NftBridgeFilter
 from hostvlan.datapath.nftlib import Nft
 from hostvlan.model.hostview import Location, filter_state, host_view
@@ -50,6 +53,8 @@ SUBNET = ipaddress.ip_network("10.200.0.0/16")
 UPLINK = PortName("uplink0")
 BRIDGE = "br0"
 SWITCH = "sw0"
+IFF_UP = 0x1
+IFF_ALLMULTI = 0x200
 SNAPSHOT_LOG = "snapshot enforced"  # what an agent logs once its first snapshot is in the kernel
 
 
@@ -113,7 +118,7 @@ class Testbed:
         self.api: Client | None = None
         self.pids: dict[str, int] = {}
         self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
-        self._readers: dict[str, NftBridgeFilter] = {}
+        self._readers: dict[str, NftBridgeFilter | MacvtapFilter] = {}
         self._plan()
 
     # ----- plan (pure) ---------------------------------------------------------------
@@ -124,8 +129,9 @@ class Testbed:
             uplink_mac = self._uplink_mac(i, taken)
             self.hosts[h.name] = HostInfo(h.name, f"{self.prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac)
             for k, vm in enumerate(h.vms):
+                port = PortName(f"macvtap{k}" if h.backend == "macvtap" else f"vnet{k}")
                 self.vms[vm.name] = VmInfo(
-                    vm.name, f"{self.prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, PortName(f"vnet{k}")
+                    vm.name, f"{self.prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, port
                 )
         for e in self.topology.external:
             self.external[e.name] = ExternalInfo(e.name, f"{self.prefix}-x-{e.name}", "eth0", e.mac, str(next(ips)))
@@ -230,7 +236,7 @@ class Testbed:
         if host not in self._readers:
             with netns.inside(self.hosts[host].netns):
                 nft = Nft()
-            self._readers[host] = NftBridgeFilter(nft)
+            self._readers[host] = MacvtapFilter(nft) if self.hosts[host].backend == "macvtap" else NftBridgeFilter(nft)
         return self._readers[host].counters()
 
     # ----- build / teardown -------------------------------------------------------------
@@ -309,13 +315,20 @@ class Testbed:
         self._start_agents()
         for j, e in enumerate(self.external.values()):
             self._build_endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
+        macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].backend == "macvtap"]
         for vm in self.vms.values():
-            self._build_endpoint(vm.netns, vm.mac, vm.ip, self.hosts[vm.host].netns, vm.port, BRIDGE, tap_mac(vm.mac))
+            if vm not in macvtap_vms:
+                self._build_endpoint(
+                    vm.netns, vm.mac, vm.ip, self.hosts[vm.host].netns, vm.port, BRIDGE, tap_mac(vm.mac)
+                )
         self._register()
         for i, spec in enumerate(self.topology.hosts):
             if spec.fill is not None:
                 self.fill(spec.name, spec.fill.macs, spec.fill.lnids, spec.fill.ports, base=i)
         self.program()
+        for vm in macvtap_vms:  # the macvtap contract: the port is bound before the device comes up
+            self._build_macvtap_vm(vm)
+        self._wait_macvtaps(macvtap_vms)
         netns.wait_operstate_up(netns.owned(self.prefix))
 
     def _start_manager(self) -> None:
@@ -389,8 +402,6 @@ class Testbed:
     def _build_host(self, index: int, h: HostInfo) -> None:
         self._new_ns(h.netns)
         with netns.iproute(h.netns) as ipr:
-            ipr.link("add", ifname=BRIDGE, kind="bridge", address=h.uplink_mac, br_stp_state=0, br_mcast_snooping=0)
-            br = ipr.link_lookup(ifname=BRIDGE)[0]
             ipr.link(
                 "add",
                 ifname=h.uplink,
@@ -398,8 +409,14 @@ class Testbed:
                 address=h.uplink_mac,
                 peer={"ifname": f"up{index}", "net_ns_fd": self.switch_ns},
             )
-            ipr.link("set", index=ipr.link_lookup(ifname=h.uplink)[0], master=br, state="up")
-            ipr.link("set", index=br, state="up")
+            up = ipr.link_lookup(ifname=h.uplink)[0]
+            if h.backend == "macvtap":  # the macvtaps hang off the uplink itself: no bridge
+                ipr.link("set", index=up, flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
+            else:
+                ipr.link("add", ifname=BRIDGE, kind="bridge", address=h.uplink_mac, br_stp_state=0, br_mcast_snooping=0)
+                br = ipr.link_lookup(ifname=BRIDGE)[0]
+                ipr.link("set", index=up, master=br, state="up")
+                ipr.link("set", index=br, state="up")
             ipr.link("add", ifname="mgmt0", kind="veth", peer={"ifname": f"m{index}", "net_ns_fd": self.mgmt_ns})
             m = ipr.link_lookup(ifname="mgmt0")[0]
             ipr.addr("add", index=m, address=f"{control.MGMT_NET}.{index + 2}", prefixlen=16)
@@ -445,6 +462,8 @@ class Testbed:
                 str(self.workdir / f"{h.name}.token"),
                 "--uplink",
                 f"{h.uplink}={h.uplink_mac}",
+                "--backend",
+                h.backend,
                 "--ready-file",
                 str(ready),
                 "-v",
@@ -486,12 +505,81 @@ class Testbed:
         """Register the topology's VMs and external endpoints, as an administrator would."""
         ops: list[dict[str, Any]] = []
         for e in self.topology.endpoints():
+            # a macvtap VM is registered with its port, so its filter exists before its device does
+            port = self.vms[e.name].port if e.host and self.hosts[e.host].backend == "macvtap" else None
             for lnid in sorted(e.lnids):
                 ops.append(
-                    {"op": "reg", "lnid": _lnid_json(lnid), "mac": e.mac, "host": e.host, "external": e.host is None}
+                    {
+                        "op": "reg",
+                        "lnid": _lnid_json(lnid),
+                        "mac": e.mac,
+                        "host": e.host,
+                        "port": port,
+                        "external": e.host is None,
+                    }
                 )
         if ops:
             self._ops(ops)
+
+    def _build_macvtap_vm(self, vm: VmInfo) -> None:
+        """A macvtap VM: the macvtap (bridge mode on the uplink, MAC = vNIC MAC) stays in the host
+        namespace beside its filter; a QEMU stand-in (`testbed.vmtap`) carries its frames to the
+        VM namespace's eth0. The device is created DOWN: the host's agent brings it up once its
+        port is bound, and keeps it down otherwise (the macvtap contract)."""
+        h = self.hosts[vm.host]
+        self._new_ns(vm.netns)
+        with netns.iproute(h.netns) as ipr:
+            lower = ipr.link_lookup(ifname=h.uplink)[0]
+            ipr.link("add", ifname=vm.port, kind="macvtap", link=lower, macvtap_mode="bridge", address=vm.mac)
+            idx = ipr.link_lookup(ifname=vm.port)[0]
+        dev = (self.workdir / "dev").resolve()
+        dev.mkdir(exist_ok=True)
+        # sysfs shows the devices of the namespace that mounted it: `ip netns exec` remounts it
+        got = subprocess.run(
+            ["ip", "netns", "exec", h.netns, "cat", f"/sys/class/net/{vm.port}/macvtap/tap{idx}/dev"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        major, minor = (int(x) for x in got.stdout.strip().split(":"))
+        node = dev / f"{h.name}-{vm.port}"  # /dev/tapN collides across namespaces: a private node
+        os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(major, minor))
+        log = self.workdir / f"{vm.name}.vmtap.log"
+        proc = control.start(
+            [
+                sys.executable,
+                "-m",
+                "hostvlan.testbed.vmtap",
+                "--tap",
+                str(node),
+                "--netns",
+                vm.netns,
+                "--ifname",
+                vm.ifname,
+                "--ip",
+                f"{vm.ip}/{SUBNET.prefixlen}",
+            ],
+            log,
+        )
+        self.pids[f"vmtap:{vm.name}"] = proc.pid
+        self._procs.append(proc)
+        control.wait_log(log, f"ready {vm.port} {vm.ifname} {vm.mac}", proc, f"the stand-in of {vm.name}")
+
+    def _wait_macvtaps(self, vms: list[VmInfo], timeout: float = 10.0) -> None:
+        """Wait until the agents brought up the macvtap of every registered VM."""
+        end = time.monotonic() + timeout
+        for vm in vms:
+            if not self.endpoint(vm.name).lnids:
+                continue  # unregistered: its agent keeps it down
+            while True:
+                with netns.iproute(self.hosts[vm.host].netns) as ipr:
+                    link = ipr.get_links(ipr.link_lookup(ifname=vm.port)[0])[0]
+                if link["flags"] & IFF_UP and link.get("operstate") in ("UP", "UNKNOWN"):
+                    break
+                if time.monotonic() > end:
+                    raise TimeoutError(f"the agent of {vm.host} did not bring up {vm.port} of {vm.name}")
+                time.sleep(0.01)
 
     def _build_endpoint(
         self, ns: str, mac: Mac, ip: str, parent_ns: str, port: str, bridge: str, port_mac: Mac | None

@@ -55,6 +55,18 @@ def wait_file(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: flo
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
+def wait_log(log: Path, text: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+    """Wait until `proc` has written `text` to its log."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}: {log.read_text(errors='replace')[-500:]}")
+        time.sleep(0.02)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
 def stop_pids(pids: list[int], grace: float = 3.0) -> None:
     """SIGTERM each process group, then SIGKILL what is left after `grace` seconds."""
     alive = []

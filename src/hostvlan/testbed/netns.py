@@ -103,7 +103,9 @@ def wait_operstate_up(names: list[str], timeout: float = 10.0) -> None:
                 for link in ipr.get_links():
                     if link.get("ifname") == "lo":
                         continue
-                    if link.get("operstate") != "UP":
+                    if not link["flags"] & 1:  # administratively down on purpose (an unbound macvtap)
+                        continue
+                    if link.get("operstate") not in ("UP", "UNKNOWN"):  # a TAP reports UNKNOWN
                         pending.append(f"{name}/{link.get('ifname')}")
         if not pending:
             return
