@@ -559,7 +559,7 @@ def testbed_check(prefix: str | None, as_json: bool) -> None:
 
 
 # ----- demo -----------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="Run the paper's Fig. 7 scenario end to end on real namespaces.")
 @click.option("--topology", type=click.Path(dir_okay=False), help="Another topology (default: the paper's Fig. 7).")
 def demo(topology: str | None) -> None:
     """Run the paper's Fig. 7 scenario end to end on real namespaces, explain it, tear down."""
