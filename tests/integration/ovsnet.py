@@ -178,7 +178,13 @@ class OvsHost:
     vms: list[Vm]
     daemons: OvsDaemons
     db: OvsDb
+    attached: set[PortName] = field(default_factory=set)  # VM ports on the bridge
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def attach(self, vm: Vm) -> None:
+        """Add a VM's port to the bridge, tagged with its vNIC MAC (as OpenStack does)."""
+        self.db.add_port(BRIDGE, vm.port, attached_mac=vm.mac, iface_id=vm.name)
+        self.attached.add(vm.port)
 
     @property
     def tools(self) -> OvsTools:
@@ -212,10 +218,10 @@ class OvsHost:
                 check=True,
                 capture_output=True,
             )
-        ports = [vm.port for vm in self.vms] + [UPLINK]
         with netns.iproute(self.ns) as ipr:
-            for name in ports:
+            for name in [vm.port for vm in self.vms] + [UPLINK]:
                 ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+        ports = [vm.port for vm in self.vms if vm.port in self.attached] + [UPLINK]
         netns.wait_operstate_up([self.outside_ns, *(vm.ns for vm in self.vms)])
         _wait_for("the bridge's ports to be up", lambda: self._links_up(ports))
         _wait_for("OpenFlow ports of every interface", lambda: set(ports) <= set(self.db.ofports(BRIDGE)))
@@ -301,7 +307,7 @@ def ovs_host(prefix: str, n_vms: int, ports_on_bridge: int | None = None) -> Ite
             host.add_vm_port(vm)
         db.add_port(BRIDGE, UPLINK)
         for vm in vms[:ports_on_bridge]:
-            db.add_port(BRIDGE, vm.port, attached_mac=vm.mac, iface_id=vm.name)
+            host.attach(vm)
         yield host
 
 
