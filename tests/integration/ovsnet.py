@@ -22,8 +22,6 @@ tx checksum offload, TSO and GSO off (`ethtool -K eth0 tx off tso off gso off`).
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -40,12 +38,12 @@ from hostvlan.model import verdict
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
+from hostvlan.testbed.ovsd import OvsDaemons as _OvsDaemons
 from hostvlan.testbed.traffic import Probe, Received
 
 from .hostnet import OUTSIDE, OUTSIDE_MAC, UPLINK, UPLINK_MAC, Sent, Vm, vm_mac, vm_tap_mac
 
 BRIDGE = "br0"
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 STARTED: set[int] = set()  # pid of every OVS daemon this session started (all must be gone)
 
 
@@ -57,89 +55,22 @@ def _wait_for(what: str, ok: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-class OvsDaemons:
-    """ovsdb-server + ovs-vswitchd of one test, run in network namespace `ns`."""
+class OvsDaemons(_OvsDaemons):
+    """The package's runner in a fresh temporary directory, every daemon recorded in STARTED."""
 
     def __init__(self, ns: str) -> None:
-        self.ns = ns
-        self.dir = Path(tempfile.mkdtemp(prefix="hvovs-", dir="/tmp"))  # short: unix socket paths
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.tools = OvsTools(
-            rundir=str(self.dir), db=f"unix:{self.dir}/db.sock", vswitchd_ctl=f"{self.dir}/ovs-vswitchd.ctl"
-        )
-
-    @property
-    def env(self) -> dict[str, str]:
-        d = str(self.dir)
-        return {**os.environ, "OVS_RUNDIR": d, "OVS_DBDIR": d, "OVS_LOGDIR": d, "OVS_SYSCONFDIR": d}
-
-    def _spawn(self, argv: list[str]) -> None:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *argv],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        STARTED.add(proc.pid)
-        self.procs.append(proc)
+        super().__init__(ns, Path(tempfile.mkdtemp(prefix="hvovs-", dir="/tmp")))  # short: unix socket paths
 
     def start(self) -> None:
-        d = self.dir
-        subprocess.run(["ovsdb-tool", "create", f"{d}/conf.db", SCHEMA], check=True, env=self.env)
-        self._spawn(
-            [
-                "ovsdb-server",
-                f"{d}/conf.db",
-                f"--remote=punix:{d}/db.sock",
-                f"--pidfile={d}/ovsdb-server.pid",
-                f"--unixctl={d}/ovsdb-server.ctl",
-                f"--log-file={d}/ovsdb-server.log",
-                "--no-chdir",
-            ]
-        )
-        _wait_for("ovsdb-server's socket", lambda: (d / "db.sock").exists() or self._died())
-        self._check_alive()
-        self.tools.vsctl("--no-wait", "init")
-        self._spawn(
-            [
-                "ovs-vswitchd",
-                f"unix:{d}/db.sock",
-                f"--pidfile={d}/ovs-vswitchd.pid",
-                f"--unixctl={d}/ovs-vswitchd.ctl",
-                f"--log-file={d}/ovs-vswitchd.log",
-                "--no-chdir",
-            ]
-        )
-        _wait_for("ovs-vswitchd's control socket", lambda: (d / "ovs-vswitchd.ctl").exists() or self._died())
-        self._check_alive()
+        try:
+            super().start()
+        finally:
+            STARTED.update(p.pid for p in self.procs)
 
-    def _died(self) -> bool:
-        return any(p.poll() is not None for p in self.procs)
-
-    def _check_alive(self) -> None:
-        if self._died():
-            logs = "".join(f.read_text()[-2000:] for f in self.dir.glob("*.log"))
-            raise AssertionError(f"an OVS daemon died at start:\n{logs}")
-
-    def stop(self) -> None:
-        """Stop both daemons (vswitchd first) and make sure they are gone."""
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-        alive = [p.pid for p in self.procs if p.poll() is None or _exists(p.pid)]
+    def stop(self, remove_dir: bool = True) -> list[int]:
+        alive = super().stop(remove_dir)
         assert not alive, f"OVS daemons survived: {alive}"
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def log(self, name: str = "ovs-vswitchd") -> str:
-        path = self.dir / f"{name}.log"
-        return path.read_text() if path.exists() else ""
+        return alive
 
 
 def _exists(pid: int) -> bool:
