@@ -89,9 +89,11 @@ def run_demo(topology: str | None = None) -> bool:
     with Testbed(topo) as tb:
         _h(f"1. Built the data center in {time.monotonic() - t0:.1f} s")
         click.echo(
-            "  Real parts: network namespaces, Linux bridges with the nftables tenant filter, a\n"
-            f"  `hostvlan manager` process ({tb.manager_url}) and one `hostvlan agent` per host; every VM\n"
-            "  was registered through the management API (`hostvlan reg LNID MAC HOST`)."
+            "  Real parts, as in the paper: the tenant filter on the three virtual switches of KVM —\n"
+            "  a Linux bridge (nftables bridge family), Open vSwitch (OpenFlow, userspace datapath)\n"
+            "  and macvtap (nftables netdev hooks on each macvtap) — in network namespaces, a\n"
+            f"  `hostvlan manager` process ({tb.manager_url}) and one `hostvlan agent` per host;\n"
+            "  every VM was registered through the management API (`hostvlan reg LNID MAC HOST`)."
         )
         for h in tb.hosts.values():
             vms = "  ".join(f"{v.name} (LNID {_lnids(tb, v.name)})" for v in tb.vms.values() if v.host == h.name)
@@ -120,7 +122,7 @@ def run_demo(topology: str | None = None) -> bool:
             tb.set_lnids("vm1-1", [Lnid(1), Lnid(3)])
             click.echo(
                 f"  enforced on every affected host {(time.perf_counter() - t) * 1000:.0f} ms after the command "
-                "(one small nftables transaction per host, no VM restart)"
+                "(one small transaction per host: an nftables batch or an OpenFlow bundle; no VM restart)"
             )
             rep = run_check(tb, kinds=("broadcast",), forged=False, senders=["vm1-1"])
             reached = [r for r, got in rep.matrix.get("vm1-1", {}).items() if got]

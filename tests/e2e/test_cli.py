@@ -216,7 +216,7 @@ INVALID = [
     ("lnid-word", 10, '      - {name: vm3, mac: "52:54:00:3a:00:03", lnids: [globl]}', "LNID"),
     ("duplicate-mac", 10, '      - {name: vm3, mac: "52:54:00:3a:00:01", lnids: [1]}', "duplicate MAC"),
     ("duplicate-vm-name", 10, '      - {name: vm1, mac: "52:54:00:3a:00:03", lnids: [1]}', "duplicate endpoint name"),
-    ("unknown-backend", 8, "    backend: ovs", "unknown backend"),
+    ("unknown-backend", 8, "    backend: hyperv", "unknown backend"),
 ]
 
 

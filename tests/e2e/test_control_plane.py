@@ -20,6 +20,7 @@ host3: vm3-2-1 L2, vm3-2-2 L2, vm3-3 L3). Measured figures are printed (`-s` sho
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,7 @@ from hostvlan.demo import fig7
 from hostvlan.model.ids import Mac, int_to_mac
 from hostvlan.testbed import control, netns
 from hostvlan.testbed.check import run_check
+from hostvlan.testbed.topology import Topology
 from hostvlan.testbed.traffic import BROADCAST
 
 from .cp_helpers import (
@@ -63,6 +65,13 @@ pytestmark = pytest.mark.root
 VMS = ("vm1-1", "vm1-2", "vm2-1", "vm2-3", "vm3-2-1", "vm3-2-2", "vm3-3")
 LATE1 = Mac("52:54:00:00:0a:01")
 LATE2 = Mac("52:54:00:00:0a:02")
+
+
+def fig7_on_bridges() -> Topology:
+    """Fig. 7 with every host on the Linux bridge: these tests recable taps between hosts'
+    bridges and read the nftables sets back; the other back ends have their own tiers."""
+    topo = fig7()
+    return dataclasses.replace(topo, hosts=tuple(dataclasses.replace(h, backend="bridge") for h in topo.hosts))
 
 
 def figure(name: str, value: object) -> None:
@@ -116,7 +125,7 @@ FIG7 = {
 
 @pytest.fixture(scope="module")
 def tb() -> Iterator[Testbed]:
-    with running(fig7()) as bed:
+    with running(fig7_on_bridges()) as bed:
         assert tuple(bed.vms) == VMS
         yield bed
 
@@ -265,7 +274,7 @@ def test_port_appearing_after_its_registration_is_bound_when_it_appears(tb: Test
 
 # ----- agent restart -----------------------------------------------------------------------
 def test_agent_kill_and_restart_keeps_enforcing_without_losing_allowed_frames(tmp_path: Path) -> None:
-    with running(fig7()) as tb, probe_on(tb) as probe:
+    with running(fig7_on_bridges()) as tb, probe_on(tb) as probe:
         cross = [r for r in VMS if r not in ("vm1-2", "vm3-2-1", "vm3-2-2")]
         flows = [
             uni(tb, "vm1-1", "vm2-1", True),  # allowed, leaves host1
@@ -312,7 +321,7 @@ def test_agent_kill_and_restart_keeps_enforcing_without_losing_allowed_frames(tm
 
 # ----- manager down ------------------------------------------------------------------------
 def test_manager_kill_keeps_filters_and_agents_then_a_new_manager_takes_over() -> None:
-    with running(fig7()) as tb:
+    with running(fig7_on_bridges()) as tb:
         tb.refresh()
         agents = {k: v for k, v in tb.pids.items() if k.startswith("agent:")}
         tb.kill("manager")
@@ -344,7 +353,7 @@ def test_manager_kill_keeps_filters_and_agents_then_a_new_manager_takes_over() -
 
 # ----- manager killed in the middle of a burst ---------------------------------------------
 def test_manager_kill_mid_burst_loses_no_acknowledged_registration() -> None:
-    with running(fig7()) as tb:
+    with running(fig7_on_bridges()) as tb:
         acked: list[Mac] = []
         ended: list[str] = []
 

@@ -45,7 +45,7 @@ EXPECTED_MATRIX = (
 def tb() -> Iterator[Testbed]:
     topo = fig7()
     # the paper's three virtual switches, one per host (SPEC §6)
-    assert [h.backend for h in topo.hosts] == ["bridge", "bridge", "macvtap"]
+    assert [h.backend for h in topo.hosts] == ["bridge", "ovs", "macvtap"]
     with running(topo) as bed:
         assert tuple(bed.vms) == VMS
         yield bed

@@ -25,11 +25,24 @@ from hostvlan.model.ids import InvalidValue, parse_host
 )
 @click.option(
     "--backend",
-    type=click.Choice(["bridge", "macvtap"]),
+    type=click.Choice(["bridge", "ovs", "macvtap"]),
     default="bridge",
     show_default=True,
-    help="The virtual switch whose tenant filter this agent programs: a Linux bridge, or the macvtap "
-    "devices on the uplink (each must be bound before it is brought up).",
+    help="The virtual switch whose tenant filter this agent programs: a Linux bridge, an Open vSwitch "
+    "bridge (OpenFlow), or the macvtap devices on the uplink (each must be bound before it is brought up).",
+)
+@click.option("--bridge", "bridge_name", default="br0", show_default=True, help="The OVS bridge (--backend ovs).")
+@click.option(
+    "--ovs-db",
+    default="unix:/run/openvswitch/db.sock",
+    show_default=True,
+    help="OVSDB remote of the host's Open vSwitch (--backend ovs).",
+)
+@click.option(
+    "--ovs-rundir",
+    default="/run/openvswitch",
+    show_default=True,
+    help="Open vSwitch's run directory: the bridge's OpenFlow socket and ovs-vswitchd's control socket.",
 )
 @click.option(
     "--uplink",
@@ -55,6 +68,9 @@ def agent(
     token: str | None,
     cacert: str | None,
     backend: str,
+    bridge_name: str,
+    ovs_db: str,
+    ovs_rundir: str,
     uplinks: tuple[str, ...],
     audit_interval: float,
     ready_file: str | None,
@@ -63,7 +79,8 @@ def agent(
     """Run the control daemon: follow this host's feed and program its tenant filter.
 
     Finds each local vNIC's port (libvirt tap: host MAC = guest MAC with first octet fe;
-    macvtap: same MAC; or the port named at registration), binds it, and keeps the
+    macvtap: same MAC; Open vSwitch: Interface external_ids:attached-mac; or the port
+    named at registration), binds it, and keeps the
     filter in step with the manager. On restart it keeps what the kernel enforces (never
     flushes) until the manager's snapshot arrives; a host with no filter yet gets it
     installed closed. If the manager is unreachable, the last view stays enforced.
@@ -96,7 +113,20 @@ def agent(
         guard_macvtaps=backend == "macvtap",
     )
     try:
-        filt: TenantFilter = MacvtapFilter() if backend == "macvtap" else NftBridgeFilter()
+        filt: TenantFilter
+        if backend == "ovs":
+            from hostvlan.datapath.ovs import OvsFilter
+            from hostvlan.datapath.ovs_proc import OvsTools
+            from hostvlan.datapath.ovsdb import OvsDb
+
+            db = OvsDb(ovs_db)
+            filt = OvsFilter(bridge_name, OvsTools(rundir=ovs_rundir, db=ovs_db), db)
+            cfg.port_source = lambda: db.ports_by_attached_mac(bridge_name)  # as OpenStack tags them
+            cfg.poll_ports = 0.2
+        elif backend == "macvtap":
+            filt = MacvtapFilter()
+        else:
+            filt = NftBridgeFilter()
         asyncio.run(Agent(cfg, filt).run())
     except KeyboardInterrupt:
         pass

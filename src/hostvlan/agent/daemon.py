@@ -21,6 +21,7 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ class AgentConfig:
     backoff_max: float = 5.0
     ready_file: Path | None = None
     guard_macvtaps: bool = False  # macvtap back end: the agent keeps unbound macvtaps down
+    # where vNIC ports are found: None = this namespace's links (libvirt taps, macvtaps);
+    # else a function giving vNIC MAC -> port (e.g. OVSDB's external_ids:attached-mac)
+    port_source: Callable[[], dict[Mac, PortName]] | None = None
+    poll_ports: float = 0.0  # > 0: also look for new ports this often (OVSDB has no netlink event)
 
 
 @dataclass
@@ -93,7 +98,11 @@ class Agent:
         view = self.state.view
         if view is None:
             return False
-        found = find_ports(view.local, await asyncio.to_thread(links), exclude=self.cfg.uplinks)
+        if self.cfg.port_source is not None:
+            attached = await asyncio.to_thread(self.cfg.port_source)
+            found = {m: p for m, p in attached.items() if m in view.local and p not in self.cfg.uplinks}
+        else:
+            found = find_ports(view.local, await asyncio.to_thread(links), exclude=self.cfg.uplinks)
         if found != self.state.ports:
             self.state.ports = found
             return True
@@ -221,6 +230,8 @@ class Agent:
         watcher = LinkWatcher(links_changed)
         watcher.start()
         tasks = [loop.create_task(self._watch_links()), loop.create_task(self._audit_loop())]
+        if self.cfg.poll_ports > 0:
+            tasks.append(loop.create_task(self._poll_ports()))
         if self.cfg.ready_file:
             self.cfg.ready_file.write_text(json.dumps({"host": self.cfg.host}))
         backoff = 0.1
@@ -260,11 +271,18 @@ class Agent:
                 if await self._rescan_ports():
                     await self._program_full()
                     log.info("ports now: %s", {str(m): str(p) for m, p in self.state.ports.items()})
-                elif self.cfg.guard_macvtaps:
+                elif self.backend.refresh_ports():
+                    log.info("port numbers refreshed")
+                if self.cfg.guard_macvtaps:
                     await self._guard("down")
                     await self._guard("up")
             except DatapathError as exc:
                 log.error("binding ports failed: %s", exc)
+
+    async def _poll_ports(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_ports)
+            self._links_changed.set()
 
     async def _audit_loop(self) -> None:
         while True:

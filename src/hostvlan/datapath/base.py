@@ -16,6 +16,8 @@ then call `apply()`, which pushes everything queued as ONE kernel transaction:
 Back ends never re-derive the semantics: they enforce `hostvlan.model.facts.Facts`.
 Atomicity per back end:
 - `nft_bridge`: one nftables batch (libnftables JSON) = one netlink transaction.
+- `macvtap`: the same, in the netdev family (chains per macvtap, shared sets).
+- `ovs`: one OpenFlow bundle (`ovs-ofctl bundle`, atomic and ordered) per apply.
 - `memory`: a reference in Python, for tests.
 """
 
@@ -96,6 +98,11 @@ class TenantFilter(abc.ABC):
         except BaseException:
             self._reconcile = True
             raise
+
+    def refresh_ports(self) -> int:
+        """Re-read switch-specific port numbers of bound ports and fix their flows (back ends that
+        match names directly, like nftables, have nothing to do). Returns the ports fixed."""
+        return 0
 
     def install_if_absent(self) -> bool:
         """Install hostvlan's objects EMPTY (fail closed) when the switch has none; else touch nothing.

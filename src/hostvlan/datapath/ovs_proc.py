@@ -75,6 +75,9 @@ class OvsTools:
     def ctl_socket(self) -> str:
         if self.vswitchd_ctl:
             return self.vswitchd_ctl
+        fixed = Path(self.rundir) / "ovs-vswitchd.ctl"  # ovs-vswitchd --unixctl=<rundir>/ovs-vswitchd.ctl
+        if fixed.exists():
+            return str(fixed)
         pidfile = Path(self.rundir) / "ovs-vswitchd.pid"
         try:
             pid = int(pidfile.read_text().strip())

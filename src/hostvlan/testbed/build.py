@@ -29,7 +29,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,18 @@ from typing import Any
 import yaml
 
 from hostvlan.client import Client
-from hostvlan.datapath.base import PortCounters
+from hostvlan.datapath.base import PortCounters, TenantFilter
 from hostvlan.datapath.macvtap import MacvtapFilter
 from hostvlan.datapath.nft_bridge import NftBridgeFilter
 from hostvlan.datapath.nftlib import Nft
+from hostvlan.datapath.ovs import OvsFilter
+from hostvlan.datapath.ovsdb import OvsDb
 from hostvlan.model.hostview import Location, filter_state, host_view
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, int_to_mac, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
 from hostvlan.testbed import control, netns
+from hostvlan.testbed.ovsd import OvsDaemons
 from hostvlan.testbed.topology import Endpoint, Topology, parse_topology
 
 STATE_DIR = Path(os.environ.get("HOSTVLAN_TESTBED_DIR", "/run/hostvlan/testbeds"))
@@ -55,6 +59,7 @@ BRIDGE = "br0"
 SWITCH = "sw0"
 IFF_UP = 0x1
 IFF_ALLMULTI = 0x200
+OVS_DATAPATH = os.environ.get("HOSTVLAN_OVS_DATAPATH", "netdev")  # this kernel has no openvswitch module
 SNAPSHOT_LOG = "snapshot enforced"  # what an agent logs once its first snapshot is in the kernel
 
 
@@ -118,7 +123,8 @@ class Testbed:
         self.api: Client | None = None
         self.pids: dict[str, int] = {}
         self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
-        self._readers: dict[str, NftBridgeFilter | MacvtapFilter] = {}
+        self._readers: dict[str, TenantFilter] = {}
+        self._ovs: dict[str, OvsDaemons] = {}  # the private Open vSwitch of each `ovs` host
         self._plan()
 
     # ----- plan (pure) ---------------------------------------------------------------
@@ -231,12 +237,17 @@ class Testbed:
         return waited
 
     def counters(self, host: str) -> dict[str, PortCounters]:
-        if self.hosts[host].backend == "none":
+        h = self.hosts[host]
+        if h.backend == "none":
             return {}
         if host not in self._readers:
-            with netns.inside(self.hosts[host].netns):
-                nft = Nft()
-            self._readers[host] = MacvtapFilter(nft) if self.hosts[host].backend == "macvtap" else NftBridgeFilter(nft)
+            if h.backend == "ovs":
+                tools = self._ovs[host].tools
+                self._readers[host] = OvsFilter(BRIDGE, tools, OvsDb(tools.db_remote))
+            else:
+                with netns.inside(h.netns):
+                    nft = Nft()
+                self._readers[host] = MacvtapFilter(nft) if h.backend == "macvtap" else NftBridgeFilter(nft)
         return self._readers[host].counters()
 
     # ----- build / teardown -------------------------------------------------------------
@@ -271,12 +282,17 @@ class Testbed:
 
     def down(self) -> None:
         for reader in self._readers.values():
-            reader.close()
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
         self._readers.clear()
         if self.api is not None:
             self.api.close()
             self.api = None
         control.stop_pids(list(self.pids.values()))
+        for daemons in self._ovs.values():
+            daemons.stop(remove_dir=False)
+        self._ovs.clear()
         control.stop_pids(control.pids_in_netns(netns.owned(self.prefix)))
         for proc in self._procs:
             proc.poll()  # reap (stop_pids may have already)
@@ -319,7 +335,24 @@ class Testbed:
         for vm in self.vms.values():
             if vm not in macvtap_vms:
                 self._build_endpoint(
-                    vm.netns, vm.mac, vm.ip, self.hosts[vm.host].netns, vm.port, BRIDGE, tap_mac(vm.mac)
+                    vm.netns,
+                    vm.mac,
+                    vm.ip,
+                    self.hosts[vm.host].netns,
+                    vm.port,
+                    BRIDGE,
+                    tap_mac(vm.mac),
+                    ovs=self.hosts[vm.host].backend == "ovs",
+                )
+        if self._ovs:  # the userspace datapath takes frames as AF_PACKET hands them: no offloads
+            for ns in [vm.netns for vm in self.vms.values() if vm not in macvtap_vms] + [
+                e.netns for e in self.external.values()
+            ]:
+                subprocess.run(
+                    ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off"],
+                    check=True,
+                    capture_output=True,
+                    timeout=10,
                 )
         self._register()
         for i, spec in enumerate(self.topology.hosts):
@@ -412,6 +445,11 @@ class Testbed:
             up = ipr.link_lookup(ifname=h.uplink)[0]
             if h.backend == "macvtap":  # the macvtaps hang off the uplink itself: no bridge
                 ipr.link("set", index=up, flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
+            elif h.backend == "ovs":  # an OVS bridge of a private Open vSwitch, fail-mode secure
+                self._start_ovs(index, h)
+                with self._ovsdb(h.name) as db:
+                    db.add_port(BRIDGE, h.uplink)
+                ipr.link("set", index=up, state="up")
             else:
                 ipr.link("add", ifname=BRIDGE, kind="bridge", address=h.uplink_mac, br_stp_state=0, br_mcast_snooping=0)
                 br = ipr.link_lookup(ifname=BRIDGE)[0]
@@ -429,6 +467,25 @@ class Testbed:
             mg.link(
                 "set", index=mg.link_lookup(ifname=f"m{index}")[0], master=mg.link_lookup(ifname="mg0")[0], state="up"
             )
+
+    def _start_ovs(self, index: int, h: HostInfo) -> None:
+        daemons = OvsDaemons(h.netns, self.workdir / f"ovs{index}")
+        self._ovs[h.name] = daemons
+        try:
+            daemons.start()
+        finally:
+            for i, proc in enumerate(daemons.procs):
+                self.pids[f"ovs{i}:{h.name}"] = proc.pid
+        with self._ovsdb(h.name) as db:
+            db.ensure_bridge(BRIDGE, datapath_type=OVS_DATAPATH)
+
+    @contextmanager
+    def _ovsdb(self, host: str) -> Iterator[OvsDb]:
+        db = OvsDb(self._ovs[host].tools.db_remote)
+        try:
+            yield db
+        finally:
+            db.close()
 
     def _start_agents(self) -> None:
         """Register every host; start an agent per filtered host; wait until each installed its filter
@@ -464,6 +521,7 @@ class Testbed:
                 f"{h.uplink}={h.uplink_mac}",
                 "--backend",
                 h.backend,
+                *(self._ovs_agent_args(h.name) if h.backend == "ovs" else []),
                 "--ready-file",
                 str(ready),
                 "-v",
@@ -474,6 +532,10 @@ class Testbed:
         self.pids[f"agent:{h.name}"] = proc.pid
         self._procs.append(proc)
         return proc, ready
+
+    def _ovs_agent_args(self, host: str) -> list[str]:
+        tools = self._ovs[host].tools
+        return ["--ovs-db", tools.db_remote, "--ovs-rundir", tools.rundir, "--bridge", BRIDGE]
 
     def restart_agent(self, host: str, timeout: float = 15.0) -> float:
         """Start `host`'s agent again exactly as `up` does (after a crash or `kill`; a running
@@ -582,14 +644,30 @@ class Testbed:
                 time.sleep(0.01)
 
     def _build_endpoint(
-        self, ns: str, mac: Mac, ip: str, parent_ns: str, port: str, bridge: str, port_mac: Mac | None
+        self,
+        ns: str,
+        mac: Mac,
+        ip: str,
+        parent_ns: str,
+        port: str,
+        bridge: str,
+        port_mac: Mac | None,
+        ovs: bool = False,
     ) -> None:
-        """An endpoint namespace with `eth0`, cabled to `bridge` in `parent_ns` through port `port`."""
+        """An endpoint namespace with `eth0`, cabled to `bridge` in `parent_ns` through port `port`
+        (a Linux bridge, or with `ovs` the host's OVS bridge, the port tagged with the vNIC MAC)."""
         self._new_ns(ns)
         with netns.iproute(parent_ns) as ipr:
             kw: dict[str, Any] = {"address": port_mac} if port_mac else {}
             ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns, "address": mac}, **kw)
-            ipr.link("set", index=ipr.link_lookup(ifname=port)[0], master=ipr.link_lookup(ifname=bridge)[0], state="up")
+            idx = ipr.link_lookup(ifname=port)[0]
+            if ovs:
+                host = next(h for h in self.hosts.values() if h.netns == parent_ns)
+                with self._ovsdb(host.name) as db:
+                    db.add_port(BRIDGE, port, attached_mac=mac, iface_id=ns)
+                ipr.link("set", index=idx, state="up")
+            else:
+                ipr.link("set", index=idx, master=ipr.link_lookup(ifname=bridge)[0], state="up")
         with netns.iproute(ns) as ipr:
             idx = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=idx, address=ip, prefixlen=SUBNET.prefixlen)

@@ -2,8 +2,8 @@
 
     hosts:
       - name: h1
-        backend: bridge          # bridge = HostVLAN on a Linux bridge; macvtap = HostVLAN on
-                                 # macvtap devices; none = plain bridge (baseline)
+        backend: bridge          # bridge = HostVLAN on a Linux bridge; ovs = on Open vSwitch;
+                                 # macvtap = on macvtap devices; none = plain bridge (baseline)
         vms:
           - name: vm1-1
             mac: "52:54:00:00:01:01"
@@ -30,7 +30,7 @@ import yaml
 
 from hostvlan.model.ids import InvalidValue, Lnid, Mac, parse_lnid, parse_mac
 
-BACKENDS = ("bridge", "macvtap", "none")
+BACKENDS = ("bridge", "ovs", "macvtap", "none")
 _NAME_MAX = 40
 
 
