@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool)
+APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -18,6 +18,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # hostvlan runs private Open vSwitch instances (testbed, tests); a system-wide one that the
+  # package may have just started is not ours to keep running
+  if [[ " ${missing[*]} " == *" openvswitch-switch "* ]] && [[ -x /usr/share/openvswitch/scripts/ovs-ctl ]]; then
+    /usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1 || true
+  fi
 fi
 
 PY=${PYTHON:-python3}
