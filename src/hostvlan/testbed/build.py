@@ -57,6 +57,7 @@ SUBNET = ipaddress.ip_network("10.200.0.0/16")
 UPLINK = PortName("uplink0")
 BRIDGE = "br0"
 SWITCH = "sw0"
+FILTERED = ("bridge", "ovs", "macvtap")
 IFF_UP = 0x1
 IFF_ALLMULTI = 0x200
 OVS_DATAPATH = os.environ.get("HOSTVLAN_OVS_DATAPATH", "netdev")  # this kernel has no openvswitch module
@@ -91,6 +92,17 @@ class HostInfo:
     bridge: str
     uplink: PortName
     uplink_mac: Mac
+
+    @property
+    def switch(self) -> str:
+        """The virtual switch: bridge, ovs or macvtap (`none` is a plain Linux bridge)."""
+        kind = self.backend.removesuffix("-none")
+        return "bridge" if kind == "none" else kind
+
+    @property
+    def filtered(self) -> bool:
+        """HostVLAN's filter and an agent run here (not a `none`, `ovs-none`, `macvtap-none` baseline)."""
+        return self.backend in FILTERED
 
 
 class Testbed:
@@ -135,7 +147,7 @@ class Testbed:
             uplink_mac = self._uplink_mac(i, taken)
             self.hosts[h.name] = HostInfo(h.name, f"{self.prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac)
             for k, vm in enumerate(h.vms):
-                port = PortName(f"macvtap{k}" if h.backend == "macvtap" else f"vnet{k}")
+                port = PortName(f"macvtap{k}" if h.backend.startswith("macvtap") else f"vnet{k}")
                 self.vms[vm.name] = VmInfo(
                     vm.name, f"{self.prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, port
                 )
@@ -151,7 +163,7 @@ class Testbed:
         return int_to_mac(base + n)
 
     def filtered_hosts(self) -> list[str]:
-        return [h for h, i in self.hosts.items() if i.backend != "none"]
+        return [h for h, i in self.hosts.items() if i.filtered]
 
     # ----- the model's view of what hosts should enforce --------------------------------------
     def refresh(self) -> None:
@@ -177,7 +189,7 @@ class Testbed:
 
     def states(self) -> dict[str, FilterState | None]:
         """Per host: the model state its filter enforces, None for an unfiltered (`none`) host."""
-        return {h: (self.filter_state(h) if i.backend != "none" else None) for h, i in self.hosts.items()}
+        return {h: (self.filter_state(h) if i.filtered else None) for h, i in self.hosts.items()}
 
     def endpoint(self, name: str) -> Endpoint:
         for e in self.topology.endpoints():
@@ -238,7 +250,7 @@ class Testbed:
 
     def counters(self, host: str) -> dict[str, PortCounters]:
         h = self.hosts[host]
-        if h.backend == "none":
+        if not h.filtered:
             return {}
         if host not in self._readers:
             if h.backend == "ovs":
@@ -331,7 +343,7 @@ class Testbed:
         self._start_agents()
         for j, e in enumerate(self.external.values()):
             self._build_endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
-        macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].backend == "macvtap"]
+        macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].switch == "macvtap"]
         for vm in self.vms.values():
             if vm not in macvtap_vms:
                 self._build_endpoint(
@@ -342,7 +354,7 @@ class Testbed:
                     vm.port,
                     BRIDGE,
                     tap_mac(vm.mac),
-                    ovs=self.hosts[vm.host].backend == "ovs",
+                    ovs=self.hosts[vm.host].switch == "ovs",
                 )
         if self._ovs:  # the userspace datapath takes frames as AF_PACKET hands them: no offloads
             for ns in [vm.netns for vm in self.vms.values() if vm not in macvtap_vms] + [
@@ -443,9 +455,9 @@ class Testbed:
                 peer={"ifname": f"up{index}", "net_ns_fd": self.switch_ns},
             )
             up = ipr.link_lookup(ifname=h.uplink)[0]
-            if h.backend == "macvtap":  # the macvtaps hang off the uplink itself: no bridge
+            if h.switch == "macvtap":  # the macvtaps hang off the uplink itself: no bridge
                 ipr.link("set", index=up, flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
-            elif h.backend == "ovs":  # an OVS bridge of a private Open vSwitch, fail-mode secure
+            elif h.switch == "ovs":  # an OVS bridge of a private Open vSwitch (fail-mode secure if filtered)
                 self._start_ovs(index, h)
                 with self._ovsdb(h.name) as db:
                     db.add_port(BRIDGE, h.uplink)
@@ -476,8 +488,11 @@ class Testbed:
         finally:
             for i, proc in enumerate(daemons.procs):
                 self.pids[f"ovs{i}:{h.name}"] = proc.pid
-        with self._ovsdb(h.name) as db:
-            db.ensure_bridge(BRIDGE, datapath_type=OVS_DATAPATH)
+        if h.filtered:
+            with self._ovsdb(h.name) as db:
+                db.ensure_bridge(BRIDGE, datapath_type=OVS_DATAPATH)
+        else:  # the baseline: a plain learning switch (fail-mode standalone: the NORMAL action)
+            daemons.tools.vsctl("add-br", BRIDGE, "--", "set", "bridge", BRIDGE, f"datapath_type={OVS_DATAPATH}")
 
     @contextmanager
     def _ovsdb(self, host: str) -> Iterator[OvsDb]:
@@ -494,7 +509,7 @@ class Testbed:
         procs = []
         for h in self.hosts.values():
             token = self.api.add_host(h.name)["token"]
-            if h.backend == "none":
+            if not h.filtered:
                 continue
             token_file = self.workdir / f"{h.name}.token"
             token_file.write_text(token)
@@ -542,8 +557,8 @@ class Testbed:
         agent is stopped first). Returns once the new agent has enforced its first snapshot
         and the manager sees the host in sync; the value is the time that took."""
         h = self.hosts[host]
-        if h.backend == "none":
-            raise ValueError(f"host {host} runs no agent (backend none)")
+        if not h.filtered:
+            raise ValueError(f"host {host} runs no agent (backend {h.backend})")
         old = self.pids.pop(f"agent:{host}", None)
         if old is not None:
             control.stop_pids([old])
@@ -568,7 +583,7 @@ class Testbed:
         ops: list[dict[str, Any]] = []
         for e in self.topology.endpoints():
             # a macvtap VM is registered with its port, so its filter exists before its device does
-            port = self.vms[e.name].port if e.host and self.hosts[e.host].backend == "macvtap" else None
+            port = self.vms[e.name].port if e.host and self.hosts[e.host].switch == "macvtap" else None
             for lnid in sorted(e.lnids):
                 ops.append(
                     {
@@ -594,6 +609,8 @@ class Testbed:
             lower = ipr.link_lookup(ifname=h.uplink)[0]
             ipr.link("add", ifname=vm.port, kind="macvtap", link=lower, macvtap_mode="bridge", address=vm.mac)
             idx = ipr.link_lookup(ifname=vm.port)[0]
+            if not h.filtered:  # the unfiltered baseline: nobody else brings it up
+                ipr.link("set", index=idx, flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
         dev = (self.workdir / "dev").resolve()
         dev.mkdir(exist_ok=True)
         # sysfs shows the devices of the namespace that mounted it: `ip netns exec` remounts it
@@ -632,7 +649,7 @@ class Testbed:
         """Wait until the agents brought up the macvtap of every registered VM."""
         end = time.monotonic() + timeout
         for vm in vms:
-            if not self.endpoint(vm.name).lnids:
+            if not self.endpoint(vm.name).lnids and self.hosts[vm.host].filtered:
                 continue  # unregistered: its agent keeps it down
             while True:
                 with netns.iproute(self.hosts[vm.host].netns) as ipr:

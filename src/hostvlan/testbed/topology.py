@@ -3,7 +3,8 @@
     hosts:
       - name: h1
         backend: bridge          # bridge = HostVLAN on a Linux bridge; ovs = on Open vSwitch;
-                                 # macvtap = on macvtap devices; none = plain bridge (baseline)
+                                 # macvtap = on macvtap devices; baselines without the filter:
+                                 # none (plain Linux bridge), ovs-none (NORMAL), macvtap-none
         vms:
           - name: vm1-1
             mac: "52:54:00:00:01:01"
@@ -30,7 +31,7 @@ import yaml
 
 from hostvlan.model.ids import InvalidValue, Lnid, Mac, parse_lnid, parse_mac
 
-BACKENDS = ("bridge", "ovs", "macvtap", "none")
+BACKENDS = ("bridge", "ovs", "macvtap", "none", "ovs-none", "macvtap-none")
 _NAME_MAX = 40
 
 
