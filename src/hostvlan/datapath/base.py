@@ -89,7 +89,7 @@ class TenantFilter(abc.ABC):
                     self._digest = want
                     self._reconcile = False
                     return ApplyReport(0, full=True)
-                return self._repair(desired)
+                return self._repair(desired, want)
             if delta:
                 digest = delta_digest(self._digest, delta)
                 self._commit(delta, digest)
@@ -119,15 +119,16 @@ class TenantFilter(abc.ABC):
         """Read every element back and repair any drift (the report counts what was fixed)."""
         self._index.take_delta()  # queued changes are part of the desired facts below
         try:
-            return self._repair(self._index.facts())
+            desired = self._index.facts()
+            return self._repair(desired, facts_digest(desired))
         except BaseException:
             self._reconcile = True
             raise
 
-    def _repair(self, desired: Facts) -> ApplyReport:
+    def _repair(self, desired: Facts, digest: int) -> ApplyReport:
+        """Read everything back and apply the difference to `desired` (whose digest is `digest`)."""
         actual = self.read()
         delta = diff_facts(actual, desired)
-        digest = facts_digest(desired)
         if actual is None:
             self._install(delta, digest)
         elif delta or self._kernel_digest() != digest:
