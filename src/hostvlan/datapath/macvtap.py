@@ -32,21 +32,12 @@ frame leaving for the wire, from any macvtap, passes there once, with `meta oifn
 the uplink). It holds exactly the model's verdict for the uplink port: a frame that
 passed its VM's send check reaches the wire iff its source is known (in the table).
 
-Layout of the one table `netdev hostvlan` (sets as in nft_bridge: the model's facts
-verbatim, plus the one-element set `digest`):
+Layout of the one table `netdev hostvlan` (sets, digest and counters as in every
+nftables back end, `nft_facts`):
 
-  rx (regular; at a VM port's ingress, output port = iifname)
-      ether saddr . iifname @pairs accept           ONE lookup for tenant traffic
-      iifname @global_ports ether saddr @known accept
-      ether saddr @global_src iifname @ports accept
-      iifname @ports counter rx:<port> drop
-      counter rx_unbound drop
+  rx (regular; at a VM port's ingress)  the receive filter, output port = iifname
   wire_rx (regular; at the uplink's egress) the same on oifname
-  tx (regular; at a VM port's egress)
-      oifname . ether saddr @bound accept           the port's own vNIC MAC
-      oifname @uplinks accept
-      oifname @ports counter tx:<port> drop          forged (counted per port)
-      counter tx_unbound drop
+  tx (regular; at a VM port's egress)   the send check, input port = oifname
   per bound VM port P:   chain rx_P  hook ingress device P policy drop { jump rx }
                          chain tx_P  hook egress  device P policy drop { jump tx }
   per bound uplink U:    chain rx_U  hook egress  device U policy drop { jump wire_rx }
@@ -105,43 +96,25 @@ kernel commits as one transaction or not at all; chain hooks registered by a bat
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from hostvlan.datapath.base import DatapathError, PortCounters, TenantFilter
-from hostvlan.datapath.nftlib import Nft
+from hostvlan.datapath.nft_facts import (
+    IIF,
+    OIF,
+    PRIORITY,
+    Cmd,
+    NftFactsFilter,
+    jump,
+    receive_rules,
+    send_rules,
+)
 from hostvlan.model.facts import Facts, FactsDelta
-from hostvlan.model.ids import Mac, PortName
-
-TABLE = "hostvlan"
-FAMILY = "netdev"
-VERSION = "layout_macvtap_v1"  # a counter of this name marks the table layout
-PRIORITY = -200
-
-UNBOUND_RX = "rx_unbound"
-UNBOUND_TX = "tx_unbound"
+from hostvlan.model.ids import PortName
 
 RX = "rx"  # receive filter at a VM port's ingress (output port = iifname)
 RX_WIRE = "wire_rx"  # receive filter at the uplink's egress (output port = oifname)
 TX = "tx"  # send check at a VM port's egress (input port = oifname)
 _SHARED = (RX, RX_WIRE, TX)
-
-_T = {"family": FAMILY, "table": TABLE}
-
-_SETS: dict[str, str | list[str]] = {
-    "known": "ether_addr",
-    "global_src": "ether_addr",
-    "ports": "ifname",
-    "global_ports": "ifname",
-    "uplinks": "ifname",
-    "bound": ["ifname", "ether_addr"],
-    "pairs": ["ether_addr", "ifname"],
-}
-
-_SADDR = {"payload": {"protocol": "ether", "field": "saddr"}}
-_IIF = {"meta": {"key": "iifname"}}
-_OIF = {"meta": {"key": "oifname"}}
-_ACCEPT: dict[str, Any] = {"accept": None}
-_DROP: dict[str, Any] = {"drop": None}
 
 Kind = Literal["vm", "uplink"]
 # (chain name, hook, shared chain it jumps to) of each kind of bound port
@@ -149,57 +122,6 @@ _CHAINS: dict[str, list[tuple[str, str, str]]] = {
     "vm": [("rx_", "ingress", RX), ("tx_", "egress", TX)],
     "uplink": [("rx_", "egress", RX_WIRE)],
 }
-
-
-def _in(left: dict[str, Any], setname: str) -> dict[str, Any]:
-    return {"match": {"op": "==", "left": left, "right": f"@{setname}"}}
-
-
-def _cat(*parts: dict[str, Any]) -> dict[str, Any]:
-    return {"concat": list(parts)}
-
-
-def _receive(port: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    """The model's receive filter, `port` being the meta key that names the output port."""
-    return [
-        [_in(_cat(_SADDR, port), "pairs"), _ACCEPT],
-        [_in(port, "global_ports"), _in(_SADDR, "known"), _ACCEPT],
-        [_in(_SADDR, "global_src"), _in(port, "ports"), _ACCEPT],
-        [_in(port, "ports"), {"counter": {"map": {"key": port, "data": "@rx_drops"}}}, _DROP],
-        [{"counter": UNBOUND_RX}, _DROP],
-    ]
-
-
-def _rules() -> dict[str, list[list[dict[str, Any]]]]:
-    return {
-        RX: _receive(_IIF),
-        RX_WIRE: _receive(_OIF),
-        TX: [
-            [_in(_cat(_OIF, _SADDR), "bound"), _ACCEPT],
-            [_in(_OIF, "uplinks"), _ACCEPT],
-            [_in(_OIF, "ports"), {"counter": {"map": {"key": _OIF, "data": "@tx_drops"}}}, _DROP],
-            [{"counter": UNBOUND_TX}, _DROP],
-        ],
-    }
-
-
-def _elem(name: str, item: object) -> object:
-    if name in ("bound", "pairs"):
-        assert isinstance(item, tuple)
-        return {"concat": list(item)}
-    return item
-
-
-def _digest_text(digest: int) -> str:
-    return f"{digest:015x}"
-
-
-def _rx(port: str) -> str:
-    return f"rx:{port}"
-
-
-def _tx(port: str) -> str:
-    return f"tx:{port}"
 
 
 def port_chains(port: str, kind: Kind) -> dict[str, tuple[str, str]]:
@@ -226,145 +148,49 @@ def _kind_after(port: PortName, delta: FactsDelta) -> Kind | None:
     return "vm"  # newly bound VM port, or an uplink turned into a VM port
 
 
-class MacvtapFilter(TenantFilter):
+class MacvtapFilter(NftFactsFilter):
     """HostVLAN on macvtap devices. Create it inside the host's network namespace."""
 
-    def __init__(self, nft: Nft | None = None) -> None:
-        super().__init__()
-        self._nft = nft or Nft()
+    FAMILY: ClassVar[str] = "netdev"
+    VERSION: ClassVar[str] = "layout_macvtap_v1"
 
-    # ----- transactions -----------------------------------------------------------
-    @staticmethod
-    def _chain_cmds(port: str, kind: Kind) -> list[dict[str, Any]]:
-        cmds: list[dict[str, Any]] = []
-        for name, (hook, target) in port_chains(port, kind).items():
-            chain = {**_T, "name": name, "type": "filter", "hook": hook, "dev": port, "prio": PRIORITY}
-            cmds.append({"add": {"chain": {**chain, "policy": "drop"}}})
-            cmds.append({"add": {"rule": {**_T, "chain": name, "expr": [{"jump": {"target": target}}]}}})
+    def _layout_cmds(self) -> list[Cmd]:
+        rules = {RX: receive_rules(IIF), RX_WIRE: receive_rules(OIF), TX: send_rules(OIF)}
+        cmds: list[Cmd] = []
+        for chain, exprs in rules.items():
+            cmds.append({"add": {"chain": {**self._t, "name": chain}}})
+            cmds += [{"add": {"rule": {**self._t, "chain": chain, "expr": expr}}} for expr in exprs]
         return cmds
 
-    def _element_cmds(self, delta: FactsDelta, digest: int, *, fresh: bool) -> list[dict[str, Any]]:
-        cmds: list[dict[str, Any]] = [
-            {"flush": {"set": {**_T, "name": "digest"}}},
-            {"add": {"element": {**_T, "name": "digest", "elem": [_digest_text(digest)]}}},
-        ]
-        # removals first: a counter must leave its map before it is deleted
-        for name in _SETS:
-            items = getattr(delta, name).remove
-            if items:
-                elem = [_elem(name, i) for i in items]
-                cmds.append({"delete": {"element": {**_T, "name": name, "elem": elem}}})
-        gone = sorted(delta.ports.remove)
-        if gone:
-            for mapname in ("rx_drops", "tx_drops"):
-                cmds.append({"delete": {"element": {**_T, "name": mapname, "elem": gone}}})
-            for port in gone:
-                cmds.append({"delete": {"counter": {**_T, "name": _rx(port)}}})
-                cmds.append({"delete": {"counter": {**_T, "name": _tx(port)}}})
-        # per-port base chains follow the bindings, in this very transaction
+    def _chain_cmds(self, port: str, kind: Kind) -> list[Cmd]:
+        cmds: list[Cmd] = []
+        for name, (hook, target) in port_chains(port, kind).items():
+            chain = {**self._t, "name": name, "type": "filter", "hook": hook, "dev": port, "prio": PRIORITY}
+            cmds.append({"add": {"chain": {**chain, "policy": "drop"}}})
+            cmds.append({"add": {"rule": {**self._t, "chain": name, "expr": jump(target)}}})
+        return cmds
+
+    def _port_chain_cmds(self, delta: FactsDelta, fresh: bool) -> tuple[list[Cmd], list[Cmd]]:
+        """Per-port base chains follow the bindings, in the same transaction."""
+        old: list[Cmd] = []
+        new: list[Cmd] = []
         affected = sorted(delta.ports.add | delta.ports.remove | delta.uplinks.add | delta.uplinks.remove)
-        new_chains: list[dict[str, Any]] = []
         for port in affected:
             before = None if fresh else _kind_before(port, delta)
             after = _kind_after(port, delta)
             if before == after:
                 continue
             if before is not None:
-                for name in port_chains(port, before):
-                    cmds.append({"delete": {"chain": {**_T, "name": name}}})
+                old += [{"delete": {"chain": {**self._t, "name": name}}} for name in port_chains(port, before)]
             if after is not None:
-                new_chains.extend(self._chain_cmds(port, after))
-        new = sorted(delta.ports.add)
-        for port in new:
-            cmds.append({"add": {"counter": {**_T, "name": _rx(port)}}})
-            cmds.append({"add": {"counter": {**_T, "name": _tx(port)}}})
-        if new:
-            cmds.append({"add": {"element": {**_T, "name": "rx_drops", "elem": [[p, _rx(p)] for p in new]}}})
-            cmds.append({"add": {"element": {**_T, "name": "tx_drops", "elem": [[p, _tx(p)] for p in new]}}})
-        for name in _SETS:
-            items = getattr(delta, name).add
-            if items:
-                elem = [_elem(name, i) for i in items]
-                cmds.append({"add": {"element": {**_T, "name": name, "elem": elem}}})
-        cmds.extend(new_chains)
-        return cmds
+                new.extend(self._chain_cmds(port, after))
+        return old, new
 
-    def _install(self, delta: FactsDelta, digest: int) -> None:
-        table = {"family": FAMILY, "name": TABLE}
-        cmds: list[dict[str, Any]] = [
-            {"add": {"table": table}},
-            {"delete": {"table": table}},  # replaces a stale table in the same transaction
-            {"add": {"table": table}},
-            {"add": {"counter": {**_T, "name": VERSION}}},
-        ]
-        for name, typ in _SETS.items():
-            cmds.append({"add": {"set": {**_T, "name": name, "type": typ}}})
-        cmds.append({"add": {"set": {**_T, "name": "digest", "type": "ifname"}}})
-        for name in ("rx_drops", "tx_drops"):
-            cmds.append({"add": {"map": {**_T, "name": name, "type": "ifname", "map": "counter"}}})
-        for name in (UNBOUND_RX, UNBOUND_TX):
-            cmds.append({"add": {"counter": {**_T, "name": name}}})
-        for chain, rules in _rules().items():
-            cmds.append({"add": {"chain": {**_T, "name": chain}}})
-            for expr in rules:
-                cmds.append({"add": {"rule": {**_T, "chain": chain, "expr": expr}}})
-        cmds.extend(self._element_cmds(delta, digest, fresh=True))
-        self._nft.run(cmds)
-
-    def _commit(self, delta: FactsDelta, digest: int) -> None:
-        self._nft.run(self._element_cmds(delta, digest, fresh=False))
-
-    def _kernel_digest(self) -> int | None:
-        try:
-            out = self._nft.list_obj({"set": {**_T, "name": "digest"}})
-        except DatapathError as exc:
-            if "No such file or directory" in str(exc):
-                return None
-            raise
-        for item in out.get("nftables", []):
-            elems = item.get("set", {}).get("elem", [])
-            if len(elems) == 1 and isinstance(elems[0], str):
-                try:
-                    return int(elems[0], 16)
-                except ValueError:
-                    return None
-        return None
-
-    # ----- read-back ------------------------------------------------------------------
-    def _list(self) -> list[dict[str, Any]] | None:
-        try:
-            out = self._nft.list(f"table {FAMILY} {TABLE}")
-        except DatapathError as exc:
-            if "No such file or directory" in str(exc):
-                return None
-            raise
-        items: list[dict[str, Any]] = out.get("nftables", [])
-        return items
-
-    def read(self) -> Facts | None:
-        """The facts the kernel enforces; None when the table is absent or its chains do not
-        match its sets (a foreign/older layout, or chains changed behind the agent's back):
-        the next apply then reinstalls the whole table in one transaction."""
-        items = self._list()
-        if items is None:
-            return None
-        single: dict[str, set[str]] = {name: set() for name, t in _SETS.items() if isinstance(t, str)}
-        double: dict[str, set[tuple[str, str]]] = {name: set() for name, t in _SETS.items() if isinstance(t, list)}
-        version = None
-        chains: dict[str, tuple[str | None, str | None]] = {}  # name → (hook, policy)
-        jumps: dict[str, list[str | None]] = {}  # chain → jump target of each rule
+    def _layout_matches(self, facts: Facts, items: list[dict[str, Any]]) -> bool:
+        chains: dict[str, tuple[str | None, str | None]] = {}  # name -> (hook, policy)
+        jumps: dict[str, list[str | None]] = {}  # chain -> jump target of each rule
         for item in items:
-            if "counter" in item and item["counter"]["name"] == VERSION:
-                version = VERSION
-            elif "set" in item:
-                name = item["set"]["name"]
-                for e in item["set"].get("elem", []):
-                    if name in double and isinstance(e, dict):
-                        a, b = e["concat"]
-                        double[name].add((str(a), str(b)))
-                    elif name in single:
-                        single[name].add(str(e))
-            elif "chain" in item:
+            if "chain" in item:
                 c = item["chain"]
                 chains[str(c["name"])] = (c.get("hook"), c.get("policy"))
             elif "rule" in item:
@@ -372,25 +198,6 @@ class MacvtapFilter(TenantFilter):
                 expr = r.get("expr", [])
                 target = expr[0]["jump"]["target"] if len(expr) == 1 and "jump" in expr[0] else None
                 jumps.setdefault(str(r["chain"]), []).append(target)
-        if version != VERSION:
-            return None  # foreign or older layout: reinstall atomically
-        facts = Facts(
-            known=frozenset(Mac(m) for m in single["known"]),
-            global_src=frozenset(Mac(m) for m in single["global_src"]),
-            ports=frozenset(PortName(p) for p in single["ports"]),
-            global_ports=frozenset(PortName(p) for p in single["global_ports"]),
-            uplinks=frozenset(PortName(p) for p in single["uplinks"]),
-            bound=frozenset((PortName(p), Mac(m)) for p, m in double["bound"]),
-            pairs=frozenset((Mac(m), PortName(p)) for m, p in double["pairs"]),
-        )
-        if not self._layout_matches(facts, chains, jumps):
-            return None
-        return facts
-
-    @staticmethod
-    def _layout_matches(
-        facts: Facts, chains: dict[str, tuple[str | None, str | None]], jumps: dict[str, list[str | None]]
-    ) -> bool:
         if not facts.uplinks <= facts.ports or {p for p, _ in facts.bound} != facts.ports - facts.uplinks:
             return False
         want: dict[str, tuple[str, str]] = {}
@@ -400,37 +207,6 @@ class MacvtapFilter(TenantFilter):
             return False
         # (nft 1.0.6 does not print a netdev chain's device in JSON: the name carries the port)
         return all(chains[n] == (hook, "drop") and jumps.get(n) == [target] for n, (hook, target) in want.items())
-
-    def counters(self) -> dict[str, PortCounters]:
-        try:
-            items = self._nft.list_obj({"counters": {"family": FAMILY, "table": TABLE}}).get("nftables", [])
-        except DatapathError as exc:
-            if "No such file or directory" in str(exc):
-                return {}
-            raise
-        rx: dict[str, int] = {}
-        tx: dict[str, int] = {}
-        for item in items:
-            c = item.get("counter")
-            if not c:
-                continue
-            name, packets = str(c["name"]), int(c.get("packets", 0))
-            if name.startswith("rx:"):
-                rx[name[3:]] = packets
-            elif name.startswith("tx:"):
-                tx[name[3:]] = packets
-            elif name == UNBOUND_RX:
-                rx["(unbound)"] = packets
-            elif name == UNBOUND_TX:
-                tx["(unbound)"] = packets
-        return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
-
-    def _remove(self) -> None:
-        table = {"family": FAMILY, "name": TABLE}
-        self._nft.run([{"add": {"table": table}}, {"delete": {"table": table}}])
-
-    def close(self) -> None:
-        self._nft.close()
 
     # ----- the fail-closed contract --------------------------------------------------------
     def unguarded(self, links: Iterable[Any]) -> list[PortName]:

@@ -1,0 +1,279 @@
+"""The nftables side shared by the back ends that filter with nftables (bridge, macvtap).
+
+One table `hostvlan` per family holds the model's facts verbatim as sets, a one-element
+set `digest` (the digest of all of them, rewritten in every transaction, so a restarted
+agent can tell in one tiny read whether the kernel holds what it wants), per-port drop
+counters selected by objref maps, and the receive/send rule lists both back ends hook
+into their chains:
+
+  receive (port = the meta key naming the output port)
+      ether saddr . port @pairs accept              ONE lookup for tenant traffic
+      port @global_ports ether saddr @known accept
+      ether saddr @global_src port @ports accept
+      port @ports counter rx:<port> drop
+      counter rx_unbound drop
+  send (port = the meta key naming the input port)
+      port . ether saddr @bound accept              the port's own vNIC MAC
+      port @uplinks accept                          uplink: exempt
+      port @ports counter tx:<port> drop             forged (counted per port)
+      counter tx_unbound drop
+
+A subclass supplies its chains (`_layout_cmds`), per-port base chains if it has any
+(`_port_chain_cmds`), and checks of its chains on read-back (`_layout_matches`).
+Atomicity: install, every change and removal is one libnftables JSON batch, which the
+kernel commits as one transaction or not at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from hostvlan.datapath.base import DatapathError, PortCounters, TenantFilter
+from hostvlan.datapath.nftlib import Nft
+from hostvlan.model.facts import Facts, FactsDelta
+from hostvlan.model.ids import Mac, PortName
+
+TABLE = "hostvlan"
+PRIORITY = -200
+UNBOUND_RX = "rx_unbound"
+UNBOUND_TX = "tx_unbound"
+
+SETS: dict[str, str | list[str]] = {
+    "known": "ether_addr",
+    "global_src": "ether_addr",
+    "ports": "ifname",
+    "global_ports": "ifname",
+    "uplinks": "ifname",
+    "bound": ["ifname", "ether_addr"],
+    "pairs": ["ether_addr", "ifname"],
+}
+
+SADDR = {"payload": {"protocol": "ether", "field": "saddr"}}
+IIF = {"meta": {"key": "iifname"}}
+OIF = {"meta": {"key": "oifname"}}
+ACCEPT: dict[str, Any] = {"accept": None}
+DROP: dict[str, Any] = {"drop": None}
+
+Rule = list[dict[str, Any]]
+Cmd = dict[str, Any]
+
+
+def match(left: dict[str, Any], setname: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": f"@{setname}"}}
+
+
+def concat(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"concat": list(parts)}
+
+
+def jump(target: str) -> Rule:
+    return [{"jump": {"target": target}}]
+
+
+def receive_rules(port: dict[str, Any]) -> list[Rule]:
+    """The model's receive filter (`Facts.receive`), `port` naming the output port."""
+    return [
+        [match(concat(SADDR, port), "pairs"), ACCEPT],
+        [match(port, "global_ports"), match(SADDR, "known"), ACCEPT],
+        [match(SADDR, "global_src"), match(port, "ports"), ACCEPT],
+        [match(port, "ports"), {"counter": {"map": {"key": port, "data": "@rx_drops"}}}, DROP],
+        [{"counter": UNBOUND_RX}, DROP],
+    ]
+
+
+def send_rules(port: dict[str, Any]) -> list[Rule]:
+    """The model's send check (`Facts.send`), `port` naming the input port."""
+    return [
+        [match(concat(port, SADDR), "bound"), ACCEPT],
+        [match(port, "uplinks"), ACCEPT],
+        [match(port, "ports"), {"counter": {"map": {"key": port, "data": "@tx_drops"}}}, DROP],
+        [{"counter": UNBOUND_TX}, DROP],
+    ]
+
+
+def _elem(name: str, item: object) -> object:
+    if isinstance(SETS[name], list):
+        assert isinstance(item, tuple)
+        return {"concat": list(item)}
+    return item
+
+
+def _rx(port: str) -> str:
+    return f"rx:{port}"
+
+
+def _tx(port: str) -> str:
+    return f"tx:{port}"
+
+
+def _missing(exc: DatapathError) -> bool:
+    return "No such file or directory" in str(exc)
+
+
+class NftFactsFilter(TenantFilter):
+    """Base of the nftables back ends (see module doc). Create it inside the host's namespace."""
+
+    FAMILY: ClassVar[str]
+    VERSION: ClassVar[str]  # a counter of this name marks the table layout
+    EXTRA_COUNTERS: ClassVar[dict[str, str]] = {}  # counter name -> bucket it is reported as (rx)
+
+    def __init__(self, nft: Nft | None = None) -> None:
+        super().__init__()
+        self._nft = nft or Nft()
+        self._t = {"family": self.FAMILY, "table": TABLE}
+
+    # ----- what a subclass adds ----------------------------------------------------------
+    def _layout_cmds(self) -> list[Cmd]:
+        """Commands creating the subclass's chains and rules (run once, at install)."""
+        raise NotImplementedError
+
+    def _port_chain_cmds(self, delta: FactsDelta, fresh: bool) -> tuple[list[Cmd], list[Cmd]]:
+        """Per-port chains to delete (after the elements leave) and to add (after they arrive)."""
+        return [], []
+
+    def _layout_matches(self, facts: Facts, items: list[dict[str, Any]]) -> bool:
+        """Whether the listed chains are what `facts` need (a drifted layout is reinstalled)."""
+        return True
+
+    # ----- transactions --------------------------------------------------------------------
+    def _element_cmds(self, delta: FactsDelta, digest: int, *, fresh: bool) -> list[Cmd]:
+        t = self._t
+        cmds: list[Cmd] = [
+            {"flush": {"set": {**t, "name": "digest"}}},
+            {"add": {"element": {**t, "name": "digest", "elem": [f"{digest:015x}"]}}},
+        ]
+        # removals first: a counter must leave its map before it is deleted
+        for name in SETS:
+            items = getattr(delta, name).remove
+            if items:
+                cmds.append({"delete": {"element": {**t, "name": name, "elem": [_elem(name, i) for i in items]}}})
+        gone = sorted(delta.ports.remove)
+        if gone:
+            for mapname in ("rx_drops", "tx_drops"):
+                cmds.append({"delete": {"element": {**t, "name": mapname, "elem": gone}}})
+            for port in gone:
+                cmds.append({"delete": {"counter": {**t, "name": _rx(port)}}})
+                cmds.append({"delete": {"counter": {**t, "name": _tx(port)}}})
+        old_chains, new_chains = self._port_chain_cmds(delta, fresh)
+        cmds.extend(old_chains)
+        new = sorted(delta.ports.add)
+        for port in new:
+            cmds.append({"add": {"counter": {**t, "name": _rx(port)}}})
+            cmds.append({"add": {"counter": {**t, "name": _tx(port)}}})
+        if new:
+            cmds.append({"add": {"element": {**t, "name": "rx_drops", "elem": [[p, _rx(p)] for p in new]}}})
+            cmds.append({"add": {"element": {**t, "name": "tx_drops", "elem": [[p, _tx(p)] for p in new]}}})
+        for name in SETS:
+            items = getattr(delta, name).add
+            if items:
+                cmds.append({"add": {"element": {**t, "name": name, "elem": [_elem(name, i) for i in items]}}})
+        cmds.extend(new_chains)
+        return cmds
+
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        t, table = self._t, {"family": self.FAMILY, "name": TABLE}
+        cmds: list[Cmd] = [
+            {"add": {"table": table}},
+            {"delete": {"table": table}},  # replaces a stale table in the same transaction
+            {"add": {"table": table}},
+            {"add": {"counter": {**t, "name": self.VERSION}}},
+        ]
+        for name, typ in SETS.items():
+            cmds.append({"add": {"set": {**t, "name": name, "type": typ}}})
+        cmds.append({"add": {"set": {**t, "name": "digest", "type": "ifname"}}})
+        for name in ("rx_drops", "tx_drops"):
+            cmds.append({"add": {"map": {**t, "name": name, "type": "ifname", "map": "counter"}}})
+        for name in (UNBOUND_RX, UNBOUND_TX, *self.EXTRA_COUNTERS):
+            cmds.append({"add": {"counter": {**t, "name": name}}})
+        cmds.extend(self._layout_cmds())
+        cmds.extend(self._element_cmds(delta, digest, fresh=True))
+        self._nft.run(cmds)
+
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        self._nft.run(self._element_cmds(delta, digest, fresh=False))
+
+    def _remove(self) -> None:
+        table = {"family": self.FAMILY, "name": TABLE}
+        self._nft.run([{"add": {"table": table}}, {"delete": {"table": table}}])
+
+    def close(self) -> None:
+        self._nft.close()
+
+    # ----- read-back -------------------------------------------------------------------------
+    def _kernel_digest(self) -> int | None:
+        try:
+            out = self._nft.list_obj({"set": {**self._t, "name": "digest"}})
+        except DatapathError as exc:
+            if _missing(exc):
+                return None
+            raise
+        for item in out.get("nftables", []):
+            elems = item.get("set", {}).get("elem", [])
+            if len(elems) == 1 and isinstance(elems[0], str):
+                try:
+                    return int(elems[0], 16)
+                except ValueError:
+                    return None
+        return None
+
+    def read(self) -> Facts | None:
+        """The facts the kernel enforces; None when the table is absent, of another layout, or
+        its chains do not fit its sets: the next apply then reinstalls it in one transaction."""
+        try:
+            items: list[dict[str, Any]] = self._nft.list(f"table {self.FAMILY} {TABLE}").get("nftables", [])
+        except DatapathError as exc:
+            if _missing(exc):
+                return None
+            raise
+        single: dict[str, set[str]] = {name: set() for name, t in SETS.items() if isinstance(t, str)}
+        double: dict[str, set[tuple[str, str]]] = {name: set() for name, t in SETS.items() if isinstance(t, list)}
+        version = None
+        for item in items:
+            if "counter" in item and item["counter"]["name"] == self.VERSION:
+                version = self.VERSION
+            elif "set" in item:
+                name = item["set"]["name"]
+                for e in item["set"].get("elem", []):
+                    if name in double and isinstance(e, dict):
+                        a, b = e["concat"]
+                        double[name].add((str(a), str(b)))
+                    elif name in single:
+                        single[name].add(str(e))
+        if version != self.VERSION:
+            return None  # foreign or older layout: reinstall atomically
+        facts = Facts(
+            known=frozenset(Mac(m) for m in single["known"]),
+            global_src=frozenset(Mac(m) for m in single["global_src"]),
+            ports=frozenset(PortName(p) for p in single["ports"]),
+            global_ports=frozenset(PortName(p) for p in single["global_ports"]),
+            uplinks=frozenset(PortName(p) for p in single["uplinks"]),
+            bound=frozenset((PortName(p), Mac(m)) for p, m in double["bound"]),
+            pairs=frozenset((Mac(m), PortName(p)) for m, p in double["pairs"]),
+        )
+        return facts if self._layout_matches(facts, items) else None
+
+    def counters(self) -> dict[str, PortCounters]:
+        try:
+            items = self._nft.list_obj({"counters": self._t}).get("nftables", [])
+        except DatapathError as exc:
+            if _missing(exc):
+                return {}
+            raise
+        rx: dict[str, int] = {}
+        tx: dict[str, int] = {}
+        for item in items:
+            c = item.get("counter")
+            if not c:
+                continue
+            name, packets = str(c["name"]), int(c.get("packets", 0))
+            if name.startswith("rx:"):
+                rx[name[3:]] = packets
+            elif name.startswith("tx:"):
+                tx[name[3:]] = packets
+            elif name == UNBOUND_RX:
+                rx["(unbound)"] = packets
+            elif name == UNBOUND_TX:
+                tx["(unbound)"] = packets
+            elif name in self.EXTRA_COUNTERS:
+                rx[self.EXTRA_COUNTERS[name]] = packets
+        return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
