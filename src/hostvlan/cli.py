@@ -429,10 +429,15 @@ def host_add(name: str, as_json: bool) -> None:
     partial LNID table and report NAME's status.
     """
     ans = _client().add_host(name)
+    _token_out(ans, as_json, "added (revision {revision}); its agent's token (shown only once):")
+
+
+def _token_out(ans: Any, as_json: bool, what: str) -> None:
+    """Print a host's new token: JSON, or a line saying what happened then the token alone."""
     if as_json:
         _emit(ans)
         return
-    click.echo(f"host {ans['name']} added (revision {ans['revision']}); its agent's token (shown only once):")
+    click.echo(f"host {ans['name']} " + what.format(revision=ans["revision"]))
     click.echo(ans["token"])
 
 
@@ -443,11 +448,7 @@ def host_add(name: str, as_json: bool) -> None:
 def host_token(name: str, as_json: bool) -> None:
     """Give host NAME a new token; the old one stops working and its open feeds end."""
     ans = _client().rotate_host_token(name)
-    if as_json:
-        _emit(ans)
-        return
-    click.echo(f"host {ans['name']} has a new token (revision {ans['revision']}); the old one no longer works:")
-    click.echo(ans["token"])
+    _token_out(ans, as_json, "has a new token (revision {revision}); the old one no longer works:")
 
 
 @host.command("rm")
