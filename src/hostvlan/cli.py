@@ -574,6 +574,69 @@ def demo(topology: str | None) -> None:
     sys.exit(0 if ok else 1)
 
 
+# ----- benchmarks ---------------------------------------------------------------------------
+@main.group()
+def bench() -> None:
+    """Benchmarks of this machine (not tests: they measure and report, never fail on a number)."""
+
+
+@bench.command("control-plane")
+@click.option("--hosts", type=int, default=8192, show_default=True, help="End hosts (one simulated agent each).")
+@click.option("--vms-per-host", type=int, default=128, show_default=True)
+@click.option("--vms-per-tenant", type=int, default=64, show_default=True, help="VMs per tenant (LNID).")
+@click.option("--batch-hosts", type=int, default=0, help="Hosts per bulk registration (default: one pod).")
+@click.option("--regs", type=int, default=200, show_default=True, help="Single `reg` commands timed.")
+@click.option("--moves", type=int, default=200, show_default=True, help="`move` commands timed.")
+@click.option("--lnid-adds", type=int, default=200, show_default=True, help="LNIDs added to running VMs, timed.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the manager's database and log here.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
+def bench_control_plane(
+    hosts: int,
+    vms_per_host: int,
+    vms_per_tenant: int,
+    batch_hosts: int,
+    regs: int,
+    moves: int,
+    lnid_adds: int,
+    workdir: str | None,
+    out: str | None,
+    as_json: bool,
+) -> None:
+    """The control plane at the paper's scale (Table 1: 8,192 hosts x 128 VMs, 64 VMs per tenant).
+
+    Starts a manager and one simulated agent per host (they speak the real agent protocol),
+    loads the worst-case data center through the bulk API, checks every host's view, times
+    single `reg`, `move` and LNID-add commands until every affected agent applied them,
+    counts feed bytes to unaffected hosts, and kills -9 and restarts the manager.
+    """
+    from hostvlan.bench.control_plane import BenchConfig, run
+
+    cfg = BenchConfig(
+        hosts=hosts,
+        vms_per_host=vms_per_host,
+        vms_per_tenant=vms_per_tenant,
+        batch_hosts=batch_hosts,
+        regs=regs,
+        moves=moves,
+        lnid_adds=lnid_adds,
+        workdir=workdir,
+    )
+    try:
+        result = run(cfg)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit(result)
+    else:
+        for key in ("load_s", "manager_rss_mib", "db_mib", "view_entries_max", "views_correct", "reg_p50_ms"):
+            click.echo(f"{key}: {result[key]}")
+        for key in ("reg_p99_ms", "unaffected_bytes", "move_p99_ms", "restart_resync_s", "lost_acknowledged"):
+            click.echo(f"{key}: {result[key]}")
+
+
 from hostvlan.agent.command import agent as agent_command  # noqa: E402
 
 main.add_command(agent_command)

@@ -58,6 +58,10 @@ class MoveIn(BaseModel):
     external: bool = False
 
 
+class HostsIn(BaseModel):
+    names: list[Any] = Field(description="host names to register, all or none")
+
+
 class BatchIn(BaseModel):
     ops: list[dict[str, Any]] = Field(description="commands: {op: reg|unreg|rm|move, …fields of that command}")
 
@@ -196,6 +200,17 @@ def create_app(service: Service) -> FastAPI:
         async with lock:
             token = service.add_host(body.name)
             return {"name": body.name, "token": token, "revision": service.revision}
+
+    @app.post(
+        "/v1/hosts/batch",
+        status_code=201,
+        dependencies=[Admin],
+        summary="Register many end hosts in one durable transaction; returns their tokens",
+    )
+    async def add_hosts(body: HostsIn) -> dict[str, Any]:
+        async with lock:
+            got = service.add_hosts(body.names)
+            return {"hosts": [{"name": h, "token": t} for h, t in got], "revision": service.revision}
 
     @app.post("/v1/hosts/{name}/token", dependencies=[Admin], summary="Rotate a host's token")
     async def rotate(name: str) -> dict[str, Any]:

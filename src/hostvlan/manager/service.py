@@ -111,6 +111,27 @@ class Service:
             raise ModelError(f"host {host} already exists (rotate its token with `hostvlan host token {host}`)")
         return self._new_host_token(host)
 
+    def add_hosts(self, names: Any) -> list[tuple[HostId, str]]:
+        """Register many end hosts in one durable transaction; each with its new token."""
+        if not isinstance(names, list) or not names:
+            raise InputError("names", "names must be a non-empty list of host names")
+        hosts: list[HostId] = []
+        seen: set[HostId] = set()
+        for i, name in enumerate(names):
+            host = _field(f"names[{i}]", parse_host, name)
+            if host in self.dc.hosts or host in seen:
+                raise ModelError(f"host {host} already exists (rotate its token with `hostvlan host token {host}`)")
+            seen.add(host)
+            hosts.append(host)
+        out = [(h, secrets.token_urlsafe(32)) for h in hosts]
+        with self.store.transaction() as tx:
+            tx.put_hosts([(h, sha256(t)) for h, t in out])
+        self.revision = tx.revision
+        for h, t in out:
+            self._host_tokens[sha256(t)] = h
+            self.dc.add_host(h)
+        return out
+
     def rotate_host_token(self, name: Any) -> str:
         host = _field("name", parse_host, name)
         if host not in self.dc.hosts:

@@ -122,6 +122,10 @@ class Tx:
         self._db.execute("INSERT OR REPLACE INTO hosts(name, token_sha256) VALUES (?, ?)", (name, token_sha256))
         self.dirty = True
 
+    def put_hosts(self, rows: list[tuple[HostId, str]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO hosts(name, token_sha256) VALUES (?, ?)", rows)
+        self.dirty = True
+
     def delete_host(self, name: HostId) -> None:
         self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
         self.dirty = True

@@ -1,0 +1,375 @@
+"""Simulated agents: thousands of end hosts in one process, speaking the real agent protocol.
+
+Each `SimAgent` does what `hostvlan.agent.daemon.Agent` does on the wire, so the manager
+cannot tell it from a real agent:
+
+- `GET /v1/hosts/{H}/feed` over HTTP/1.1 with `Authorization: Bearer <host token>`,
+  reading the chunked stream of JSON lines (snapshot, then deltas, heartbeats);
+- applies the snapshot, then each delta in order, to its in-memory data path (the
+  host's view: MAC → LNIDs, and its local vNICs → ports); a delta before a snapshot, or
+  a revision that does not grow, is a protocol error the agent counts and reconnects on;
+- reports the applied revision with `POST /v1/hosts/{H}/status` on a second, kept-alive
+  connection, one report in flight at a time (coalescing, like the real agent);
+- reconnects with the real agent's backoff (0.1 s doubling to 5 s, jittered ×0.5–1.5).
+
+Raw asyncio streams keep 8,192 agents in one process affordable; every agent has its
+own two TCP connections. Parsed keys and LNID sets are interned across agents (hosts
+of a data center hold many of the same entries), which keeps memory at the size of the
+views' dict slots. Feed bytes of heartbeat lines are counted apart from the rest.
+
+May import `hostvlan.model` only (never the manager or the real agent's data paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+_loads: Callable[[bytes], Any] = json.loads
+try:  # a faster parser if installed (optional dependency group `bench`)
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - exercised when orjson is absent
+    pass
+
+LnidsJson = tuple[int | str, ...]
+
+_KEYS: dict[str, str] = {}  # one str object per MAC across all agents
+_VALUES: dict[LnidsJson, LnidsJson] = {}  # one tuple per LNID set
+
+
+def intern_entries(entries: dict[str, list[int | str]]) -> dict[str, LnidsJson]:
+    """A view's entries with MAC strings and LNID tuples shared across agents (C-speed maps)."""
+    ks = entries.keys()
+    vs = list(map(tuple, entries.values()))
+    return dict(zip(map(_KEYS.setdefault, ks, ks), map(_VALUES.setdefault, vs, vs), strict=True))
+
+
+class ProtocolError(RuntimeError):
+    """The manager's feed broke the protocol (bad HTTP, delta before snapshot, revision order)."""
+
+
+@dataclass
+class SimView:
+    """The in-memory data path of one simulated host: what its tenant filter would enforce."""
+
+    entries: dict[str, LnidsJson] = field(default_factory=dict)
+    local: dict[str, str | None] = field(default_factory=dict)
+    revision: int = -1  # -1: no snapshot yet (closed)
+
+    def snapshot(self, msg: dict[str, Any]) -> None:
+        self.entries = intern_entries(msg.get("entries", {}))
+        self.local = dict(msg.get("local", {}))
+        self.revision = int(msg["revision"])
+
+    def delta(self, msg: dict[str, Any]) -> None:
+        if self.revision < 0:
+            raise ProtocolError("delta before snapshot")
+        revision = int(msg["revision"])
+        if revision <= self.revision:
+            raise ProtocolError(f"delta r{revision} after r{self.revision}")
+        entries = self.entries
+        for mac in msg.get("removed", ()):
+            entries.pop(mac, None)
+        got = msg.get("entries")
+        if got:
+            entries.update(intern_entries(got))
+        for mac in msg.get("unlocal", ()):
+            self.local.pop(mac, None)
+        self.local.update(msg.get("local", {}))
+        self.revision = revision
+
+
+@dataclass
+class Counters:
+    bytes_in: int = 0  # feed bytes of snapshot and delta lines (heartbeats excluded)
+    lines_in: int = 0
+    heartbeats: int = 0
+    snapshots: int = 0
+    connects: int = 0
+    errors: int = 0
+    reports: int = 0
+
+
+class SimAgent:
+    def __init__(self, fleet: Fleet, name: str, token: str) -> None:
+        self.fleet = fleet
+        self.name = name
+        self.token = token
+        self.view = SimView()
+        self.counters = Counters()
+        self.applied_at = 0.0  # perf_counter() when view.revision was applied
+        self.reported = -1  # last revision the manager acknowledged in a status report
+        self.reported_at = 0.0
+        self.connected = False
+        self.last_error = ""
+        self._status: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._feed_w: asyncio.StreamWriter | None = None
+
+    # ----- feed ----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            snapshots = self.counters.snapshots
+            try:
+                await self._follow()
+                self.last_error = "feed closed by the manager"
+            except (OSError, EOFError, asyncio.IncompleteReadError, ValueError, ProtocolError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, ProtocolError):
+                    self.counters.errors += 1
+            finally:
+                self.connected = False
+                if self._feed_w is not None:
+                    self._feed_w.close()
+                    self._feed_w = None
+            if self.counters.snapshots != snapshots:
+                backoff = 0.1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(self.fleet.backoff_max, backoff * 2)
+
+    async def _follow(self) -> None:
+        reader, writer = await self.fleet.connect()
+        self._feed_w = writer
+        writer.write(self.fleet.request("GET", f"/v1/hosts/{self.name}/feed", self.token))
+        status, headers = await _read_head(reader)
+        if status != 200:
+            body = await _read_body(reader, headers)
+            raise ProtocolError(f"manager refused the feed ({status}): {body[:200]!r}")
+        if headers.get("transfer-encoding", "").lower() != "chunked":
+            raise ProtocolError("the feed is not a chunked stream")
+        self.connected = True
+        self.counters.connects += 1
+        pending = b""
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return
+            chunk = (await reader.readexactly(size + 2))[:-2]
+            if pending:
+                chunk, pending = pending + chunk, b""
+            start = 0
+            while True:
+                end = chunk.find(b"\n", start)
+                if end < 0:
+                    pending = chunk[start:]
+                    break
+                if end > start:
+                    self._line(chunk[start:end])
+                start = end + 1
+
+    def _line(self, line: bytes) -> None:
+        msg = _loads(line)
+        kind = msg.get("type")
+        if kind == "heartbeat":
+            self.counters.heartbeats += 1
+            return
+        self.counters.bytes_in += len(line) + 1
+        self.counters.lines_in += 1
+        if kind == "snapshot":
+            self.view.snapshot(msg)
+            self.counters.snapshots += 1
+        elif kind == "delta":
+            self.view.delta(msg)
+        else:
+            return
+        self.applied_at = time.perf_counter()
+        self.fleet.applied(self)
+        if self._status_task is None or self._status_task.done():
+            self._status_task = asyncio.get_running_loop().create_task(self._post_status())
+
+    # ----- status ----------------------------------------------------------------------------------
+    async def _post_status(self) -> None:
+        sent = -1
+        status = 0
+        while sent != self.view.revision:
+            sent = self.view.revision
+            body = b'{"revision":%d}' % sent
+            for attempt in (1, 2):  # a kept-alive connection the manager closed: open a new one once
+                try:
+                    if self._status is None:
+                        self._status = await self.fleet.connect()
+                    reader, writer = self._status
+                    writer.write(self.fleet.request("POST", f"/v1/hosts/{self.name}/status", self.token, body))
+                    status, headers = await _read_head(reader)
+                    await _read_body(reader, headers)
+                    if headers.get("connection", "").lower() == "close":
+                        self._close_status()
+                    break
+                except (OSError, EOFError, asyncio.IncompleteReadError, ValueError, ProtocolError) as exc:
+                    self._close_status()
+                    if attempt == 2:
+                        self.last_error = f"status report failed: {exc}"
+                        return
+            if status != 200:
+                self.last_error = f"status report refused ({status})"
+                return
+            self.counters.reports += 1
+            self.reported = sent
+            self.reported_at = time.perf_counter()
+            self.fleet.reported(self)
+
+    def _close_status(self) -> None:
+        if self._status is not None:
+            self._status[1].close()
+            self._status = None
+
+    def close(self) -> None:
+        self._close_status()
+        if self._feed_w is not None:
+            self._feed_w.close()
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+        raise ProtocolError(f"not an HTTP answer: {lines[0]!r}")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return int(parts[1]), headers
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        out = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return out
+            out += (await reader.readexactly(size + 2))[:-2]
+    return await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+@dataclass
+class _Waiter:
+    revision: int
+    pending: set[str]
+    times: dict[str, float]
+    done: asyncio.Event
+    reported: bool
+
+
+class Fleet:
+    """Many `SimAgent`s against one manager (`http://HOST:PORT`), in the running event loop.
+
+    `wait_applied(names, revision)` resolves once each named agent's data path holds
+    `revision` (or later) and returns when each got there; `on_line` hooks see nothing:
+    measurements read each agent's `counters`.
+    """
+
+    def __init__(self, url: str, backoff_max: float = 5.0) -> None:
+        if not url.startswith("http://"):
+            raise ValueError("simulated agents speak plain HTTP (http://HOST:PORT)")
+        hostport = url[len("http://") :].rstrip("/")
+        host, _, port = hostport.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.backoff_max = backoff_max
+        self.agents: dict[str, SimAgent] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self.on_applied: Callable[[SimAgent], None] | None = None
+
+    def request(self, method: str, path: str, token: str, body: bytes = b"") -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAuthorization: Bearer {token}\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        return head.encode() + b"\r\n" + body
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    def add(self, name: str, token: str) -> SimAgent:
+        agent = SimAgent(self, name, token)
+        self.agents[name] = agent
+        return agent
+
+    def start(self, names: Iterable[str] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for name in self.agents if names is None else names:
+            self._tasks.append(loop.create_task(self.agents[name].run(), name=f"sim-{name}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for a in self.agents.values():
+            a.close()
+
+    # ----- waiting --------------------------------------------------------------------------------
+    def applied(self, agent: SimAgent) -> None:
+        self._notify(agent, reported=False)
+        if self.on_applied is not None:
+            self.on_applied(agent)
+
+    def reported(self, agent: SimAgent) -> None:
+        self._notify(agent, reported=True)
+
+    def _notify(self, agent: SimAgent, reported: bool) -> None:
+        waiters = self._waiters.get(agent.name)
+        if not waiters:
+            return
+        rev = agent.reported if reported else agent.view.revision
+        t = agent.reported_at if reported else agent.applied_at
+        for w in list(waiters):
+            if w.reported == reported and rev >= w.revision:
+                w.times[agent.name] = t
+                w.pending.discard(agent.name)
+                waiters.remove(w)
+                if not w.pending:
+                    w.done.set()
+
+    async def wait_applied(
+        self, names: Iterable[str], revision: int, timeout: float, reported: bool = False
+    ) -> dict[str, float]:
+        """perf_counter() time at which each agent applied (or reported) `revision` or later.
+
+        Raises TimeoutError naming how many are missing.
+        """
+        w = _Waiter(revision, set(), {}, asyncio.Event(), reported)
+        for name in names:
+            a = self.agents[name]
+            rev = a.reported if reported else a.view.revision
+            if rev >= revision:
+                w.times[name] = a.reported_at if reported else a.applied_at
+            else:
+                w.pending.add(name)
+                self._waiters.setdefault(name, []).append(w)
+        if w.pending:
+            try:
+                await asyncio.wait_for(w.done.wait(), timeout)
+            except TimeoutError:
+                for name in w.pending:
+                    lst = self._waiters.get(name, [])
+                    if w in lst:
+                        lst.remove(w)
+                some = sorted(w.pending)[:3]
+                errs = {n: self.agents[n].last_error for n in some}
+                raise TimeoutError(f"{len(w.pending)} agents did not reach r{revision} in {timeout}s: {errs}") from None
+        return w.times
+
+    def bytes_in(self) -> dict[str, int]:
+        return {n: a.counters.bytes_in for n, a in self.agents.items()}
+
+
+__all__ = ["Fleet", "ProtocolError", "SimAgent", "SimView", "intern_entries"]
