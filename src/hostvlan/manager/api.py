@@ -281,11 +281,12 @@ def create_app(service: Service) -> FastAPI:
             try:
                 while True:
                     try:
-                        line = await asyncio.wait_for(q.get(), HEARTBEAT_S)
+                        parts = await asyncio.wait_for(q.get(), HEARTBEAT_S)
                     except TimeoutError:
-                        line = json.dumps({"type": "heartbeat", "revision": service.revision}).encode() + b"\n"
-                    if not line:  # Feed.close: the host's token was rotated or the host removed
+                        parts = [json.dumps({"type": "heartbeat", "revision": service.revision}).encode() + b"\n"]
+                    if not parts:  # Feed.close: the host's token was rotated or the host removed
                         return
+                    line = b"".join(parts)
                     st = service.feed.status.get(host)
                     if st is not None:
                         st.bytes_sent += len(line)

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hostvlan.manager.feed import Feed, lnid_json, snapshot_line
+from hostvlan.manager.feed import Encoder, Feed, Line, lnid_json
 from hostvlan.manager.store.sqlite import Store
-from hostvlan.model.datacenter import DataCenter, HostDelta, ModelError, merge_delta
-from hostvlan.model.hostview import Location, filter_state
+from hostvlan.model.datacenter import DataCenter, ModelError
+from hostvlan.model.hostview import filter_state
 from hostvlan.model.ids import (
     HostId,
     InvalidValue,
-    Lnid,
     Mac,
     PortName,
     format_lnids,
@@ -74,11 +73,8 @@ class Service:
         for host, token_hash in store.hosts().items():
             self.dc.add_host(host)
             self._host_tokens[token_hash] = host
-        pending: dict[HostId, HostDelta] = {}
-        for row in store.rows():
-            for lnid in row.lnids:
-                for h, d in self.dc.reg(row.mac, lnid, row.host, row.port).items():
-                    merge_delta(pending.setdefault(h, HostDelta()), d)
+        self.dc.load((row.mac, row.host, row.port, row.lnids) for row in store.rows())
+        self.encoder = Encoder(self.dc)
 
     # ----- tokens --------------------------------------------------------------------------
     def ensure_admin_token(self, path: Path, rotate: bool = False) -> str | None:
@@ -225,44 +221,35 @@ class Service:
 
     def _run(self, ops: list[tuple[Any, ...]]) -> Result:
         """Apply ops to the calc graph, make them durable in one transaction, publish."""
-        undo: list[tuple[Mac, tuple[frozenset[Lnid], Location | None]]] = []
-        merged: dict[HostId, HostDelta] = {}
-        touched: dict[Mac, None] = {}
-        changed = False
+        batch = self.dc.batch()
         try:
             for op in ops:
-                mac = op[1]
-                undo.append((mac, self.dc.state_of(mac)))
                 if op[0] == "reg":
-                    deltas = self.dc.reg(mac, op[2], op[3], op[4])
+                    batch.reg(op[1], op[2], op[3], op[4])
                 elif op[0] == "unreg":
-                    deltas = self.dc.unreg(mac, op[2])
+                    batch.unreg(op[1], op[2])
                 elif op[0] == "rm":
-                    deltas = self.dc.rm(mac)
+                    batch.rm(op[1])
                 else:
-                    deltas = self.dc.move(mac, op[2], op[3])
-                if self.dc.state_of(mac) != undo[-1][1]:
-                    changed = True
-                    touched[mac] = None
-                for h, d in deltas.items():
-                    merge_delta(merged.setdefault(h, HostDelta()), d)
-            if not changed:
+                    batch.move(op[1], op[2], op[3])
+            if not batch.changed:
                 return Result(self.revision, False)
+            rows = []
+            for mac in batch.before:
+                lnids, loc = self.dc.state_of(mac)
+                rows.append((mac, loc.host if loc else None, loc.port if loc else None, lnids))
             with self.store.transaction() as tx:
-                for mac in touched:
-                    lnids, loc = self.dc.state_of(mac)
-                    tx.put_mac(mac, loc.host if loc else None, loc.port if loc else None, lnids)
+                tx.put_macs(rows)
             self.revision = tx.revision
         except BaseException:
-            for mac, state in reversed(undo):
-                self.dc.restore(mac, state)
+            batch.undo()
             raise
-        self.feed.publish(self.revision, {h: d for h, d in merged.items() if d})
+        self.feed.publish(self.revision, {h: d for h, d in batch.deltas().items() if d}, self.encoder)
         return Result(self.revision, True)
 
     # ----- reading -------------------------------------------------------------------------
-    def snapshot(self, host: HostId) -> bytes:
-        return snapshot_line(self.dc.view(host), self.revision)
+    def snapshot(self, host: HostId) -> Line:
+        return self.encoder.snapshot(self.dc.view_parts(host), self.revision)
 
     def show(self, host: Any = None, lnid: Any = None, mac: Any = None) -> list[dict[str, Any]]:
         h = None if host in (None, "") else _field("host", parse_host, host)

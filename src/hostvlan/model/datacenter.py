@@ -8,11 +8,20 @@ LNID 1 receive nothing). Host views themselves are never stored: a snapshot is
 derived from the indexes on demand, so memory grows with the table, not with
 hosts × view size. Invariant (property-tested): applying the deltas of every change
 to a host's snapshot gives `hostview.host_view` of the new data center.
+
+Scale (Table 1: 8,192 hosts × 8,192-entry views): the work of a change is kept
+proportional to the hosts and LNIDs it touches, never to entries one by one where a
+whole LNID travels. A `Batch` applies many commands and computes each host's delta once,
+from the states before and after; a host that gains an LNID gets it as `whole` (every
+MAC whose only LNID it is, entry {LNID}: the common case of a tenant's VMs), which the
+feed encodes once per LNID and shares between hosts. `DataCenter.reg` & co. are batches
+of one command whose deltas are expanded to plain `HostDelta`s.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hostvlan.model.hostview import HostView, Location
@@ -44,6 +53,18 @@ class HostDelta:
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.removed or self.local or self.unlocal)
+
+
+@dataclass
+class BulkDelta:
+    """One host's delta as a batch computes it: `delta`, plus every MAC whose only LNID is
+    one of `whole`, with the entry {that LNID} (see `DataCenter.expand`)."""
+
+    delta: HostDelta = field(default_factory=HostDelta)
+    whole: list[Lnid] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.whole or self.delta)
 
 
 def apply_delta(view: HostView, delta: HostDelta) -> HostView:
@@ -86,6 +107,12 @@ class DataCenter:
         self._local: dict[HostId, set[Mac]] = {}
         self._host_lnids: dict[HostId, Counter[Lnid]] = {}
         self._hosts_by_lnid: dict[Lnid, set[HostId]] = {}
+        # members of each LNID split by how many LNIDs they have: a MAC whose only LNID is L
+        # has the same entry {L} in every view that holds L (shared, encoded once per LNID)
+        self._single: dict[Lnid, set[Mac]] = {}
+        self._multi: dict[Lnid, set[Mac]] = {}
+        self._single_version: dict[Lnid, int] = {}
+        self._version = 0
 
     # ----- reading -----------------------------------------------------------------------
     def host_lnids(self, host: HostId) -> frozenset[Lnid]:
@@ -94,23 +121,49 @@ class DataCenter:
     def local_macs(self, host: HostId) -> frozenset[Mac]:
         return frozenset(self._local.get(host, ()))
 
-    def view(self, host: HostId) -> HostView:
+    def singles(self, lnid: Lnid) -> frozenset[Mac]:
+        """The MACs whose only LNID is `lnid`."""
+        return frozenset(self._single.get(lnid, ()))
+
+    def single_version(self, lnid: Lnid) -> int:
+        """Changes whenever `singles(lnid)` does (a cache key for encodings of it)."""
+        return self._single_version.get(lnid, 0)
+
+    def view_parts(self, host: HostId) -> BulkDelta:
+        """The host's view as a delta from nothing: whole LNIDs plus individual entries."""
         lnids = self.host_lnids(host)
         scope = lnids | {GLOBAL}
         knows_all = GLOBAL in lnids
-        if knows_all:
-            candidates: set[Mac] = set(self.table)
-        else:
-            candidates = set()
-            for lnid in scope:
-                candidates |= self.table.macs(lnid)
+        out = BulkDelta()
+        entries = out.delta.entries
+        for lnid in scope:
+            if self._single.get(lnid):
+                out.whole.append(lnid)
+            for mac in self._multi.get(lnid, ()):
+                entries[mac] = self.table.lnids(mac) & scope
+        if knows_all:  # a global vNIC: every source is known, if only with an empty entry
+            for mac in self.table:
+                if mac not in entries and not (self.table.lnids(mac) & scope):
+                    entries[mac] = _EMPTY
+        out.delta.local = {mac: self.locations[mac].port for mac in self._local.get(host, ())}
+        return out
+
+    def view(self, host: HostId) -> HostView:
+        d = self.expand(self.view_parts(host))
+        return HostView(host, d.entries, d.local)
+
+    def expand(self, bulk: BulkDelta) -> HostDelta:
+        """`bulk` as a plain HostDelta (its whole LNIDs' entries listed one by one)."""
+        if not bulk.whole:
+            return bulk.delta
+        d = bulk.delta
         entries: dict[Mac, frozenset[Lnid]] = {}
-        for mac in candidates:
-            value = _entry(self.table.lnids(mac), scope, knows_all)
-            if value is not None:
+        for lnid in bulk.whole:
+            value = frozenset({lnid})
+            for mac in self._single.get(lnid, ()):
                 entries[mac] = value
-        local = {mac: self.locations[mac].port for mac in self._local.get(host, ())}
-        return HostView(host, entries, local)
+        entries.update(d.entries)
+        return HostDelta(entries, set(d.removed), dict(d.local), set(d.unlocal))
 
     def hosts_in(self, lnid: Lnid) -> frozenset[HostId]:
         return frozenset(self._hosts_by_lnid.get(lnid, ()))
@@ -121,7 +174,7 @@ class DataCenter:
         return self.table.lnids(mac), self.locations.get(mac)
 
     def restore(self, mac: Mac, state: tuple[frozenset[Lnid], Location | None]) -> None:
-        self._change(mac, state[0], state[1] if state[0] else None)
+        self._set(mac, state[0], state[1] if state[0] else None, None)
 
     def add_host(self, host: HostId) -> None:
         self.hosts.add(host)
@@ -131,114 +184,96 @@ class DataCenter:
             raise ModelError(f"host {host} still has {len(self._local[host])} registered vNIC(s)")
         self.hosts.discard(host)
 
+    def batch(self) -> Batch:
+        """Apply many commands, then compute every host's delta once (`Batch.deltas`)."""
+        return Batch(self)
+
+    def load(self, rows: Iterable[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]]) -> None:
+        """Fill from stored rows (MAC, host, port, LNIDs) without computing any delta."""
+        for mac, host, port, lnids in rows:
+            if host is not None and host not in self.hosts:
+                raise ModelError(f"stored MAC {mac} is on unknown host {host!r}", "not_found")
+            self._set(mac, lnids, Location(host, port), None)
+
     def reg(self, mac: Mac, lnid: Lnid, host: HostId | None, port: PortName | None = None) -> dict[HostId, HostDelta]:
         """Register `mac` in `lnid`, on `host` (None: external). Re-registering is a no-op."""
-        if host is not None and host not in self.hosts:
-            raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
-        loc = self.locations.get(mac)
-        if loc is not None and loc.host != host:
-            where = f"on host {loc.host}" if loc.host else "as external"
-            to = f"host {host}" if host else "external"
-            raise ModelError(f"MAC {mac} is already registered {where}; use `move` to take it to {to}")
-        new_port = port if port is not None else (loc.port if loc else None)
-        return self._change(mac, self.table.lnids(mac) | {lnid}, Location(host, new_port))
+        b = self.batch()
+        b.reg(mac, lnid, host, port)
+        return self._expanded(b)
 
     def unreg(self, mac: Mac, lnid: Lnid) -> dict[HostId, HostDelta]:
-        lnids = self.table.lnids(mac)
-        if lnid not in lnids:
-            return {}
-        rest = lnids - {lnid}
-        return self._change(mac, rest, self.locations[mac] if rest else None)
+        b = self.batch()
+        b.unreg(mac, lnid)
+        return self._expanded(b)
 
     def rm(self, mac: Mac) -> dict[HostId, HostDelta]:
-        if mac not in self.table:
-            return {}
-        return self._change(mac, _EMPTY, None)
+        b = self.batch()
+        b.rm(mac)
+        return self._expanded(b)
 
     def move(self, mac: Mac, host: HostId | None, port: PortName | None = None) -> dict[HostId, HostDelta]:
-        if mac not in self.table:
-            raise ModelError(f"MAC {mac} is not registered", "not_found")
-        if host is not None and host not in self.hosts:
-            raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
-        return self._change(mac, self.table.lnids(mac), Location(host, port))
+        b = self.batch()
+        b.move(mac, host, port)
+        return self._expanded(b)
 
-    # ----- the calc graph -----------------------------------------------------------------
-    def _change(self, mac: Mac, new_lnids: frozenset[Lnid], new_loc: Location | None) -> dict[HostId, HostDelta]:
+    def _expanded(self, b: Batch) -> dict[HostId, HostDelta]:
+        return {h: self.expand(d) for h, d in b.deltas().items()}
+
+    # ----- the indexes ----------------------------------------------------------------------
+    def _set(self, mac: Mac, new_lnids: frozenset[Lnid], new_loc: Location | None, batch: Batch | None) -> bool:
+        """Make `mac` have exactly these LNIDs and location; records the before-state in `batch`."""
         old_lnids = self.table.lnids(mac)
         old_loc = self.locations.get(mac)
+        if not new_lnids:
+            new_loc = None
         if old_lnids == new_lnids and old_loc == new_loc:
-            return {}
+            return False
         old_host = old_loc.host if old_loc else None
-        new_host = new_loc.host if new_loc and new_lnids else None
-        affected: set[HostId] = set(self._hosts_by_lnid.get(GLOBAL, ()))
-        for lnid in (old_lnids | new_lnids) - {GLOBAL}:
-            affected |= self._hosts_by_lnid.get(lnid, set())
-        if GLOBAL in old_lnids or GLOBAL in new_lnids:
-            affected |= self.hosts
-        for h in (old_host, new_host):
-            if h is not None:
-                affected.add(h)
-        before = {h: self.host_lnids(h) for h in affected}
-
-        # mutate: table, location, host indexes
+        new_host = new_loc.host if new_loc else None
+        if batch is not None:
+            if mac not in batch.before:
+                batch.before[mac] = (old_lnids, old_loc)
+            for h in (old_host, new_host):
+                if h is not None and h not in batch.host_before:
+                    batch.host_before[h] = self.host_lnids(h)
         if old_host is not None:
             self._unlocal(old_host, mac, old_lnids)
-        for lnid in old_lnids - new_lnids:
-            self.table.remove(mac, lnid)
-        for lnid in new_lnids - old_lnids:
-            self.table.add(mac, lnid)
-        if new_lnids and new_loc is not None:
+        if old_lnids != new_lnids:
+            for lnid in old_lnids - new_lnids:
+                self.table.remove(mac, lnid)
+            for lnid in new_lnids - old_lnids:
+                self.table.add(mac, lnid)
+            self._reindex(mac, old_lnids, new_lnids)
+        if new_loc is not None:
             self.locations[mac] = new_loc
         else:
             self.locations.pop(mac, None)
         if new_host is not None:
             self._enlocal(new_host, mac, new_lnids)
+        return True
 
-        deltas: dict[HostId, HostDelta] = {}
-        for h in affected:
-            d = self._host_delta(h, mac, old_lnids, new_lnids, before[h], self.host_lnids(h))
-            if old_host == h and (new_host != h):
-                d.unlocal.add(mac)
-            if new_host == h and (old_host != h or (old_loc and new_loc and old_loc.port != new_loc.port)):
-                assert new_loc is not None
-                d.local[mac] = new_loc.port
-            if d:
-                deltas[h] = d
-        return deltas
-
-    def _host_delta(
-        self,
-        host: HostId,
-        mac: Mac,
-        old_lnids: frozenset[Lnid],
-        new_lnids: frozenset[Lnid],
-        l_old: frozenset[Lnid],
-        l_new: frozenset[Lnid],
-    ) -> HostDelta:
-        d = HostDelta()
-        s_old, s_new = l_old | {GLOBAL}, l_new | {GLOBAL}
-        all_old, all_new = GLOBAL in l_old, GLOBAL in l_new
-        candidates: set[Mac] = {mac}
-        if l_old != l_new:
-            if all_old != all_new:
-                candidates |= set(self.table)
-            else:
-                for lnid in l_old ^ l_new:
-                    candidates |= self.table.macs(lnid)
-        for c in candidates:
-            if c == mac:
-                before = _entry(old_lnids, s_old, all_old)
-                after = _entry(new_lnids, s_new, all_new)
-            else:
-                lnids = self.table.lnids(c)
-                before = _entry(lnids, s_old, all_old)
-                after = _entry(lnids, s_new, all_new)
-            if after is None:
-                if before is not None:
-                    d.removed.add(c)
-            elif after != before:
-                d.entries[c] = after
-        return d
+    def _reindex(self, mac: Mac, old: frozenset[Lnid], new: frozenset[Lnid]) -> None:
+        self._version += 1
+        if len(old) == 1:
+            (lnid,) = old
+            members = self._single[lnid]
+            members.discard(mac)
+            if not members:
+                del self._single[lnid]
+            self._single_version[lnid] = self._version
+        else:
+            for lnid in old:
+                members = self._multi[lnid]
+                members.discard(mac)
+                if not members:
+                    del self._multi[lnid]
+        if len(new) == 1:
+            (lnid,) = new
+            self._single.setdefault(lnid, set()).add(mac)
+            self._single_version[lnid] = self._version
+        else:
+            for lnid in new:
+                self._multi.setdefault(lnid, set()).add(mac)
 
     def _enlocal(self, host: HostId, mac: Mac, lnids: frozenset[Lnid]) -> None:
         self._local.setdefault(host, set()).add(mac)
@@ -262,3 +297,170 @@ class DataCenter:
                 hosts.discard(host)
                 if not hosts:
                     del self._hosts_by_lnid[lnid]
+
+
+class Batch:
+    """Commands applied to a DataCenter one by one (each validated, mutating at once); the
+    per-host deltas of all of them together are computed once, from before and after.
+
+    `undo()` puts every MAC back as it was before the batch (a command refused midway,
+    or a write that could not be made durable).
+    """
+
+    def __init__(self, dc: DataCenter) -> None:
+        self.dc = dc
+        self.before: dict[Mac, tuple[frozenset[Lnid], Location | None]] = {}  # MACs changed
+        self.host_before: dict[HostId, frozenset[Lnid]] = {}  # LNIDs of hosts whose vNICs changed
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.before)
+
+    def reg(self, mac: Mac, lnid: Lnid, host: HostId | None, port: PortName | None = None) -> None:
+        dc = self.dc
+        if host is not None and host not in dc.hosts:
+            raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
+        loc = dc.locations.get(mac)
+        if loc is not None and loc.host != host:
+            where = f"on host {loc.host}" if loc.host else "as external"
+            to = f"host {host}" if host else "external"
+            raise ModelError(f"MAC {mac} is already registered {where}; use `move` to take it to {to}")
+        new_port = port if port is not None else (loc.port if loc else None)
+        dc._set(mac, dc.table.lnids(mac) | {lnid}, Location(host, new_port), self)
+
+    def unreg(self, mac: Mac, lnid: Lnid) -> None:
+        dc = self.dc
+        lnids = dc.table.lnids(mac)
+        if lnid in lnids:
+            rest = lnids - {lnid}
+            dc._set(mac, rest, dc.locations[mac] if rest else None, self)
+
+    def rm(self, mac: Mac) -> None:
+        if mac in self.dc.table:
+            self.dc._set(mac, _EMPTY, None, self)
+
+    def move(self, mac: Mac, host: HostId | None, port: PortName | None = None) -> None:
+        dc = self.dc
+        if mac not in dc.table:
+            raise ModelError(f"MAC {mac} is not registered", "not_found")
+        if host is not None and host not in dc.hosts:
+            raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
+        dc._set(mac, dc.table.lnids(mac), Location(host, port), self)
+
+    def undo(self) -> None:
+        for mac, (lnids, loc) in self.before.items():
+            self.dc._set(mac, lnids, loc, None)
+        self.before.clear()
+        self.host_before.clear()
+
+    # ----- the calc graph -----------------------------------------------------------------
+    def deltas(self) -> dict[HostId, BulkDelta]:
+        """Every host whose view changed, and how (nothing for a host whose view did not)."""
+        dc = self.dc
+        table = dc.table
+        out: dict[HostId, BulkDelta] = {}
+        # touched MACs by each LNID they had or have: those now single in that LNID apart
+        touched_single: dict[Lnid, list[Mac]] = {}
+        touched_other: dict[Lnid, list[Mac]] = {}
+        for mac, (old, _) in self.before.items():
+            new = table.lnids(mac)
+            only = next(iter(new)) if len(new) == 1 else None
+            for lnid in old | new:
+                (touched_single if lnid == only else touched_other).setdefault(lnid, []).append(mac)
+
+        # 1. hosts whose LNIDs changed: whole LNIDs come and go, plus the touched MACs
+        rescoped: dict[HostId, tuple[frozenset[Lnid], frozenset[Lnid]]] = {}
+        for h, l0 in self.host_before.items():
+            l1 = dc.host_lnids(h)
+            if l1 != l0:
+                rescoped[h] = (l0, l1)
+        for h, (l0, l1) in rescoped.items():
+            s0, s1 = l0 | {GLOBAL}, l1 | {GLOBAL}
+            k0, k1 = GLOBAL in l0, GLOBAL in l1
+            bulk = BulkDelta()
+            joined: frozenset[Lnid] = _EMPTY
+            candidates: set[Mac] = set()
+            if k0 != k1:
+                candidates.update(table)
+                candidates.update(self.before)
+            else:
+                joined = l1 - l0
+                for lnid in joined:
+                    if dc._single.get(lnid):
+                        bulk.whole.append(lnid)
+                    candidates.update(dc._multi.get(lnid, ()))
+                for lnid in l0 - l1:
+                    candidates.update(table.macs(lnid))
+                for lnid in s0 | s1:
+                    candidates.update(touched_other.get(lnid, ()))
+                    if lnid not in joined:
+                        candidates.update(touched_single.get(lnid, ()))
+                if k1:
+                    candidates.update(self.before)
+            self._entries(bulk.delta, candidates, s0, s1, k0, k1, joined)
+            out[h] = bulk
+
+        # 2. every other host: only the touched MACs, in the LNIDs it holds
+        todo: dict[HostId, set[Lnid]] = {}
+        every = touched_single.keys() | touched_other.keys()
+        if GLOBAL in every:
+            interested: set[HostId] = set(dc.hosts)
+        else:
+            interested = set(dc._hosts_by_lnid.get(GLOBAL, ()))
+        for h in interested:
+            if h not in rescoped:
+                todo[h] = set(every)
+        for lnid in every:
+            for h in dc._hosts_by_lnid.get(lnid, ()):
+                if h not in rescoped:
+                    todo.setdefault(h, set()).add(lnid)
+        for h, lnids in todo.items():
+            l1 = dc.host_lnids(h)
+            scope = l1 | {GLOBAL}
+            knows_all = GLOBAL in l1
+            candidates = set()
+            for lnid in lnids:
+                candidates.update(touched_single.get(lnid, ()))
+                candidates.update(touched_other.get(lnid, ()))
+            bulk = BulkDelta()
+            self._entries(bulk.delta, candidates, scope, scope, knows_all, knows_all, _EMPTY)
+            if bulk:
+                out[h] = bulk
+
+        # 3. vNICs placed, moved, re-ported or gone
+        for mac, (_, old_loc) in self.before.items():
+            new_loc = dc.locations.get(mac)
+            old_host = old_loc.host if old_loc else None
+            new_host = new_loc.host if new_loc else None
+            if old_host is not None and old_host != new_host:
+                out.setdefault(old_host, BulkDelta()).delta.unlocal.add(mac)
+            if new_host is not None and new_loc is not None:
+                if old_host != new_host or (old_loc is not None and old_loc.port != new_loc.port):
+                    out.setdefault(new_host, BulkDelta()).delta.local[mac] = new_loc.port
+        return out
+
+    def _entries(
+        self,
+        d: HostDelta,
+        candidates: Iterable[Mac],
+        s0: frozenset[Lnid],
+        s1: frozenset[Lnid],
+        k0: bool,
+        k1: bool,
+        joined: frozenset[Lnid],
+    ) -> None:
+        """Entries of `candidates` that differ between scope s0 (before) and s1 (after)."""
+        table = self.dc.table
+        before = self.before
+        for c in candidates:
+            now = table.lnids(c)
+            if len(now) == 1 and now <= joined:
+                continue  # travels with its whole LNID
+            was = before[c][0] if c in before else now
+            e0 = _entry(was, s0, k0)
+            e1 = _entry(now, s1, k1)
+            if e1 is None:
+                if e0 is not None:
+                    d.removed.add(c)
+            elif e1 != e0:
+                d.entries[c] = e1

@@ -130,6 +130,25 @@ class Tx:
         self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
         self.dirty = True
 
+    def put_macs(self, rows: list[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]]) -> None:
+        """`put_mac` for many MACs (statements batched: bulk registration)."""
+        gone = [(mac,) for mac, _, _, lnids in rows if not lnids]
+        kept = [row for row in rows if row[3]]
+        if gone:
+            self._db.executemany("DELETE FROM macs WHERE mac=?", gone)
+        if kept:
+            self._db.executemany(
+                "INSERT INTO macs(mac, host, port) VALUES (?, ?, ?) "
+                "ON CONFLICT(mac) DO UPDATE SET host=excluded.host, port=excluded.port",
+                [(mac, host, port) for mac, host, port, _ in kept],
+            )
+            self._db.executemany("DELETE FROM memberships WHERE mac=?", [(row[0],) for row in kept])
+            self._db.executemany(
+                "INSERT INTO memberships(mac, lnid) VALUES (?, ?)",
+                [(row[0], int(x)) for row in kept for x in row[3]],
+            )
+        self.dirty = True
+
     def put_mac(self, mac: Mac, host: HostId | None, port: PortName | None, lnids: frozenset[Lnid]) -> None:
         """Make the stored row of `mac` exactly this (no LNIDs: delete it)."""
         if not lnids:
