@@ -443,6 +443,7 @@ class Bench:
         except (httpx.HTTPError, RuntimeError):
             pass
         await self.http.aclose()
+        self.say("restart: starting the manager again on the same database")
         start_s = await self.mgr.start()
         self.http = self._client()
         rev = (await self.call("GET", "/v1/revision"))["revision"]

@@ -175,13 +175,14 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(401, "auth", "missing token: send 'Authorization: Bearer <token>'")
         return auth[7:].strip()
 
-    def admin(request: Request) -> None:
+    # async: a plain `def` dependency would run in a worker thread, a thread hop per call
+    async def admin(request: Request) -> None:
         if not service.is_admin(_token(request)):
             if service.host_of_token(_token(request)) is not None:
                 raise ApiError(403, "auth", "a host token cannot make management calls")
             raise ApiError(401, "auth", "invalid token")
 
-    def host_auth(name: str, request: Request) -> HostId:
+    async def host_auth(name: str, request: Request) -> HostId:
         token = _token(request)
         host = service.host_of_token(token)
         if host is None:

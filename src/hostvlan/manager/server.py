@@ -12,8 +12,10 @@ import asyncio
 import json
 import socket
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -107,6 +109,16 @@ def run(
         tmp.write_text(json.dumps({"listen": urls, "revision": service.revision, "token_file": str(token_file)}))
         tmp.replace(ready_file)
     try:
-        asyncio.run(server.serve(sockets=socks))
+        _serve(server.serve(sockets=socks))
     finally:
         store.close()
+
+
+def _serve(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server on uvloop when installed (uvicorn[standard] brings it), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(main)
+        return
+    uvloop.run(main)

@@ -69,6 +69,7 @@ class Service:
         self.feed = feed or Feed()
         self.dc = DataCenter()
         self.revision = store.revision()
+        self._admin_sha256 = store.meta("admin_token_sha256")
         self._host_tokens: dict[str, HostId] = {}
         for host, token_hash in store.hosts().items():
             self.dc.add_host(host)
@@ -91,10 +92,11 @@ class Service:
         tmp.replace(path)
         with self.store.transaction() as tx:
             tx.set_meta("admin_token_sha256", sha256(token))
+        self._admin_sha256 = sha256(token)
         return token
 
     def is_admin(self, token: str) -> bool:
-        want = self.store.meta("admin_token_sha256")
+        want = self._admin_sha256
         return want is not None and secrets.compare_digest(want, sha256(token))
 
     def host_of_token(self, token: str) -> HostId | None:
