@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from hostvlan.manager.api import create_app
+from hostvlan.manager.api import create_asgi
 from hostvlan.manager.service import Service
 from hostvlan.manager.store.sqlite import Store
 
@@ -96,7 +96,7 @@ def run(
         urls.append({"url": url, "netns": x.netns})
         print(f"hostvlan manager: listening on {url}" + (f" in netns {x.netns}" if x.netns else ""), file=sys.stderr)
     config = uvicorn.Config(
-        create_app(service),
+        create_asgi(service),
         log_level=log_level,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
