@@ -25,6 +25,7 @@ A benchmark: it measures and reports, never asserts; `make test` does not run it
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
@@ -551,6 +552,9 @@ def run(cfg: BenchConfig, out: Callable[[str], None] | None = None) -> dict[str,
 
     bench = Bench(cfg, out or err)
     _event_loop_policy()
+    # the simulated views are millions of long-lived objects without cycles: a full
+    # collection would walk them all, again and again, while the agents parse
+    gc.disable()
     if cfg.workdir:
         wd = Path(cfg.workdir)
         wd.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ namespaces, without any route between the two.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import sys
@@ -85,6 +86,11 @@ def run(
     db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db)
     service = Service(store)
+    # The table is long-lived and acyclic: keep it out of the collector's full passes
+    # (each would walk millions of objects), and collect young objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     token_file = admin_token_file or db.with_name(db.name + ".admin-token")
     if service.ensure_admin_token(token_file):
         print(f"hostvlan manager: new admin token written to {token_file} (mode 0600)", file=sys.stderr)
