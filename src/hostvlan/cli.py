@@ -588,6 +588,9 @@ def bench() -> None:
 @click.option("--regs", type=int, default=200, show_default=True, help="Single `reg` commands timed.")
 @click.option("--moves", type=int, default=200, show_default=True, help="`move` commands timed.")
 @click.option("--lnid-adds", type=int, default=200, show_default=True, help="LNIDs added to running VMs, timed.")
+@click.option(
+    "--sim-procs", type=int, default=2, show_default=True, help="Processes for the simulated agents (0: this one)."
+)
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep the manager's database and log here.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
@@ -599,6 +602,7 @@ def bench_control_plane(
     regs: int,
     moves: int,
     lnid_adds: int,
+    sim_procs: int,
     workdir: str | None,
     out: str | None,
     as_json: bool,
@@ -620,6 +624,7 @@ def bench_control_plane(
         regs=regs,
         moves=moves,
         lnid_adds=lnid_adds,
+        sim_procs=sim_procs,
         workdir=workdir,
     )
     try:

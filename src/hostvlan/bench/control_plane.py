@@ -45,8 +45,8 @@ from typing import Any
 
 import httpx
 
-from hostvlan.sim.agents import Fleet
 from hostvlan.sim.layout import EXTRA_MAC_BASE, Layout, mac_of
+from hostvlan.sim.procs import Agents
 
 START_TIMEOUT = 600.0
 
@@ -61,6 +61,7 @@ class BenchConfig:
     moves: int = 200
     lnid_adds: int = 200
     restart_writes: int = 50  # acknowledged registrations before the kill
+    sim_procs: int = 2  # worker processes of the simulated agents (0: in this process)
     timeout: float = 900.0  # per wait
     seed: int = 1
     workdir: str | None = None
@@ -168,7 +169,7 @@ class Bench:
         self._out = out
         self.result: dict[str, Any] = {}
         self.mgr: ManagerProcess
-        self.fleet: Fleet
+        self.fleet: Agents
         self.http: httpx.AsyncClient
         self.names = [self.layout.host_name(h) for h in range(cfg.hosts)]
         self._extra = 0
@@ -205,16 +206,16 @@ class Bench:
         self.mgr = ManagerProcess(workdir)
         await self.mgr.start()
         self.http = self._client()
-        self.fleet = Fleet(self.mgr.url)
+        self.fleet = Agents(self.mgr.url, self.cfg.sim_procs)
         try:
             await self.phase_hosts()
             await self.phase_load()
-            self.check_views("after load")
+            await self.check_views("after load")
             await self.phase_reg()
             await self.phase_move()
             await self.phase_lnid_add()
             await self.phase_restart()
-            self.check_views("after restart")
+            await self.check_views("after restart")
         finally:
             await self.fleet.stop()
             await self.http.aclose()
@@ -223,14 +224,14 @@ class Bench:
 
     async def phase_hosts(self) -> None:
         t0 = time.perf_counter()
+        agents: list[tuple[str, str]] = []
         for i in range(0, len(self.names), 2048):
             chunk = self.names[i : i + 2048]
             ans = await self.call("POST", "/v1/hosts/batch", {"names": chunk})
-            for h in ans["hosts"]:
-                self.fleet.add(h["name"], h["token"])
+            agents += [(h["name"], h["token"]) for h in ans["hosts"]]
         t1 = time.perf_counter()
         rev = (await self.call("GET", "/v1/revision"))["revision"]
-        self.fleet.start()
+        self.fleet.start(agents)
         await self.wait(self.names, rev, "connect", reported=True)
         t2 = time.perf_counter()
         self.result["setup"] = {"register_s": round(t1 - t0, 2), "connect_s": round(t2 - t1, 2)}
@@ -255,7 +256,7 @@ class Bench:
             for h in hosts:
                 due[lay.host_name(h)] = revs[-1]
             if len(revs) % max(1, len(batches) // 8) == 0:
-                applied = sum(1 for a in self.fleet.agents.values() if a.view.entries)
+                applied = sum(1 for a in (await self.fleet.states()).values() if a.entries)
                 self.say(
                     f"load: {len(revs)}/{len(batches)} batches acknowledged, {applied} agents hold entries, "
                     f"manager RSS {self.mgr.rss_mib()[0]} MiB"
@@ -279,33 +280,22 @@ class Bench:
             "manager_rss_mib": rss,
             "manager_rss_peak_mib": hwm,
             "db_mib": self.mgr.db_mib(),
-            "feed_bytes": sum(a.counters.bytes_in for a in self.fleet.agents.values()),
+            "feed_bytes": sum((await self.fleet.bytes_in()).values()),
         }
         self.say(
             f"load: {lay.vms} VMs acknowledged in {t_acked - t0:.1f}s, applied by every agent in "
             f"{t_applied - t0:.1f}s; manager RSS {rss} MiB (peak {hwm}), db {self.mgr.db_mib()} MiB"
         )
 
-    def check_views(self, when: str) -> None:
-        lay = self.layout
-        sizes: list[int] = []
-        wrong: list[str] = []
-        pod_cache: dict[int, dict[str, tuple[int, ...]]] = {}
-        for h, name in enumerate(self.names):
-            pod = lay.pod(h)
-            want = pod_cache.get(pod)
-            if want is None:
-                pod_cache.clear()  # pods come in order: keep one
-                want = pod_cache[pod] = lay.pod_entries(pod)
-            view = self.fleet.agents[name].view
-            sizes.append(len(view.entries))
-            if view.entries != want or view.local != lay.expected_local(h):
-                wrong.append(name)
+    async def check_views(self, when: str) -> None:
+        """Every agent's view against the layout (an oracle independent of the manager's model)."""
+        sizes, wrong = await self.fleet.check(self.layout)
         checks = self.result.setdefault("views", {})
         checks[when] = {
+            "hosts": len(sizes),
             "entries_min": min(sizes),
             "entries_max": max(sizes),
-            "correct": not wrong,
+            "correct": not wrong and len(sizes) == self.layout.hosts,
             "wrong": len(wrong),
             "wrong_sample": wrong[:5],
         }
@@ -333,11 +323,11 @@ class Bench:
         lat: list[float] = []
         unaffected = affected = quiet = 0
         for i in range(n):
-            before = self.fleet.bytes_in()
+            before = await self.fleet.bytes_in()
             got, concerned = await one(i)
             if i == n - 1:
                 await asyncio.sleep(0.5)  # let anything sent by mistake arrive
-            after = self.fleet.bytes_in()
+            after = await self.fleet.bytes_in()
             lat.extend(got)
             for h, b in after.items():
                 if h in concerned:
@@ -434,7 +424,7 @@ class Bench:
         touched.update(lay.host_name(h) for h in lay.tenant_hosts(lnid))
         pending = asyncio.create_task(self.call("POST", "/v1/reg", {"lnid": lnid, "mac": in_flight, "host": host}))
         await asyncio.sleep(0)
-        snaps = {n: a.counters.snapshots for n, a in self.fleet.agents.items()}
+        snaps = {n: a.snapshots for n, a in (await self.fleet.states()).items()}
         rss_before = self.mgr.rss_mib()
         t_kill = time.perf_counter()
         self.mgr.kill()
@@ -454,15 +444,15 @@ class Bench:
         last_say = time.perf_counter()
         while len(resynced) < len(self.names):
             now = time.perf_counter()
-            for n, a in self.fleet.agents.items():
-                if n not in resynced and a.counters.snapshots > snaps[n] and a.reported >= rev:
+            for n, a in (await self.fleet.states()).items():
+                if n not in resynced and a.snapshots > snaps[n] and a.reported >= rev:
                     resynced[n] = a.reported_at
             if now > deadline:
                 raise TimeoutError(f"{len(self.names) - len(resynced)} agents did not resync")
             if now - last_say > 5:
                 last_say = now
                 self.say(f"restart: {len(resynced)}/{len(self.names)} agents resynced")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
         t_all = max(resynced.values())
         lost = []
         for mac, lnid_, host_ in acked:
@@ -494,8 +484,8 @@ class Bench:
             if done:
                 task.result()
                 return
-            agents = self.fleet.agents
-            n = sum(1 for x, r in due.items() if (agents[x].reported if reported else agents[x].view.revision) >= r)
+            states = await self.fleet.states()
+            n = sum(1 for x, r in due.items() if (states[x].reported if reported else states[x].revision) >= r)
             self.say(f"{what}: {n}/{len(due)} agents there, manager RSS {self.mgr.rss_mib()[0]} MiB")
 
     async def wait(self, names: list[str], revision: int, what: str, reported: bool = False) -> dict[str, float]:
@@ -506,10 +496,8 @@ class Bench:
             done, _ = await asyncio.wait({task}, timeout=5.0)
             if done:
                 return task.result()
-            if reported:
-                n = sum(1 for x in names if self.fleet.agents[x].reported >= revision)
-            else:
-                n = sum(1 for x in names if self.fleet.agents[x].view.revision >= revision)
+            states = await self.fleet.states(names)
+            n = sum(1 for x in names if (states[x].reported if reported else states[x].revision) >= revision)
             self.say(f"{what}: {n}/{len(names)} agents at r{revision}, manager RSS {self.mgr.rss_mib()[0]} MiB")
 
     def summary(self) -> dict[str, Any]:
