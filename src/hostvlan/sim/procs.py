@@ -15,6 +15,8 @@ import gc
 import itertools
 import multiprocessing
 import resource
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -71,7 +73,7 @@ async def _serve(fleet: Fleet, conn: Connection) -> None:
     """A worker: answer the driver's requests until told to stop."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    _reader(conn, lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg))
 
     async def answer(rid: int, coro: Any) -> None:
         try:
@@ -100,6 +102,22 @@ async def _serve(fleet: Fleet, conn: Connection) -> None:
         t = loop.create_task(answer(rid, coro))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
+
+
+def _reader(conn: Connection, deliver: Callable[[Any], object]) -> None:
+    """Blocking reads of `conn` in a thread (an event loop would make the pipe non-blocking
+    under a message read halfway); each message, or None at EOF, goes to `deliver`."""
+
+    def run() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                deliver(None)
+                return
+            deliver(msg)
+
+    threading.Thread(target=run, name="sim-pipe", daemon=True).start()
 
 
 def _worker(conn: Connection, url: str, agents: list[tuple[str, str]]) -> None:
@@ -157,20 +175,18 @@ class Agents:
             theirs.close()
             for name, _ in part:
                 self._shard[name] = len(self._conns)
-            loop.add_reader(mine.fileno(), self._received, mine)
+            _reader(mine, lambda msg: loop.call_soon_threadsafe(self._received, msg))
             self._conns.append(mine)
             self._procs.append(proc)
 
-    def _received(self, conn: Connection) -> None:
-        try:
-            rid, ok, value = conn.recv()
-        except EOFError:
-            asyncio.get_running_loop().remove_reader(conn.fileno())
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(RuntimeError("a simulator worker died"))
+    def _received(self, msg: Any) -> None:
+        if msg is None:
+            for waiting in self._pending.values():
+                if not waiting.done():
+                    waiting.set_exception(RuntimeError("a simulator worker died"))
             return
-        fut: asyncio.Future[Any] | None = self._pending.pop(rid) if rid in self._pending else None
+        rid, ok, value = msg
+        fut = self._pending.pop(rid) if rid in self._pending else None
         if fut is not None and not fut.done():
             if ok:
                 fut.set_result(value)
@@ -247,14 +263,12 @@ class Agents:
         if self.local is not None:
             await self.local.stop()
             return
-        loop = asyncio.get_running_loop()
         for w in range(len(self._conns)):
             try:
                 await asyncio.wait_for(self._ask(w, "stop", None), 30)
             except (TimeoutError, RuntimeError, OSError):
                 pass
         for conn in self._conns:
-            loop.remove_reader(conn.fileno())
             conn.close()
         for proc in self._procs:
             proc.join(10)
