@@ -189,6 +189,8 @@ class Bench:
             base_url=self.mgr.url,
             headers={"Authorization": f"Bearer {self.mgr.token}"},
             timeout=httpx.Timeout(self.cfg.timeout),
+            # drop idle connections before the manager does (uvicorn: 5 s), never reuse a closing one
+            limits=httpx.Limits(keepalive_expiry=2.0),
             trust_env=False,
         )
 
@@ -485,8 +487,11 @@ class Bench:
                 task.result()
                 return
             states = await self.fleet.states()
-            n = sum(1 for x, r in due.items() if (states[x].reported if reported else states[x].revision) >= r)
-            self.say(f"{what}: {n}/{len(due)} agents there, manager RSS {self.mgr.rss_mib()[0]} MiB")
+            late = [x for x, r in due.items() if (states[x].reported if reported else states[x].revision) < r]
+            why = f" (e.g. {late[0]}: {states[late[0]].last_error or 'no error'})" if late else ""
+            self.say(
+                f"{what}: {len(due) - len(late)}/{len(due)} agents there{why}, manager RSS {self.mgr.rss_mib()[0]} MiB"
+            )
 
     async def wait(self, names: list[str], revision: int, what: str, reported: bool = False) -> dict[str, float]:
         task = asyncio.create_task(self.fleet.wait_applied(names, revision, self.cfg.timeout, reported))

@@ -9,7 +9,8 @@ cannot tell it from a real agent:
   host's view: MAC → LNIDs, and its local vNICs → ports); a delta before a snapshot, or
   a revision that does not grow, is a protocol error the agent counts and reconnects on;
 - reports the applied revision with `POST /v1/hosts/{H}/status` on a second, kept-alive
-  connection, one report in flight at a time (coalescing, like the real agent);
+  connection, one report in flight at a time (coalescing, like the real agent; unlike
+  it, a failed report is retried a few times, see `REPORT_TRIES`);
 - reconnects with the real agent's backoff (0.1 s doubling to 5 s, jittered ×0.5–1.5).
 
 Raw asyncio streams keep 8,192 agents in one process affordable; every agent has its
@@ -50,6 +51,12 @@ def intern_entries(entries: dict[str, list[int | str]]) -> dict[str, LnidsJson]:
     ks = entries.keys()
     vs = list(map(tuple, entries.values()))
     return dict(zip(map(_KEYS.setdefault, ks, ks), map(_VALUES.setdefault, vs, vs), strict=True))
+
+
+REPORT_TRIES = 6
+"""A status report is sent on a kept-alive connection; one the manager closed is replaced at
+once, and further failures are retried after a pause (the real agent waits for the next
+change instead; a benchmark must not leave a host unreported)."""
 
 
 class ProtocolError(RuntimeError):
@@ -96,6 +103,7 @@ class Counters:
     connects: int = 0
     errors: int = 0
     reports: int = 0
+    report_retries: int = 0
 
 
 class SimAgent:
@@ -195,7 +203,10 @@ class SimAgent:
         while sent != self.view.revision:
             sent = self.view.revision
             body = b'{"revision":%d}' % sent
-            for attempt in (1, 2):  # a kept-alive connection the manager closed: open a new one once
+            for attempt in range(1, REPORT_TRIES + 1):
+                if attempt > 2:  # the manager is busy or restarting: try again a little later
+                    self.counters.report_retries += 1
+                    await asyncio.sleep(0.2 * attempt)
                 try:
                     if self._status is None:
                         self._status = await self.fleet.connect()
@@ -208,8 +219,8 @@ class SimAgent:
                     break
                 except (OSError, EOFError, asyncio.IncompleteReadError, ValueError, ProtocolError) as exc:
                     self._close_status()
-                    if attempt == 2:
-                        self.last_error = f"status report failed: {exc}"
+                    self.last_error = f"status report failed: {type(exc).__name__}: {exc}"
+                    if attempt == REPORT_TRIES:
                         return
             if status != 200:
                 self.last_error = f"status report refused ({status})"

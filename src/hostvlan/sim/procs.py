@@ -46,7 +46,14 @@ def _states(fleet: Fleet, names: list[str] | None) -> dict[str, AgentState]:
         a = agents[n]
         c = a.counters
         out[n] = AgentState(
-            a.view.revision, a.applied_at, a.reported, a.reported_at, c.snapshots, c.bytes_in, len(a.view.entries), ""
+            a.view.revision,
+            a.applied_at,
+            a.reported,
+            a.reported_at,
+            c.snapshots,
+            c.bytes_in,
+            len(a.view.entries),
+            a.last_error,
         )
     return out
 
