@@ -1,8 +1,10 @@
-"""Fixtures of the integration tier: the nftables Linux-bridge back end on a real kernel.
+"""Fixtures of the integration tier: the data-path back ends on a real kernel.
 
 Each test gets a fresh namespace prefix; whatever happens, every namespace of that
-prefix is removed afterwards (`netns.sweep` in a `finally`). See `hostnet` for the
-topology.
+prefix is removed afterwards (`netns.sweep` in a `finally`). `make_host(n)` builds one
+host under test (`switchhost.SwitchHost`) with n VMs on the back end `backend`, which
+runs every shared test (`test_backend_*.py`) on the Linux bridge, Open vSwitch and
+macvtap: "same contract, same tests". See `hostnet`, `ovsnet` and `macvtapnet`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import pytest
 
 from hostvlan.testbed import netns
 
-from .hostnet import Host, build_host
+from .backends import BACKENDS
+from .switchhost import SwitchHost
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,23 +38,16 @@ def prefix() -> Iterator[str]:
         assert not left, f"namespaces left behind: {left}"
 
 
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    """The back end under test (a test may narrow it with `pytest.mark.parametrize("backend", …)`)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_host(prefix: str) -> Iterator[Callable[[int], Host]]:
-    """Factory: `make_host(n)` builds a host with n VMs (links down, no filter yet)."""
-    hosts: list[Host] = []
-
-    def make(n_vms: int) -> Host:
-        assert not hosts, "one host per test"
-        try:
-            host = build_host(prefix, n_vms)
-        except BaseException:
-            netns.sweep(prefix)
-            raise
-        hosts.append(host)
-        return host
-
-    try:
+def make_host(backend: str, prefix: str) -> Iterator[Callable[[int], SwitchHost]]:
+    """Factory: `make_host(n)` builds a host with n VMs on `backend` (no filter yet); on exit
+    everything it started is stopped and no namespace is left."""
+    factory, _ = BACKENDS[backend]
+    with factory(prefix) as make:
         yield make
-    finally:
-        for host in hosts:
-            host.close()  # sockets and nft contexts first: they pin their namespaces

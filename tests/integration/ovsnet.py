@@ -7,7 +7,7 @@ namespace (their database, sockets, pid files and logs in a fresh temporary dire
 both daemons (SIGTERM, then SIGKILL), checks they are gone and removes every namespace.
 Nothing touches the root namespace: the bridge's ports live in the host namespace.
 
-Topology (same names as `hostnet`, so the same frames and the same model apply):
+Topology (same names as every back end's, see `switchhost`):
 
     <prefix>-h   ovsdb-server + ovs-vswitchd; OVS bridge br0 (datapath_type=netdev,
                  fail-mode=secure), ports vnet0 … vnet<n-1> (MAC fe:54:00:00:00:0i,
@@ -17,31 +17,48 @@ Topology (same names as `hostnet`, so the same frames and the same model apply):
 
 Over veth the userspace datapath forwards what AF_PACKET hands it, so every sender has
 tx checksum offload, TSO and GSO off (`ethtool -K eth0 tx off tso off gso off`).
+
+Where OVS differs (`OvsHost.forward`): a frame whose source no entry knows is dropped
+once, before any copy (bucket "(unknown)"); copies go only to bound ports, never back to
+the ingress port nor from an uplink to an uplink; unicast to a VM's MAC goes to its port,
+to a known MAC without a local port to the uplink, to any other MAC everywhere (filtered
+per copy). Its datapath caches flows, so verdicts are checked over a few round trips.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
-from hostvlan.datapath.ovs import COOKIE_BASE, COOKIE_MASK, UNBOUND, UNKNOWN, OvsFilter
+from hostvlan.datapath.ovs import COOKIE_BASE, COOKIE_MASK, UNKNOWN, OvsFilter
 from hostvlan.datapath.ovs_proc import OvsTools
 from hostvlan.datapath.ovsdb import OvsDb
-from hostvlan.model import verdict
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
 from hostvlan.testbed.ovsd import OvsDaemons as _OvsDaemons
-from hostvlan.testbed.traffic import Probe, Received
 
-from .hostnet import OUTSIDE, OUTSIDE_MAC, UPLINK, UPLINK_MAC, Sent, Vm, vm_mac, vm_tap_mac
+from .switchhost import (
+    UPLINK,
+    Sent,
+    SwitchHost,
+    Vm,
+    add_uplink,
+    add_vm_veth,
+    create_namespaces,
+    is_group,
+    vm_mac,
+    vm_tap_mac,
+)
 
 BRIDGE = "br0"
 STARTED: set[int] = set()  # pid of every OVS daemon this session started (all must be gone)
@@ -101,16 +118,25 @@ class RecordingTools(OvsTools):
         return super().ofctl(*args, stdin=stdin)
 
 
+FOREIGN_FLOW = "table=100,priority=1,cookie=0x1234,actions=drop"  # someone else's flow
+STALE_FLOWS = [
+    f"table=4,priority=999,cookie={COOKIE_BASE | 0x77:#x},actions=goto_table:5",  # would allow everything
+    f"table=200,priority=0,cookie={COOKIE_BASE | 1 << 32:#x},actions=note:64.00.6f.6c.64",
+]
+FAILING_FLOW = "flow add table=100,priority=1,cookie=0x4856000000000000,actions=group:4242\n"  # no such group
+
+
 @dataclass
-class OvsHost:
-    prefix: str
-    ns: str
-    outside_ns: str
-    vms: list[Vm]
+class OvsHost(SwitchHost):
     daemons: OvsDaemons
     db: OvsDb
     attached: set[PortName] = field(default_factory=set)  # VM ports on the bridge
-    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    KIND: ClassVar[str] = "ovs"
+    UNKNOWN_SOURCE: ClassVar[str | None] = UNKNOWN
+    CACHE_ROUNDS: ClassVar[int] = 3  # the datapath's flow cache must not keep an old verdict
+    WORST_CASE_LIMITS: ClassVar[tuple[float, float]] = (20.0, 0.100)
+    STALE: ClassVar[tuple[str, ...]] = ("flows of another layout",)
 
     def attach(self, vm: Vm) -> None:
         """Add a VM's port to the bridge, tagged with its vNIC MAC (as OpenStack does)."""
@@ -121,18 +147,33 @@ class OvsHost:
     def tools(self) -> OvsTools:
         return self.daemons.tools
 
-    def new_filter(self, record: bool = False) -> OvsFilter:
-        """A fresh OvsFilter with its own OVSDB connection (an agent (re)start)."""
+    @property
+    def target(self) -> str:
+        return self.tools.of_target(BRIDGE)
+
+    # ----- the filter ------------------------------------------------------------------
+    def new_filter(self) -> OvsFilter:
+        """A fresh OvsFilter with its own OVSDB connection (an agent (re)start), recording
+        every ovs-ofctl call."""
         db = OvsDb(self.tools.db_remote)
         self._closers.append(db.close)
-        tools: OvsTools = self.tools
-        if record:
-            rec = RecordingTools(tools.rundir, tools.db, tools.vswitchd_ctl)
-            object.__setattr__(rec, "calls", [])
-            tools = rec
-        return OvsFilter(BRIDGE, tools, db)
+        tools = self.tools
+        rec = RecordingTools(tools.rundir, tools.db, tools.vswitchd_ctl)
+        object.__setattr__(rec, "calls", [])
+        return OvsFilter(BRIDGE, rec, db)
 
-    def start(self, state: FilterState | None = None) -> OvsFilter:
+    def calls(self, filt: Any) -> list[tuple[str, int]]:
+        tools = filt._tools
+        assert isinstance(tools, RecordingTools)
+        out = [("txn" if args[:1] == ("bundle",) else args[0], lines) for args, lines in tools.calls]
+        tools.calls.clear()
+        return out
+
+    def max_txn(self, elements: int, ports: bool) -> int:
+        # a flow or two per element, plus the forwarding / port flows it touches, and the digest
+        return 3 * elements + 4 if ports else 2 * elements + 2
+
+    def boot(self, state: FilterState | None = None) -> OvsFilter:
         """Install the filter (fail closed: empty unless `state`), then bring links up."""
         filt = self.new_filter()
         filt.sync(state or FilterState())
@@ -140,6 +181,9 @@ class OvsHost:
         self.up()
         return filt
 
+    start = boot  # the name the other tests of this back end use
+
+    # ----- links -----------------------------------------------------------------------
     def up(self) -> None:
         for vm_ns in [*(vm.ns for vm in self.vms), self.outside_ns]:
             with netns.iproute(vm_ns) as ipr:
@@ -164,45 +208,116 @@ class OvsHost:
         return all(states.get(p) == "UP" for p in ports)
 
     def _ports_up(self, ports: list[PortName]) -> bool:
-        out = self.tools.ofctl("show", self.tools.of_target(BRIDGE))
+        out = self.tools.ofctl("show", self.target)
         down = [p for p in ports if f"({p}):" not in out]
         return not down and "LINK_DOWN" not in out.split("LOCAL")[0]
 
     def add_vm_port(self, vm: Vm) -> None:
         """Create a VM's veth pair (links down) without adding it to the bridge."""
         with netns.iproute(self.ns) as ipr:
-            ipr.link(
-                "add",
-                ifname=vm.port,
-                kind="veth",
-                address=vm.tap_mac,
-                peer={"ifname": "eth0", "net_ns_fd": vm.ns, "address": vm.mac},
-            )
+            add_vm_veth(ipr, vm)
 
+    # ----- the model of this switch (see module doc) -------------------------------------
+    def forward(self, state: FilterState, f: Sent, live: Mapping[PortName, str]) -> tuple[list[PortName], Counter[str]]:
+        if f.src not in state.entries:
+            return [], Counter({UNKNOWN: 1})  # the known-source check, before any copy
+        uplinks = {p for p, b in state.bindings.items() if b.uplink}
+        targets = _targets(state, f.dst)
+        ports = [
+            p
+            for p in (targets if targets is not None else list(state.bindings))
+            if p != f.port and not (p in uplinks and f.port in uplinks)
+        ]
+        return ports, Counter()
+
+    # ----- read-back -------------------------------------------------------------------
     def dump_flows(self, stats: bool = False) -> list[str]:
         """hostvlan's flows as ovs-ofctl prints them (sorted; durations/counters only with stats)."""
         args = [] if stats else ["--no-stats"]
-        out = self.tools.ofctl(
-            *args, "dump-flows", self.tools.of_target(BRIDGE), f"cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}"
-        )
+        out = self.tools.ofctl(*args, "dump-flows", self.target, f"cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}")
         return sorted(line.strip() for line in out.splitlines() if "cookie=" in line)
 
-    def probe(self, *names: str) -> Probe:
-        where = {vm.name: vm.ns for vm in self.vms} | {OUTSIDE: self.outside_ns}
-        probe = Probe()
-        self._closers.append(probe.close)
-        for name in names or tuple(where):
-            probe.attach(name, where[name])
-        return probe
+    def groups(self) -> list[str]:
+        out = self.tools.ofctl("dump-groups", self.target)
+        return [line.strip() for line in out.splitlines() if "group_id" in line]
 
-    def close(self) -> None:
-        while self._closers:
-            self._closers.pop()()
+    def installed(self) -> bool:
+        return bool(self.dump_flows())
+
+    def leftovers(self) -> list[str]:
+        return self.dump_flows() + self.groups()
+
+    def plant_foreign(self) -> None:
+        self.tools.ofctl("add-flow", self.target, FOREIGN_FLOW)
+
+    def foreign_intact(self) -> bool:
+        return "cookie=0x1234" in self.tools.ofctl("dump-flows", self.target)
+
+    def kernel_dump(self) -> object:
+        return self.dump_flows(), self.groups()
+
+    def objects(self) -> object:
+        """Each flow (without its stats) → seconds since it was added."""
+        out = {}
+        for line in self.dump_flows(stats=True):
+            d = re.search(r"duration=([0-9.]+)s", line)
+            assert d is not None, line
+            key = re.sub(r"(duration|n_packets|n_bytes|idle_age|hard_age)=[^,]*, ", "", line)
+            out[key] = float(d.group(1))
+        return out
+
+    def same_objects(self, before: object, after: object) -> bool:
+        """The same flows, none re-added (a re-added flow's duration restarts)."""
+        assert isinstance(before, dict) and isinstance(after, dict)
+        return bool(before) and set(before) == set(after) and all(after[k] >= before[k] for k in before)
+
+    def table_handle(self) -> int | None:
+        return None  # no table: the flows are the objects (`objects`)
+
+    def plant_stale(self, case: str) -> None:
+        assert case == self.STALE[0], case
+        for flow in STALE_FLOWS:
+            self.tools.ofctl("add-flow", self.target, flow)
+
+    def stale_gone(self) -> bool:
+        return not any("priority=999" in line for line in self.dump_flows())  # the one that would allow all
+
+    def wipe(self) -> None:
+        """A reset switch: flows AND groups gone, as after an ovs-vswitchd restart."""
+        self.tools.ofctl("del-flows", self.target)
+        self.tools.ofctl("del-groups", self.target)
+
+    def break_next_apply(self, filt: Any) -> None:
+        """The switch rejects the bundle (a flow referring to a group that does not exist)."""
+        real = filt._tools.ofctl
+
+        def failing(*args: str, stdin: str | None = None) -> str:
+            if args[:1] == ("bundle",) and stdin:
+                stdin += FAILING_FLOW
+            return str(real(*args, stdin=stdin))
+
+        object.__setattr__(filt._tools, "ofctl", failing)
+
+    def mend(self, filt: Any) -> None:
+        object.__delattr__(filt._tools, "ofctl")
+
+    def worst_case_ports(self, macs: list[Mac]) -> list[PortName]:
+        return [PortName(f"vnet{p}") for p in range(len(macs))]  # their facts are programmed all the same
+
+    def layout_numbers(self, n_ports: int) -> dict[str, float]:
+        return {"flows_installed": len(self.dump_flows())}
 
 
-def _no_ipv6(ns: str) -> None:
-    netns.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
-    netns.sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
+def _targets(state: FilterState, dst: Mac) -> list[PortName] | None:
+    """Ports a frame to `dst` is copied to (None: every bound port, a flood)."""
+    if is_group(dst):
+        return None
+    local = [p for p, b in state.bindings.items() if not b.uplink and b.mac == dst]
+    if local:
+        return local
+    if dst in state.entries:
+        return [p for p, b in state.bindings.items() if b.uplink]
+    return None
 
 
 @contextmanager
@@ -211,21 +326,12 @@ def ovs_host(prefix: str, n_vms: int, ports_on_bridge: int | None = None) -> Ite
 
     `ports_on_bridge`: how many VM ports join the bridge (default all); the others exist
     as veth pairs only, so a test can add them later (`OvsDb.add_port`)."""
-    host_ns, outside_ns = f"{prefix}-h", f"{prefix}-x"
     vms = [Vm(i, f"{prefix}-v{i}", vm_mac(i), PortName(f"vnet{i}"), vm_tap_mac(i)) for i in range(n_vms)]
     with ExitStack() as stack:
         stack.callback(_sweep, prefix)
-        for ns in [host_ns, outside_ns, *(vm.ns for vm in vms)]:
-            netns.create(ns)
-            _no_ipv6(ns)
+        host_ns, outside_ns = create_namespaces(prefix, vms)
         with netns.iproute(host_ns) as ipr:
-            ipr.link(
-                "add",
-                ifname=UPLINK,
-                kind="veth",
-                address=UPLINK_MAC,
-                peer={"ifname": "eth0", "net_ns_fd": outside_ns, "address": OUTSIDE_MAC},
-            )
+            add_uplink(ipr, outside_ns)
         daemons = OvsDaemons(host_ns)
         stack.callback(daemons.stop)
         daemons.start()
@@ -261,77 +367,3 @@ def _sweep(prefix: str) -> None:
     netns.sweep(prefix)
     left = netns.owned(prefix)
     assert not left, f"namespaces left behind: {left}"
-
-
-# ----- what the model says a frame does on this switch -----------------------------------------
-@dataclass(frozen=True)
-class Uni:
-    """One unicast frame put on the wire."""
-
-    sender: str
-    port: PortName
-    src: Mac
-    dst: Mac
-    tag: str
-
-
-@dataclass
-class Expectation:
-    delivered: dict[str, list[str]]
-    rx_dropped: Counter[str]
-    tx_dropped: Counter[str]
-
-
-def _targets(state: FilterState, dst: Mac | None) -> list[PortName] | None:
-    """Ports a frame to `dst` is copied to (None: every bound port, a flood)."""
-    if dst is None or int(dst[:2], 16) & 1:
-        return None
-    local = [p for p, b in state.bindings.items() if not b.uplink and b.mac == dst]
-    if local:
-        return local
-    if dst in state.entries:
-        return [p for p, b in state.bindings.items() if b.uplink]
-    return None
-
-
-def expect(state: FilterState, host: OvsHost, frames: Iterable[Sent | Uni]) -> Expectation:
-    """Deliveries and drop counters the model predicts on the OVS pipeline (see `ovs` doc):
-    the send check, then the known-source check (one "(unknown)" drop per frame), then
-    the model's receive verdict for each copy (copies only to bound ports, never back to
-    the ingress port nor from an uplink to an uplink)."""
-    endpoints = {vm.port: vm.name for vm in host.vms}
-    endpoints[UPLINK] = OUTSIDE
-    delivered: dict[str, list[str]] = {name: [] for name in endpoints.values()}
-    rx: Counter[str] = Counter()
-    tx: Counter[str] = Counter()
-    uplinks = {p for p, b in state.bindings.items() if b.uplink}
-    for f in frames:
-        if not verdict.send(state, f.port, f.src).allow:
-            tx[f.port if f.port in state.bindings else UNBOUND] += 1
-            continue
-        if f.src not in state.entries:
-            rx[UNKNOWN] += 1
-            continue
-        targets = _targets(state, f.dst if isinstance(f, Uni) else None)
-        for port in targets if targets is not None else list(state.bindings):
-            if port == f.port or (port in uplinks and f.port in uplinks):
-                continue
-            if verdict.receive(state, f.src, port).allow:
-                if port in endpoints:
-                    delivered[endpoints[port]].append(f.tag)
-            else:
-                rx[port] += 1
-    return Expectation({n: sorted(t) for n, t in delivered.items()}, rx, tx)
-
-
-def received(got: dict[str, list[Received]]) -> dict[str, list[str]]:
-    return {name: sorted(r.tag for r in rs) for name, rs in got.items()}
-
-
-def drops(filt: OvsFilter) -> tuple[Counter[str], Counter[str]]:
-    rx: Counter[str] = Counter()
-    tx: Counter[str] = Counter()
-    for name, c in filt.counters().items():
-        rx[name] = c.rx_dropped
-        tx[name] = c.tx_dropped
-    return rx, tx
