@@ -85,9 +85,14 @@ def run(
         raise ValueError(f"cannot listen: {exc.strerror or exc}") from None
     db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db)
-    service = Service(store)
-    # The table is long-lived and acyclic: keep it out of the collector's full passes
-    # (each would walk millions of objects), and collect young objects less often.
+    # The table is long-lived and acyclic: no collection while it loads (each full pass
+    # would walk millions of objects), then keep it out of the collector's passes and
+    # collect young objects less often.
+    gc.disable()
+    try:
+        service = Service(store)
+    finally:
+        gc.enable()
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)

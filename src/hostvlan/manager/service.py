@@ -74,7 +74,7 @@ class Service:
         for host, token_hash in store.hosts().items():
             self.dc.add_host(host)
             self._host_tokens[token_hash] = host
-        self.dc.load((row.mac, row.host, row.port, row.lnids) for row in store.rows())
+        self.dc.load(store.table())
         self.encoder = Encoder(self.dc)
 
     # ----- tokens --------------------------------------------------------------------------

@@ -190,10 +190,28 @@ class DataCenter:
 
     def load(self, rows: Iterable[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]]) -> None:
         """Fill from stored rows (MAC, host, port, LNIDs) without computing any delta."""
+        table, locations, hosts = self.table, self.locations, self.hosts
+        single, multi = self._single, self._multi
         for mac, host, port, lnids in rows:
-            if host is not None and host not in self.hosts:
+            if not lnids or mac in locations:
+                self._set(mac, lnids, Location(host, port) if lnids else None, None)  # not the plain case
+                continue
+            if host is not None and host not in hosts:
                 raise ModelError(f"stored MAC {mac} is on unknown host {host!r}", "not_found")
-            self._set(mac, lnids, Location(host, port), None)
+            for lnid in lnids:
+                table.add(mac, lnid)
+            locations[mac] = Location(host, port)
+            if len(lnids) == 1:
+                (lnid,) = lnids
+                single.setdefault(lnid, set()).add(mac)
+            else:
+                for lnid in lnids:
+                    multi.setdefault(lnid, set()).add(mac)
+            if host is not None:
+                self._enlocal(host, mac, lnids)
+        self._version += 1
+        for lnid in single:
+            self._single_version[lnid] = self._version
 
     def reg(self, mac: Mac, lnid: Lnid, host: HostId | None, port: PortName | None = None) -> dict[HostId, HostDelta]:
         """Register `mac` in `lnid`, on `host` (None: external). Re-registering is a no-op."""
