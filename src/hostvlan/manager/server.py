@@ -93,7 +93,6 @@ def run(
         service = Service(store)
     finally:
         gc.enable()
-    gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     token_file = admin_token_file or db.with_name(db.name + ".admin-token")

@@ -13,10 +13,9 @@ cannot tell it from a real agent:
   it, a failed report is retried a few times, see `REPORT_TRIES`);
 - reconnects with the real agent's backoff (0.1 s doubling to 5 s, jittered ×0.5–1.5).
 
-Raw asyncio streams keep 8,192 agents in one process affordable; every agent has its
-own two TCP connections. Parsed keys and LNID sets are interned across agents (hosts
-of a data center hold many of the same entries), which keeps memory at the size of the
-views' dict slots. Feed bytes of heartbeat lines are counted apart from the rest.
+Raw asyncio streams keep thousands of agents in one process affordable; every agent has
+its own two TCP connections. Parsed MACs and LNID lists are shared across agents (see
+`intern_entries`). Feed bytes of heartbeat lines are counted apart from the rest.
 
 May import `hostvlan.model` only (never the manager or the real agent's data paths).
 """
@@ -40,17 +39,26 @@ try:  # a faster parser if installed (optional dependency group `bench`)
 except ImportError:  # pragma: no cover - exercised when orjson is absent
     pass
 
-LnidsJson = tuple[int | str, ...]
+LnidsJson = list[int | str]
 
-_KEYS: dict[str, str] = {}  # one str object per MAC across all agents
-_VALUES: dict[LnidsJson, LnidsJson] = {}  # one tuple per LNID set
+# Hosts of a data center hold many of the same entries: sharing the parsed objects keeps
+# 8,192 simulated 8,192-entry views in a few GiB. LNID lists are shared for good (there are
+# few distinct ones; never mutated); MAC strings through a small table renewed when full,
+# which catches the hosts that receive the same entries at about the same time (a small
+# table stays in the CPU's caches; a table of every MAC would cost more than the parsing).
+_KEYS_MAX = 1 << 16
+_keys: dict[str, str] = {}
+_VALUES: dict[tuple[int | str, ...], LnidsJson] = {}
 
 
-def intern_entries(entries: dict[str, list[int | str]]) -> dict[str, LnidsJson]:
-    """A view's entries with MAC strings and LNID tuples shared across agents (C-speed maps)."""
+def intern_entries(entries: dict[str, LnidsJson]) -> dict[str, LnidsJson]:
+    """A view's entries with MAC strings and LNID lists shared across agents (C-speed maps)."""
+    global _keys
+    if len(_keys) > _KEYS_MAX:
+        _keys = {}
     ks = entries.keys()
-    vs = list(map(tuple, entries.values()))
-    return dict(zip(map(_KEYS.setdefault, ks, ks), map(_VALUES.setdefault, vs, vs), strict=True))
+    vs = entries.values()
+    return dict(zip(map(_keys.setdefault, ks, ks), map(_VALUES.setdefault, map(tuple, vs), vs), strict=True))
 
 
 REPORT_TRIES = 6
@@ -72,7 +80,9 @@ class SimView:
     revision: int = -1  # -1: no snapshot yet (closed)
 
     def snapshot(self, msg: dict[str, Any]) -> None:
-        self.entries = intern_entries(msg.get("entries", {}))
+        entries = msg.get("entries", {})
+        if entries != self.entries:  # like the real agent: diff against what the data path holds
+            self.entries = intern_entries(entries)
         self.local = dict(msg.get("local", {}))
         self.revision = int(msg["revision"])
 

@@ -62,12 +62,12 @@ def _check(fleet: Fleet, layout: Layout, hosts: list[int]) -> tuple[list[int], l
     """(entries per host, hosts whose view differs from the layout's)."""
     sizes: list[int] = []
     wrong: list[str] = []
-    cache: dict[int, dict[str, tuple[int, ...]]] = {}
+    cache: dict[int, dict[str, list[int | str]]] = {}
     for h in hosts:
         pod = layout.pod(h)
         if pod not in cache:
             cache.clear()
-            cache[pod] = layout.pod_entries(pod)
+            cache[pod] = {m: list(v) for m, v in layout.pod_entries(pod).items()}
         name = layout.host_name(h)
         view = fleet.agents[name].view
         sizes.append(len(view.entries))
