@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit test-integration test-e2e lint typecheck clean
+.PHONY: setup demo test test-unit test-integration test-e2e lint typecheck clean bench-control-plane
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,17 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+
+# The control plane at the paper's scale (docs/benchmarks.md): minutes, not part of `make test`.
+BENCH_SIZES ?= 512 2048 8192
+bench-control-plane: setup
+	mkdir -p docs/benchmarks
+	for h in $(BENCH_SIZES); do \
+	  $(VENV)/bin/hostvlan bench control-plane --hosts $$h --vms-per-host 128 --vms-per-tenant 64 --json \
+	    --out docs/benchmarks/control-plane-$$h.json > /dev/null || exit 1; \
+	done
+	$(PY) -m hostvlan.bench.plot docs/benchmarks/control-plane-scale.png \
+	  $(foreach h,$(BENCH_SIZES),docs/benchmarks/control-plane-$(h).json)
 
 clean:
 	-$(VENV)/bin/hostvlan testbed down

@@ -70,6 +70,8 @@ class Service:
         self.dc = DataCenter()
         self.revision = store.revision()
         self._admin_sha256 = store.meta("admin_token_sha256")
+        self._hosts_ok: dict[str, HostId] = {}  # host and port names already found valid
+        self._ports_ok: dict[str, PortName] = {}
         self._host_tokens: dict[str, HostId] = {}
         for host, token_hash in store.hosts().items():
             self.dc.add_host(host)
@@ -167,7 +169,21 @@ class Service:
             return None
         if host in (None, ""):
             raise InputError("host", "a host is required (or mark the MAC as external)")
-        parsed: HostId = _field("host", parse_host, host)
+        parsed: HostId = self._name("host", parse_host, host, self._hosts_ok)
+        return parsed
+
+    @staticmethod
+    def _name(field: str, parse: Callable[[Any], Any], value: Any, ok: dict[str, Any]) -> Any:
+        """`_field` for host and port names, remembering valid ones (bulk commands repeat them)."""
+        if type(value) is str:
+            got = ok.get(value)
+            if got is not None:
+                return got
+        parsed = _field(field, parse, value)
+        if type(value) is str:
+            if len(ok) >= 1 << 17:
+                ok.clear()
+            ok[value] = parsed
         return parsed
 
     def reg(self, lnid: Any, mac: Any, host: Any = None, port: Any = None, external: bool = False) -> Result:
@@ -199,7 +215,7 @@ class Service:
             raise InputError("op", "each command must be an object")
         kind = op.get("op")
         port = op.get("port")
-        parsed_port = None if port in (None, "") else _field("port", parse_port, port)
+        parsed_port = None if port in (None, "") else self._name("port", parse_port, port, self._ports_ok)
         if kind == "reg":
             return (
                 "reg",
@@ -237,11 +253,14 @@ class Service:
             if not batch.changed:
                 return Result(self.revision, False)
             rows = []
-            for mac in batch.before:
+            fresh = set()  # MACs with no stored row before this batch
+            for mac, (before, _) in batch.before.items():
                 lnids, loc = self.dc.state_of(mac)
                 rows.append((mac, loc.host if loc else None, loc.port if loc else None, lnids))
+                if not before:
+                    fresh.add(mac)
             with self.store.transaction() as tx:
-                tx.put_macs(rows)
+                tx.put_macs(rows, fresh)
             self.revision = tx.revision
         except BaseException:
             batch.undo()

@@ -382,6 +382,10 @@ class Batch:
         touched_other: dict[Lnid, list[Mac]] = {}
         for mac, (old, _) in self.before.items():
             new = table.lnids(mac)
+            if len(new) == 1 and not old:  # a new MAC in one LNID: the bulk of a load
+                (lnid,) = new
+                touched_single.setdefault(lnid, []).append(mac)
+                continue
             only = next(iter(new)) if len(new) == 1 else None
             for lnid in old | new:
                 (touched_single if lnid == only else touched_other).setdefault(lnid, []).append(mac)

@@ -9,7 +9,7 @@ the revision. LNIDs are stored as SQLite integers (signed 64-bit), `global` as 0
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +131,10 @@ class Tx:
         self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
         self.dirty = True
 
-    def put_macs(self, rows: list[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]]) -> None:
-        """`put_mac` for many MACs (statements batched: bulk registration)."""
+    def put_macs(
+        self, rows: list[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]], fresh: Collection[Mac] = ()
+    ) -> None:
+        """`put_mac` for many MACs (statements batched: bulk registration); `fresh` MACs have no row yet."""
         gone = [(mac,) for mac, _, _, lnids in rows if not lnids]
         kept = [row for row in rows if row[3]]
         if gone:
@@ -143,7 +145,9 @@ class Tx:
                 "ON CONFLICT(mac) DO UPDATE SET host=excluded.host, port=excluded.port",
                 [(mac, host, port) for mac, host, port, _ in kept],
             )
-            self._db.executemany("DELETE FROM memberships WHERE mac=?", [(row[0],) for row in kept])
+            old = [(row[0],) for row in kept if row[0] not in fresh]
+            if old:
+                self._db.executemany("DELETE FROM memberships WHERE mac=?", old)
             self._db.executemany(
                 "INSERT INTO memberships(mac, lnid) VALUES (?, ?)",
                 [(row[0], int(x)) for row in kept for x in row[3]],
