@@ -470,7 +470,11 @@ class Bench:
             "manager_rss_after_mib": self.mgr.rss_mib()[0],
         }
         self.say(f"restart: every agent resynced {t_all - t_kill:.1f}s after the kill; {len(lost)} acknowledged lost")
-        # back to the layout: remove what the writer added (the in-flight one may or may not exist)
+        # back to the layout: remove what the writer added; the in-flight one may or may not exist
+        if not await self.call("GET", f"/v1/macs?mac={in_flight}"):
+            tried.remove(in_flight)
+            touched = {lay.host_name(h) for _, lnid_, _ in acked for h in lay.tenant_hosts(lnid_)}
+        self.result["restart"]["in_flight_committed"] = in_flight in tried
         ans = await self.call("POST", "/v1/batch", {"ops": [{"op": "rm", "mac": m} for m in tried]})
         await self.wait(sorted(touched), ans["revision"], "cleanup")
 
