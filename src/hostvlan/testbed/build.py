@@ -369,7 +369,9 @@ class Testbed:
         self._register()
         for i, spec in enumerate(self.topology.hosts):
             if spec.fill is not None:
-                self.fill(spec.name, spec.fill.macs, spec.fill.lnids, spec.fill.ports, base=i)
+                # each filled host gets LNIDs of its own: its view holds its fill, not the others'
+                first = 1 + sum(s.fill.lnids for s in self.topology.hosts[:i] if s.fill)
+                self.fill(spec.name, spec.fill.macs, spec.fill.lnids, spec.fill.ports, first_lnid=first, base=i)
         self.program()
         for vm in macvtap_vms:  # the macvtap contract: the port is bound before the device comes up
             self._build_macvtap_vm(vm)

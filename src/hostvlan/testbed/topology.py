@@ -15,8 +15,9 @@
         lnids: [global]
 
 A host may also carry `fill: {macs: 8192, lnids: 128, ports: 126}`: its table is filled
-to `macs` entries over `lnids` LNIDs (remote VMs that need not exist) plus `ports` idle
-bound ports (the paper's Table 1 worst case), registered through the management API.
+to `macs` entries over `lnids` LNIDs of its own (the first filled host's start at 1, the
+next one's follow; remote VMs that need not exist) plus `ports` idle bound ports (the
+paper's Table 1 worst case), registered through the management API.
 
 Every error names the file and line, and is raised before anything is built.
 """
