@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from hostvlan.agent import daemon
 from hostvlan.agent.daemon import Agent, AgentConfig
 from hostvlan.bench.control_plane import BenchConfig, ManagerProcess, run
 from hostvlan.datapath.memory import MemoryFilter
@@ -123,7 +125,21 @@ async def _feed_first_line(url: str, host: str, token: str) -> bytes:
     raise AssertionError("the feed ended before its snapshot")
 
 
-def test_simulated_and_real_agents_on_one_manager(tmp_path: Path) -> None:
+class _NoLinkEvents:
+    """The agent's netlink link watcher, faked at the boundary: no port comes or goes here."""
+
+    def __init__(self, callback: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_simulated_and_real_agents_on_one_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon, "LinkWatcher", _NoLinkEvents)
     asyncio.run(asyncio.wait_for(_scenario(tmp_path), 120))
 
 

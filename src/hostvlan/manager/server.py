@@ -42,7 +42,11 @@ class Listen:
         return cls(host.strip("[]"), int(port), netns)
 
 
+BACKLOG = 4096
+
+
 def bind(listen: Listen) -> socket.socket:
+    """A socket bound to the address (errors show at once); `run` listens once the table is loaded."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
 
     def make() -> socket.socket:
@@ -52,7 +56,6 @@ def bind(listen: Listen) -> socket.socket:
         # and every feed line waits on the peer's delayed ACK, ~40 ms per call
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.bind((listen.host, listen.port))
-        s.listen(4096)
         s.set_inheritable(True)
         return s
 
@@ -98,6 +101,12 @@ def run(
     token_file = admin_token_file or db.with_name(db.name + ".admin-token")
     if service.ensure_admin_token(token_file):
         print(f"hostvlan manager: new admin token written to {token_file} (mode 0600)", file=sys.stderr)
+    # Listen only now: while the table loads (seconds for a million MACs), reconnecting
+    # agents are refused and retry with their backoff. A listening socket would instead
+    # queue them past its backlog and drop the rest's SYNs, which TCP retries after 1, 3,
+    # 7, 15 … s: a long tail of hosts without a view.
+    for s in socks:
+        s.listen(BACKLOG)
     scheme = "https" if tls_cert else "http"
     urls = []
     for s, x in zip(socks, listens, strict=True):
