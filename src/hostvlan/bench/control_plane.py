@@ -246,18 +246,20 @@ class Bench:
         t0 = time.perf_counter()
         revs: list[int] = []
         due: dict[str, int] = {}  # the revision of the batch that placed each host's VMs
+        said: set[int] = set()
         sem = asyncio.Semaphore(2)  # one batch on the wire while the manager works on the other
 
         async def send(hosts: range) -> None:
-            body = json.dumps({"ops": list(lay.reg_ops(hosts))}, separators=(",", ":")).encode()
-            async with sem:
+            async with sem:  # the body is built when its turn comes: no burst of work in this process
+                body = json.dumps({"ops": list(lay.reg_ops(hosts))}, separators=(",", ":")).encode()
                 resp = await self.http.post("/v1/batch", content=body, headers={"Content-Type": "application/json"})
             if resp.status_code != 200:
                 raise RuntimeError(f"batch refused: {resp.status_code} {resp.text[:300]}")
             revs.append(resp.json()["revision"])
             for h in hosts:
                 due[lay.host_name(h)] = revs[-1]
-            if len(revs) % max(1, len(batches) // 8) == 0:
+            if len(revs) % max(1, len(batches) // 8) == 0 and len(revs) not in said:
+                said.add(len(revs))
                 applied = sum(1 for a in (await self.fleet.states()).values() if a.entries)
                 self.say(
                     f"load: {len(revs)}/{len(batches)} batches acknowledged, {applied} agents hold entries, "
