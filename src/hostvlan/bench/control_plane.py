@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -534,13 +534,14 @@ class Bench:
         return {**top, **r}
 
 
-def _event_loop_policy() -> None:
+def _run_loop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run on uvloop when installed, without changing the process's event-loop policy."""
     try:
         import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # pragma: no cover
-        pass
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def run(cfg: BenchConfig, out: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -550,16 +551,20 @@ def run(cfg: BenchConfig, out: Callable[[str], None] | None = None) -> dict[str,
         print(line, file=sys.stderr, flush=True)
 
     bench = Bench(cfg, out or err)
-    _event_loop_policy()
     # the simulated views are millions of long-lived objects without cycles: a full
     # collection would walk them all, again and again, while the agents parse
+    was_enabled = gc.isenabled()
     gc.disable()
-    if cfg.workdir:
-        wd = Path(cfg.workdir)
-        wd.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(bench.run(wd))
-    with tempfile.TemporaryDirectory(prefix="hostvlan-bench-") as tmp:
-        return asyncio.run(bench.run(Path(tmp)))
+    try:
+        if cfg.workdir:
+            wd = Path(cfg.workdir)
+            wd.mkdir(parents=True, exist_ok=True)
+            return _run_loop(bench.run(wd))
+        with tempfile.TemporaryDirectory(prefix="hostvlan-bench-") as tmp:
+            return _run_loop(bench.run(Path(tmp)))
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 __all__ = ["BenchConfig", "run"]

@@ -24,6 +24,7 @@ from hostvlan.model.ids import HostId
 MAX_BODY = 1 << 20  # 1 MiB for single commands
 MAX_BATCH_BODY = 256 << 20  # bulk registration
 HEARTBEAT_S = 15.0
+SNAPSHOTS_IN_FLIGHT = 128
 
 # Any on purpose: `model.ids.parse_lnid` is the one parser. A typed field would let
 # pydantic coerce first (`true` -> 1, `"1"` -> 1) and name the field `lnid.int`.
@@ -149,6 +150,10 @@ class AgentFastPath:
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
         self.service = service
+        # After a manager restart every agent asks for its snapshot at once: joined and
+        # buffered all together, 8,192 views of 8,192 entries are ~2 GB. A few at a time,
+        # each until its socket has taken it, keeps that to SNAPSHOTS_IN_FLIGHT views.
+        self._snapshots = asyncio.Semaphore(SNAPSHOTS_IN_FLIGHT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -209,6 +214,13 @@ class AgentFastPath:
             await send(
                 {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]}
             )
+            async with self._snapshots:  # the first line is the snapshot
+                line = b"".join(q.get_nowait())
+                service.feed.status[host].bytes_sent += len(line)
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+                del line
+                # an empty chunk waits until the transport has handed the snapshot to the socket
+                await send({"type": "http.response.body", "body": b"", "more_body": True})
             while True:
                 if q.empty():
                     try:
