@@ -24,7 +24,7 @@ from hostvlan.model.ids import HostId
 MAX_BODY = 1 << 20  # 1 MiB for single commands
 MAX_BATCH_BODY = 256 << 20  # bulk registration
 HEARTBEAT_S = 15.0
-SNAPSHOTS_IN_FLIGHT = 128
+SNAPSHOTS_IN_FLIGHT = 512
 
 # Any on purpose: `model.ids.parse_lnid` is the one parser. A typed field would let
 # pydantic coerce first (`true` -> 1, `"1"` -> 1) and name the field `lnid.int`.
