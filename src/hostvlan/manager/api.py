@@ -216,7 +216,9 @@ class AgentFastPath:
             )
             async with self._snapshots:  # the first line is the snapshot
                 line = b"".join(q.get_nowait())
-                service.feed.status[host].bytes_sent += len(line)
+                st = service.feed.status.get(host)  # gone if the host was removed meanwhile
+                if st is not None:
+                    st.bytes_sent += len(line)
                 await send({"type": "http.response.body", "body": line, "more_body": True})
                 del line
                 # an empty chunk waits until the transport has handed the snapshot to the socket
