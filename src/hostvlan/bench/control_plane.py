@@ -20,6 +20,7 @@ its feed for the whole run. Phases, each timed:
    acknowledged registration is checked for in the restarted manager's table.
 
 A benchmark: it measures and reports, never asserts; `make test` does not run it.
+Talks to the manager over HTTP only (and runs it as a process); imports `hostvlan.sim`.
 """
 
 from __future__ import annotations

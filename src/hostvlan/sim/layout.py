@@ -1,6 +1,6 @@
 """The paper's Table 1 data center as data: hosts, VMs, tenants (LNIDs), in the worst case.
 
-Pure: no I/O. `Layout(hosts=8192, vms_per_host=128, vms_per_tenant=64)` is Table 1:
+Pure: no I/O, imports nothing of ours. `Layout(hosts=8192, vms_per_host=128, vms_per_tenant=64)` is Table 1:
 1,048,576 VMs in 16,384 tenants. Worst case (SPEC §5): every VM of a host is in a
 different tenant, so every host's view holds vms_per_host × vms_per_tenant entries
 (8,192), whatever the size of the data center.

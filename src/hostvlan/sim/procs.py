@@ -6,6 +6,8 @@ hosts over `workers` processes (contiguous ranges, so a pod's hosts stay togethe
 each running a `Fleet` on its own event loop; the driver talks to them over pipes.
 Times are `time.perf_counter()` (CLOCK_MONOTONIC, the same clock in every process).
 `workers=0` keeps the fleet in the driver's own process (tests, small runs).
+
+May import `hostvlan.sim` only (never the manager or the real agent).
 """
 
 from __future__ import annotations
