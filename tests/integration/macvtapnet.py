@@ -32,10 +32,8 @@ IPv6 is disabled in every namespace so no stray frame (RS, MLD, DAD) perturbs co
 
 from __future__ import annotations
 
-import os
 import select
 import shutil
-import stat
 import subprocess
 import sys
 from collections import Counter
@@ -50,6 +48,7 @@ from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
 from hostvlan.testbed.traffic import Probe
+from hostvlan.testbed.vmtap import private_tap_node
 
 from .switchhost import OUTSIDE as OUTSIDE
 from .switchhost import OUTSIDE_MAC as OUTSIDE_MAC
@@ -127,19 +126,7 @@ class Host(NftHost):
         """A private character-device node for the macvtap `port` (see module doc)."""
         with netns.iproute(self.ns) as ipr:
             ifindex = ipr.link_lookup(ifname=port)[0]
-        got = subprocess.run(
-            ["ip", "netns", "exec", self.ns, "cat", f"/sys/class/net/{port}/macvtap/tap{ifindex}/dev"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-        major, minor = (int(x) for x in got.stdout.strip().split(":"))
-        node = self.nodes / f"tap-{port}"
-        if node.exists():
-            node.unlink()
-        os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(major, minor))
-        return node
+        return private_tap_node(self.ns, port, ifindex, self.nodes / f"tap-{port}")
 
     # ----- VMs ---------------------------------------------------------------------------
     def start_vm(self, vm: Vm, up: bool = True) -> None:

@@ -110,16 +110,7 @@ class BodyLimit:
             chunks.append(chunk)
             if not msg.get("more_body", False):
                 break
-        first: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        async def replay() -> Message:
-            nonlocal first
-            if first is not None:
-                msg, first = first, None
-                return msg
-            return await receive()  # after the body: http.disconnect (streaming responses wait for it)
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replay(chunks, receive), send)
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -271,6 +262,8 @@ def _revision(body: bytes) -> int | None:
 
 
 def _replay(chunks: list[bytes], receive: Receive) -> Receive:
+    """A `receive` that hands over the body already read, then the client's next messages
+    (after the body: http.disconnect, which streaming responses wait for)."""
     first: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
     async def replay() -> Message:

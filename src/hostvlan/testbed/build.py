@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from hostvlan.model.table import LnidTable
 from hostvlan.testbed import control, netns
 from hostvlan.testbed.ovsd import OvsDaemons
 from hostvlan.testbed.topology import Endpoint, Topology, parse_topology
+from hostvlan.testbed.vmtap import private_tap_node
 
 STATE_DIR = Path(os.environ.get("HOSTVLAN_TESTBED_DIR", "/run/hostvlan/testbeds"))
 SUBNET = ipaddress.ip_network("10.200.0.0/16")
@@ -615,17 +615,8 @@ class Testbed:
                 ipr.link("set", index=idx, flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
         dev = (self.workdir / "dev").resolve()
         dev.mkdir(exist_ok=True)
-        # sysfs shows the devices of the namespace that mounted it: `ip netns exec` remounts it
-        got = subprocess.run(
-            ["ip", "netns", "exec", h.netns, "cat", f"/sys/class/net/{vm.port}/macvtap/tap{idx}/dev"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-        major, minor = (int(x) for x in got.stdout.strip().split(":"))
-        node = dev / f"{h.name}-{vm.port}"  # /dev/tapN collides across namespaces: a private node
-        os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(major, minor))
+        # /dev/tapN collides across namespaces: a private node
+        node = private_tap_node(h.netns, vm.port, idx, dev / f"{h.name}-{vm.port}")
         log = self.workdir / f"{vm.name}.vmtap.log"
         proc = control.start(
             [

@@ -51,8 +51,11 @@ import fcntl
 import os
 import select
 import signal
+import stat
 import struct
+import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
 
 from hostvlan.model.ids import Mac, parse_mac
@@ -66,6 +69,23 @@ IFREQ = "16sH22x"  # struct ifreq: name + flags, 40 bytes on 64-bit
 TUN_DEVICE = "/dev/net/tun"
 BURST = 64  # frames copied per wake-up and direction before polling again
 MAX_FRAME = 65536
+
+
+def private_tap_node(netns_name: str, port: str, ifindex: int, node: Path) -> Path:
+    """Make `node` a character device for the macvtap `port` (ifindex `ifindex`) of namespace
+    `netns_name`: /dev/tapN collides across namespaces (module doc). sysfs shows the devices of
+    the namespace that mounted it, so the (major, minor) is read through `ip netns exec`."""
+    got = subprocess.run(
+        ["ip", "netns", "exec", netns_name, "cat", f"/sys/class/net/{port}/macvtap/tap{ifindex}/dev"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    major, minor = (int(x) for x in got.stdout.strip().split(":"))
+    node.unlink(missing_ok=True)
+    os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(major, minor))
+    return node
 
 
 def open_macvtap(path: str) -> tuple[int, str, Mac]:
