@@ -16,7 +16,7 @@ from typing import Any
 
 from hostvlan.model.datacenter import BulkDelta, DataCenter, HostDelta
 from hostvlan.model.hostview import HostView
-from hostvlan.model.ids import HostId, Lnid, format_lnid
+from hostvlan.model.ids import HostId, Lnid
 
 Line = list[bytes]
 """One feed line as the parts it is joined from (the newline included): an LNID's encoded
@@ -194,7 +194,3 @@ class Feed:
     def forget(self, host: HostId) -> None:
         self.close(host)
         self.status.pop(host, None)
-
-
-def describe_lnid(lnid: Lnid) -> str:
-    return format_lnid(lnid)

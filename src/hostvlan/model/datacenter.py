@@ -165,9 +165,6 @@ class DataCenter:
         entries.update(d.entries)
         return HostDelta(entries, set(d.removed), dict(d.local), set(d.unlocal))
 
-    def hosts_in(self, lnid: Lnid) -> frozenset[HostId]:
-        return frozenset(self._hosts_by_lnid.get(lnid, ()))
-
     # ----- commands (validated here; each returns the per-host deltas) --------------------
     def state_of(self, mac: Mac) -> tuple[frozenset[Lnid], Location | None]:
         """A MAC's LNIDs and location, to restore with `restore` if a command cannot be made durable."""

@@ -27,6 +27,7 @@ from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
 
 T = TypeVar("T")
+FACT_NAMES = ("known", "global_src", "ports", "global_ports", "uplinks", "bound", "pairs")  # the sets, in order
 _EMPTY: frozenset[Lnid] = frozenset()
 
 
@@ -62,13 +63,10 @@ class FactsDelta:
     pairs: SetDelta[tuple[Mac, PortName]] = field(default_factory=SetDelta)
 
     def __bool__(self) -> bool:
-        return any((self.known, self.global_src, self.ports, self.global_ports, self.uplinks, self.bound, self.pairs))
+        return any(getattr(self, name) for name in FACT_NAMES)
 
     def size(self) -> int:
-        return sum(
-            len(d.add) + len(d.remove)
-            for d in (self.known, self.global_src, self.ports, self.global_ports, self.uplinks, self.bound, self.pairs)
-        )
+        return sum(len(getattr(self, name).add) + len(getattr(self, name).remove) for name in FACT_NAMES)
 
 
 @dataclass(frozen=True)
@@ -289,7 +287,7 @@ def compile_facts(state: FilterState) -> Facts:
 def diff_facts(old: Facts | None, new: Facts) -> FactsDelta:
     """The element changes that turn `old` (None: nothing) into `new`."""
     delta = FactsDelta()
-    for name in ("known", "global_src", "ports", "global_ports", "uplinks", "bound", "pairs"):
+    for name in FACT_NAMES:
         want: frozenset[object] = getattr(new, name)
         have: frozenset[object] = getattr(old, name) if old is not None else frozenset()
         d: SetDelta[object] = getattr(delta, name)
@@ -304,7 +302,6 @@ def diff_facts(old: Facts | None, new: Facts) -> FactsDelta:
 # desired facts and skips reading back every element when they agree; a full read-back
 # (`TenantFilter.audit`) still finds drift made behind the agent's back.
 
-FACT_NAMES = ("known", "global_src", "ports", "global_ports", "uplinks", "bound", "pairs")
 DIGEST_BITS = 60  # fits 15 hex digits: storable wherever a short string is
 _MOD = 1 << DIGEST_BITS
 
