@@ -220,12 +220,23 @@ class Testbed:
             self._ops(ops)
         self.program()
 
-    def fill(self, host: str, macs: int, lnids: int, ports: int, *, first_lnid: int = 1, base: int = 0) -> None:
+    def fill(
+        self,
+        host: str,
+        macs: int,
+        lnids: int,
+        ports: int,
+        *,
+        first_lnid: int = 1,
+        base: int = 0,
+        port_lnids: int = 1,
+    ) -> None:
         """Grow `host`'s table to the paper's worst case without building VMs (through the API).
 
         Registers `macs` remote MACs spread round-robin over LNIDs first_lnid…first_lnid+lnids-1
         on a phantom host `<host>-fill` (VMs that need not exist), and `ports` idle ports
-        (`idle<k>`, no interface behind them) of `host` in those LNIDs. Call `program()` after.
+        (`idle<k>`, no interface behind them) of `host` in those LNIDs, each in `port_lnids`
+        of them (port k: the k-th LNID and the next ones, round-robin). Call `program()` after.
         `base` keeps the MACs of several filled hosts apart.
         """
         assert self.api is not None
@@ -238,7 +249,9 @@ class Testbed:
             ops.append({"op": "reg", "lnid": first_lnid + i % lnids, "mac": mac, "host": phantom})
         for k in range(ports):
             mac = int_to_mac(0x02_FD_00_00_00_00 + (base << 24) + k)
-            ops.append({"op": "reg", "lnid": first_lnid + k % lnids, "mac": mac, "host": host, "port": f"idle{k}"})
+            for j in range(port_lnids):
+                lnid = first_lnid + (k + j) % lnids
+                ops.append({"op": "reg", "lnid": lnid, "mac": mac, "host": host, "port": f"idle{k}"})
         self._ops(ops)
 
     def program(self, timeout: float = 30.0) -> float:
@@ -371,8 +384,11 @@ class Testbed:
             if spec.fill is not None:
                 # each filled host gets LNIDs of its own: its view holds its fill, not the others'
                 first = 1 + sum(s.fill.lnids for s in self.topology.hosts[:i] if s.fill)
-                self.fill(spec.name, spec.fill.macs, spec.fill.lnids, spec.fill.ports, first_lnid=first, base=i)
-        self.program()
+                f = spec.fill
+                self.fill(spec.name, f.macs, f.lnids, f.ports, first_lnid=first, base=i, port_lnids=f.port_lnids)
+        # a big fill takes its agents a while to install (~1 min per million (port, LNID) facts)
+        filled = sum(s.fill.macs + s.fill.ports * s.fill.port_lnids for s in self.topology.hosts if s.fill)
+        self.program(timeout=30.0 + filled / 10_000)
         for vm in macvtap_vms:  # the macvtap contract: the port is bound before the device comes up
             self._build_macvtap_vm(vm)
         self._wait_macvtaps(macvtap_vms)

@@ -14,10 +14,13 @@
         mac: "52:54:00:ff:00:01"
         lnids: [global]
 
-A host may also carry `fill: {macs: 8192, lnids: 128, ports: 126}`: its table is filled
-to `macs` entries over `lnids` LNIDs of its own (the first filled host's start at 1, the
-next one's follow; remote VMs that need not exist) plus `ports` idle bound ports (the
-paper's Table 1 worst case), registered through the management API.
+A host may also carry `fill: {macs: 8192, lnids: 128, ports: 126, port_lnids: 1}`: its
+table is filled to `macs` entries over `lnids` LNIDs of its own (the first filled host's
+start at 1, the next one's follow; remote VMs that need not exist) plus `ports` idle bound
+ports (the paper's Table 1 worst case), registered through the management API. Each idle
+port is bound to `port_lnids` of those LNIDs (optional, default 1, at most `lnids`): port
+k to the LNIDs k, k+1, …, k+port_lnids-1 (mod `lnids`), so a VM in several tenants'
+networks can be measured too.
 
 Every error names the file and line, and is raised before anything is built.
 """
@@ -56,6 +59,7 @@ class Fill:
     macs: int
     lnids: int
     ports: int
+    port_lnids: int = 1
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,16 @@ class Topology:
         return {
             "hosts": [
                 {"name": h.name, "backend": h.backend, "vms": [ep(v) for v in h.vms]}
-                | ({"fill": {"macs": h.fill.macs, "lnids": h.fill.lnids, "ports": h.fill.ports}} if h.fill else {})
+                | ({"fill": _fill_out(h.fill)} if h.fill else {})
                 for h in self.hosts
             ],
             "external": [ep(e) for e in self.external],
         }
+
+
+def _fill_out(fill: Fill) -> dict[str, int]:
+    out = {"macs": fill.macs, "lnids": fill.lnids, "ports": fill.ports}
+    return out | ({"port_lnids": fill.port_lnids} if fill.port_lnids != 1 else {})
 
 
 def _lnid_out(lnid: Lnid) -> int | str:
@@ -141,11 +150,15 @@ class _Reader:
         return int(text)
 
     def fill(self, node: yaml.Node, host: str) -> Fill:
-        m = self.mapping(node, f"host {host}: fill", {"macs", "lnids", "ports"}, {"macs", "lnids"})
+        allowed = {"macs", "lnids", "ports", "port_lnids"}
+        m = self.mapping(node, f"host {host}: fill", allowed, {"macs", "lnids"})
         macs = self.count(m["macs"], f"host {host}: fill.macs", 0, 1 << 24)
         lnids = self.count(m["lnids"], f"host {host}: fill.lnids", 1, 1 << 20)
         ports = self.count(m["ports"], f"host {host}: fill.ports", 0, 4096) if "ports" in m else 0
-        return Fill(macs, lnids, ports)
+        per_port = 1
+        if "port_lnids" in m:  # each idle port in this many of the filled LNIDs
+            per_port = self.count(m["port_lnids"], f"host {host}: fill.port_lnids", 1, lnids)
+        return Fill(macs, lnids, ports, per_port)
 
     def endpoint(self, node: yaml.Node, what: str, host: str | None) -> Endpoint:
         m = self.mapping(node, what, {"name", "mac", "lnids"}, {"name", "mac"})
