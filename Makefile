@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit test-integration test-e2e lint typecheck clean bench-control-plane
+.PHONY: setup demo test test-unit test-integration test-e2e lint typecheck clean bench bench-control-plane
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,11 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+
+# The data path on the testbed (docs/benchmarks.md): JSON on stdout and in bench/results/,
+# plots in docs/benchmarks/; <= 15 min on a 2-core VM; not part of `make test`.
+bench: setup
+	$(VENV)/bin/hostvlan bench data-path --out bench/results --plots docs/benchmarks
 
 # The control plane at the paper's scale (docs/benchmarks.md): minutes, not part of `make test`.
 BENCH_SIZES ?= 512 2048 8192

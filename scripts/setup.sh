@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl)
+APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl
+  wrk apache2-utils lighttpd)  # the last three: `hostvlan bench` (web server per VM, ab, wrk)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,6 +23,16 @@ if ((${#missing[@]})); then
   # package may have just started is not ours to keep running
   if [[ " ${missing[*]} " == *" openvswitch-switch "* ]] && [[ -x /usr/share/openvswitch/scripts/ovs-ctl ]]; then
     /usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1 || true
+  fi
+  # the bench runs its own lighttpd inside each VM namespace; the packaged service must not
+  # serve in the root namespace (stopped, and kept from starting at boot; there may be no systemd)
+  if [[ " ${missing[*]} " == *" lighttpd "* ]]; then
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+      systemctl disable --now lighttpd >/dev/null 2>&1 || true
+    else
+      [[ -x /etc/init.d/lighttpd ]] && /etc/init.d/lighttpd stop >/dev/null 2>&1 || true
+      update-rc.d lighttpd disable >/dev/null 2>&1 || true
+    fi
   fi
 fi
 

@@ -7,6 +7,7 @@ drive the emulated data center on this machine (root).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -575,9 +576,120 @@ def demo(topology: str | None) -> None:
 
 
 # ----- benchmarks ---------------------------------------------------------------------------
-@main.group()
-def bench() -> None:
-    """Benchmarks of this machine (not tests: they measure and report, never fail on a number)."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmarks of this machine (not tests: they measure and report, never fail on a number).
+
+    Without a subcommand: the data-path suite with its defaults (`bench data-path`).
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(bench_data_path)
+
+
+def _words(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+def _ints(value: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x.replace("_", "")) for x in _words(value))
+    except ValueError:
+        raise click.BadParameter(f"not a comma-separated list of integers: {value!r}", param_hint=option) from None
+
+
+# the data-path bench's defaults (hostvlan.bench.datapath, not imported until it runs)
+_CONFIGS = "vxlan,none,bridge,ovs-none,ovs,macvtap-none,macvtap"
+_WORKLOADS = "lat_us,udp_gbps,tcp_gbps,ab_rps,wrk_rps"
+
+
+@bench.command("data-path")
+@click.option("--rounds", type=int, default=7, show_default=True, help="Rounds; configurations alternate in each.")
+@click.option("--seconds", type=int, default=1, show_default=True, help="Seconds per timed measurement.")
+@click.option("--configs", default=_CONFIGS, show_default=True, help="Configurations (comma-separated).")
+@click.option(
+    "--ext-configs", default="vxlan,none,bridge", show_default=True, help="Configurations also measured from outside."
+)
+@click.option("--workloads", default=_WORKLOADS, show_default=True, help="ab_rps/wrk_rps run on the ext path only.")
+@click.option("--paths", default="vm,ext", show_default=True, help="vm: VM to VM on one host; ext: external client.")
+@click.option(
+    "--sizes", default="8192,81920,819200", show_default=True, help="Table sizes; the first is the main testbed's."
+)
+@click.option("--port-lnids", default="1,16", show_default=True, help="LNIDs per idle filled port (size sweep).")
+@click.option(
+    "--programming",
+    "prog",
+    default="bridge,ovs,macvtap",
+    show_default=True,
+    help="Back ends whose programming is timed ('' for none).",
+)
+@click.option("--out", "out_dir", default="bench/results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--plots",
+    "plots_dir",
+    default="docs/benchmarks",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the PNGs go ('' for none).",
+)
+@click.option("--quick", is_flag=True, help="A tiny set for a smoke test (< 1 min); overrides the set options.")
+def bench_data_path(
+    rounds: int,
+    seconds: int,
+    configs: str,
+    ext_configs: str,
+    workloads: str,
+    paths: str,
+    sizes: str,
+    port_lnids: str,
+    prog: str,
+    out_dir: str,
+    plots_dir: str,
+    quick: bool,
+) -> None:
+    """The data path on the testbed: latency, UDP/TCP/web throughput per configuration (plain
+    bridge, HostVLAN bridge, OVS and macvtap with and without the filter, VXLAN), VM to VM
+    and from an external client; the per-frame cost at 8,192/81,920/819,200 entries and 1/16
+    LNIDs per port; the filter's programming latency per back end and size.
+
+    JSON on stdout and in OUT/datapath-<UTC>.json + OUT/latest.json; progress on stderr;
+    plots in PLOTS. Needs root (namespaces). Never fails on a number.
+    """
+    from hostvlan.bench import datapath
+
+    if quick:
+        opts = datapath.quick()
+    else:
+        opts = datapath.Options(
+            rounds=rounds,
+            seconds=seconds,
+            configs=_words(configs),
+            ext_configs=_words(ext_configs),
+            workloads=_words(workloads),
+            paths=_words(paths),
+            sizes=_ints(sizes, "--sizes"),
+            port_lnids=_ints(port_lnids, "--port-lnids"),
+            programming=_words(prog),
+        )
+    opts = dataclasses.replace(opts, command=" ".join(["hostvlan", *sys.argv[1:]]))
+    try:
+        datapath.validate(opts)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if os.geteuid() != 0:
+        raise click.ClickException("the data-path bench builds network namespaces: run it as root")
+    result = datapath.run(opts)
+    path = datapath.write(result, Path(out_dir))
+    click.echo(f"wrote {path} and {Path(out_dir) / 'latest.json'}", err=True)
+    if plots_dir:
+        from hostvlan.bench.plot import plot_datapath
+
+        try:
+            for png in plot_datapath(result, Path(plots_dir)):
+                click.echo(f"wrote {png}", err=True)
+        except ImportError as exc:
+            click.echo(f"no plots: {exc} (pip install -e .[bench])", err=True)
+    _emit(result)
 
 
 @bench.command("control-plane")

@@ -1,10 +1,18 @@
-"""Plot the growth curve of `hostvlan bench control-plane` runs at several sizes.
+"""Plots of the benchmarks. Needs matplotlib (`pip install -e .[bench]`).
 
-    python -m hostvlan.bench.plot OUT.png RUN.json [RUN.json …]
+    python -m hostvlan.bench.plot OUT.png RUN.json [RUN.json …]       # control plane
+    python -m hostvlan.bench.plot --datapath OUTDIR RESULT.json        # data path
 
-Each RUN.json is the `--out` file of one run. Four panels against the number of VMs:
-load time, manager memory, per-command latency (p50/p99 of reg, move, LNID add), and
-resync time after a manager restart. Needs matplotlib (`pip install -e .[bench]`).
+Control plane: each RUN.json is the `--out` file of one `hostvlan bench control-plane`
+run. Four panels against the number of VMs: load time, manager memory, per-command
+latency (p50/p99 of reg, move, LNID add), and resync time after a manager restart.
+
+Data path (`hostvlan bench`, which also draws them): in the style of the paper's
+Figs. 8-10, bar charts per configuration normalized to the plain bridge (`none` = 1; the
+whiskers are the min-max of the rounds, normalized the same way), one panel per path:
+datapath-latency.png, datapath-throughput.png (UDP 1,470 B and TCP), datapath-web.png
+(ab and wrk); and datapath-table-size.png: the bridge filter's paired overhead against
+table size, one line per number of LNIDs per port.
 """
 
 from __future__ import annotations
@@ -68,7 +76,107 @@ def plot(runs: list[dict[str, Any]], out: str) -> None:
     fig.savefig(out, dpi=110)
 
 
+LABELS = {
+    "none": "plain bridge",
+    "bridge": "HostVLAN bridge",
+    "ovs-none": "OVS",
+    "ovs": "OVS + HostVLAN",
+    "macvtap-none": "macvtap",
+    "macvtap": "macvtap + HostVLAN",
+    "vxlan": "VXLAN",
+}
+TITLES = {
+    "lat_us": "UDP latency (one way, p50)",
+    "udp_gbps": "UDP 1,470 B at saturation",
+    "tcp_gbps": "TCP throughput",
+    "ab_rps": "web: ab, 1,024 requests",
+    "wrk_rps": "web: wrk",
+}
+PATH_TITLES = {"vm": "VM to VM, one host", "ext": "external client -> VM"}
+FIGURES = {
+    "datapath-latency.png": ["lat_us"],
+    "datapath-throughput.png": ["udp_gbps", "tcp_gbps"],
+    "datapath-web.png": ["ab_rps", "wrk_rps"],
+}
+
+
+def plot_datapath(result: dict[str, Any], outdir: Path) -> list[Path]:
+    """The data-path figures of one `hostvlan bench` result; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    main = result["main"]
+    paths = list(main["paths"])
+    written = []
+    for name, workloads in FIGURES.items():
+        ws = [w for w in workloads if any(w in main["paths"][p] for p in paths)]
+        if not ws:
+            continue
+        fig, axes = plt.subplots(len(ws), len(paths), figsize=(5.5 * len(paths), 3.6 * len(ws)), squeeze=False)
+        for i, w in enumerate(ws):
+            for j, path in enumerate(paths):
+                ax = axes[i][j]
+                per = main["paths"][path].get(w, {}).get("configs", {})
+                base = per.get("none", {}).get("median")
+                cfgs = [c for c in per if base]
+                vals = [per[c]["median"] / base for c in cfgs] if base else []
+                lo = [v - per[c]["min"] / base for c, v in zip(cfgs, vals, strict=True)] if base else []
+                hi = [per[c]["max"] / base - v for c, v in zip(cfgs, vals, strict=True)] if base else []
+                colors = ["#bbbbbb" if c.endswith("none") else "#d62728" if c == "vxlan" else "#1f77b4" for c in cfgs]
+                ax.bar(range(len(cfgs)), vals, yerr=[lo, hi], color=colors, capsize=3)
+                for k, c in enumerate(cfgs):
+                    ax.text(k, vals[k], f"{per[c]['median']:.3g}", ha="center", va="bottom", fontsize=7)
+                ax.axhline(1.0, color="black", lw=0.6)
+                ax.set_xticks(range(len(cfgs)))
+                ax.set_xticklabels([LABELS.get(c, c) for c in cfgs], rotation=30, ha="right", fontsize=8)
+                unit = "latency" if w == "lat_us" else "throughput"
+                ax.set_ylabel(f"{unit} / plain bridge")
+                ax.set_title(f"{TITLES.get(w, w)}\n{PATH_TITLES.get(path, path)}", fontsize=9)
+                ax.grid(True, axis="y", alpha=0.3)
+        fig.suptitle("hostvlan data path, normalized to the plain Linux bridge (labels: medians)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(outdir / name, dpi=110)
+        plt.close(fig)
+        written.append(outdir / name)
+    sweep = result.get("sweep", [])
+    if sweep:
+        ws = [w for w in ("lat_us", "udp_gbps") if any(w in s["paths"]["vm"] for s in sweep)]
+        fig, axes = plt.subplots(1, len(ws), figsize=(5.5 * len(ws), 4), squeeze=False)
+        for ax, w in zip(axes[0], ws, strict=True):
+            for pl in sorted({s["port_lnids"] for s in sweep}):
+                pts = sorted(
+                    (s["entries"], s["paths"]["vm"][w]["ratios"]["bridge/none"]["overhead_pct"])
+                    for s in sweep
+                    if s["port_lnids"] == pl and "bridge/none" in s["paths"]["vm"].get(w, {}).get("ratios", {})
+                )
+                if not pts:
+                    continue
+                xs = [x for x, _ in pts]
+                ys = [y for _, y in pts]
+                ax.plot(xs, ys, "o-", label=f"{pl} LNID{'s' if pl > 1 else ''} per port")
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set_xscale("log")
+            ax.set_xlabel("entries in the host's table")
+            ax.set_ylabel("overhead vs plain bridge, % (median of paired ratios)")
+            ax.set_title(TITLES.get(w, w) + ", VM to VM", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("HostVLAN bridge filter: per-frame overhead against table size", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(outdir / "datapath-table-size.png", dpi=110)
+        plt.close(fig)
+        written.append(outdir / "datapath-table-size.png")
+    return written
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "--datapath":
+        for path in plot_datapath(json.loads(Path(argv[2]).read_text()), Path(argv[1])):
+            print(path)
+        return 0
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
