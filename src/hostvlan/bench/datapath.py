@@ -407,7 +407,7 @@ class Cell:
         filled = sum(1 for c in self.configs if c in FILTERED)
         pairs = FILL_PORTS * self.port_lnids * self.macs / FILL_LNIDS
         if direct:  # the filter class, no manager, no agent
-            return 1.5 + self.macs * 15e-6 + pairs * 5e-6
+            return 1.5 + self.macs * 50e-6 + pairs * 18e-6
         return 3.0 + 1.5 * len(self.configs) + filled * (self.macs * 60e-6 + pairs * 20e-6)
 
 
@@ -674,7 +674,7 @@ def programming(
 
 
 def _prog_est(backend: str, macs: int, changes: int) -> float:
-    per_entry = {"ovs": 150e-6, "macvtap": 30e-6}.get(backend, 25e-6)
+    per_entry = {"ovs": 35e-6, "macvtap": 20e-6}.get(backend, 17e-6)
     return 1.0 + 5 * macs * per_entry + changes * (0.01 if backend == "ovs" else 0.002)
 
 

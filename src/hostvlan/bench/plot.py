@@ -9,7 +9,7 @@ latency (p50/p99 of reg, move, LNID add), and resync time after a manager restar
 
 Data path (`hostvlan bench`, which also draws them): in the style of the paper's
 Figs. 8-10, bar charts per configuration normalized to the plain bridge (`none` = 1; the
-whiskers are the min-max of the rounds, normalized the same way), one panel per path:
+whiskers are the 25th-75th percentiles of the rounds, normalized the same way), one panel per path:
 datapath-latency.png, datapath-throughput.png (UDP 1,470 B and TCP), datapath-web.png
 (ab and wrk); and datapath-table-size.png: the bridge filter's paired overhead against
 table size, one line per number of LNIDs per port.
@@ -18,6 +18,7 @@ table size, one line per number of LNIDs per port.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,12 @@ def plot(runs: list[dict[str, Any]], out: str) -> None:
 
 
 LABELS = {
-    "none": "plain bridge",
-    "bridge": "HostVLAN bridge",
+    "none": "plain\nbridge",
+    "bridge": "HostVLAN\nbridge",
     "ovs-none": "OVS",
-    "ovs": "OVS + HostVLAN",
+    "ovs": "OVS +\nHostVLAN",
     "macvtap-none": "macvtap",
-    "macvtap": "macvtap + HostVLAN",
+    "macvtap": "macvtap +\nHostVLAN",
     "vxlan": "VXLAN",
 }
 TITLES = {
@@ -100,6 +101,17 @@ FIGURES = {
 }
 
 
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+
+
+def _quartiles(samples: list[float]) -> tuple[float, float]:
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return q[0], q[2]
+
+
 def plot_datapath(result: dict[str, Any], outdir: Path) -> list[Path]:
     """The data-path figures of one `hostvlan bench` result; returns the files written."""
     import matplotlib
@@ -113,30 +125,35 @@ def plot_datapath(result: dict[str, Any], outdir: Path) -> list[Path]:
     written = []
     for name, workloads in FIGURES.items():
         ws = [w for w in workloads if any(w in main["paths"][p] for p in paths)]
+        cols = [p for p in paths if any(w in main["paths"][p] for w in ws)]  # web: the ext path only
         if not ws:
             continue
-        fig, axes = plt.subplots(len(ws), len(paths), figsize=(5.5 * len(paths), 3.6 * len(ws)), squeeze=False)
+        fig, axes = plt.subplots(len(ws), len(cols), figsize=(max(9.0, 5.5 * len(cols)), 3.6 * len(ws)), squeeze=False)
         for i, w in enumerate(ws):
-            for j, path in enumerate(paths):
+            for j, path in enumerate(cols):
                 ax = axes[i][j]
                 per = main["paths"][path].get(w, {}).get("configs", {})
                 base = per.get("none", {}).get("median")
                 cfgs = [c for c in per if base]
                 vals = [per[c]["median"] / base for c in cfgs] if base else []
-                lo = [v - per[c]["min"] / base for c, v in zip(cfgs, vals, strict=True)] if base else []
-                hi = [per[c]["max"] / base - v for c, v in zip(cfgs, vals, strict=True)] if base else []
+                quart = [_quartiles(per[c]["samples"]) for c in cfgs]
+                lo = [max(0.0, v - q[0] / base) for q, v in zip(quart, vals, strict=True)] if base else []
+                hi = [max(0.0, q[1] / base - v) for q, v in zip(quart, vals, strict=True)] if base else []
                 colors = ["#bbbbbb" if c.endswith("none") else "#d62728" if c == "vxlan" else "#1f77b4" for c in cfgs]
                 ax.bar(range(len(cfgs)), vals, yerr=[lo, hi], color=colors, capsize=3)
-                for k, c in enumerate(cfgs):
-                    ax.text(k, vals[k], f"{per[c]['median']:.3g}", ha="center", va="bottom", fontsize=7)
                 ax.axhline(1.0, color="black", lw=0.6)
                 ax.set_xticks(range(len(cfgs)))
-                ax.set_xticklabels([LABELS.get(c, c) for c in cfgs], rotation=30, ha="right", fontsize=8)
+                ax.set_xticklabels([f"{LABELS.get(c, c)}\n{_num(per[c]['median'])}" for c in cfgs], fontsize=7)
                 unit = "latency" if w == "lat_us" else "throughput"
                 ax.set_ylabel(f"{unit} / plain bridge")
                 ax.set_title(f"{TITLES.get(w, w)}\n{PATH_TITLES.get(path, path)}", fontsize=9)
                 ax.grid(True, axis="y", alpha=0.3)
-        fig.suptitle("hostvlan data path, normalized to the plain Linux bridge (labels: medians)", fontsize=10)
+        fig.suptitle(
+            "hostvlan data path, normalized to the plain Linux bridge "
+            "(labels: medians; whiskers: 25th-75th percentile of the rounds)\n"
+            "grey: no filter, blue: HostVLAN filter, red: VXLAN overlay",
+            fontsize=10,
+        )
         fig.tight_layout()
         fig.savefig(outdir / name, dpi=110)
         plt.close(fig)
@@ -160,11 +177,13 @@ def plot_datapath(result: dict[str, Any], outdir: Path) -> list[Path]:
             ax.axhline(0, color="black", lw=0.6)
             ax.set_xscale("log")
             ax.set_xlabel("entries in the host's table")
-            ax.set_ylabel("overhead vs plain bridge, % (median of paired ratios)")
+            ax.set_ylabel("overhead vs plain bridge, %")
             ax.set_title(TITLES.get(w, w) + ", VM to VM", fontsize=9)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle("HostVLAN bridge filter: per-frame overhead against table size", fontsize=10)
+        fig.suptitle(
+            "HostVLAN bridge filter: per-frame overhead against table size (median of paired ratios)", fontsize=10
+        )
         fig.tight_layout()
         fig.savefig(outdir / "datapath-table-size.png", dpi=110)
         plt.close(fig)
