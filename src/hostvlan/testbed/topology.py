@@ -19,8 +19,8 @@ table is filled to `macs` entries over `lnids` LNIDs of its own (the first fille
 start at 1, the next one's follow; remote VMs that need not exist) plus `ports` idle bound
 ports (the paper's Table 1 worst case), registered through the management API. Each idle
 port is bound to `port_lnids` of those LNIDs (optional, default 1, at most `lnids`): port
-k to the LNIDs k, k+1, …, k+port_lnids-1 (mod `lnids`), so a VM in several tenants'
-networks can be measured too.
+k (counting from 0) to the host's (k+1)-th LNID and the next port_lnids-1, wrapping around,
+so a host whose VMs are each in several tenants' networks can be measured too.
 
 Every error names the file and line, and is raised before anything is built.
 """
