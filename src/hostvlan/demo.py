@@ -144,6 +144,8 @@ def run_demo(topology: str | None = None) -> bool:
             if drops:
                 ports = ", ".join(f"{p}: {n}" for p, n in sorted(drops.items()))
                 click.echo(f"  {name} send-check drops per port: {ports}")
+            elif tb.hosts[name].backend == "bridge":
+                click.echo(f"  {name} (Linux bridge): dropped by its locked ports before the bridge learns (uncounted)")
         ok &= _verdict_line(rep, 0)
         if any(GLOBAL in e.lnids for e in topo.endpoints()):
             click.echo("  (global endpoints reach everyone, by definition)")

@@ -22,13 +22,16 @@ from pathlib import Path
 
 import httpx
 
-from hostvlan.datapath.nft_bridge import NftBridgeFilter
+from hostvlan.datapath.brports import BridgePorts
+from hostvlan.datapath.nft_bridge import LockedBridgeFilter
 from hostvlan.datapath.nftlib import Nft
 from hostvlan.model.facts import Facts
 from hostvlan.model.ids import Mac, PortName, tap_mac
 from hostvlan.testbed import netns
 from hostvlan.testbed.build import BRIDGE, Testbed
 from hostvlan.testbed.traffic import Probe, frame
+
+from .support import bridge_port
 
 ENFORCE_WITHIN = 1.0  # seconds: a management change must reach real frames this fast
 
@@ -285,9 +288,20 @@ def host_nft(tb: Testbed, host: str) -> Iterator[Nft]:
 def kernel_facts(tb: Testbed, host: str) -> Facts:
     """What `host`'s kernel filter enforces now (read back from its nftables sets)."""
     with host_nft(tb, host) as nft:
-        facts = NftBridgeFilter(nft).read()
+        with netns.inside(tb.hosts[host].netns):
+            ports = BridgePorts()
+        try:
+            facts = LockedBridgeFilter(nft, ports).read()
+        finally:
+            ports.close()
     assert facts is not None, f"{host}: no hostvlan table in the kernel"
     return facts
+
+
+def port_closed(tb: Testbed, host: str, port: str) -> bool:
+    """Whether `host`'s bridge drops everything `port` sends by itself: locked, not learning,
+    and no static FDB entry (no MAC may enter by it): the locked-ports send check."""
+    return bridge_port(tb, host, port) == (True, False, set())
 
 
 def table_handle(tb: Testbed, host: str) -> int:

@@ -8,7 +8,9 @@ behind while other runs build their own namespaces concurrently.
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,3 +72,18 @@ def running(topology: Topology) -> Iterator[Testbed]:
         yield tb
     left = netns.owned(tb.prefix)
     assert not left, f"namespaces of {tb.prefix} left behind: {left}"
+
+
+def bridge_port(tb: Testbed, host: str, port: str) -> tuple[bool, bool, set[str]]:
+    """(locked, learning, MACs of its static FDB entries) of a bridge port of `host`: the
+    locked-ports send check lets exactly those MACs in by it (`bridge -j`, in its netns)."""
+    ns = ["ip", "netns", "exec", tb.hosts[host].netns, "bridge", "-j"]
+
+    def run(*args: str) -> object:
+        return json.loads(subprocess.run([*ns, *args], capture_output=True, text=True, check=True).stdout)
+
+    link = run("-d", "link", "show", "dev", port)
+    fdb = run("fdb", "show", "dev", port)
+    assert isinstance(link, list) and isinstance(fdb, list)
+    static = {str(e["mac"]) for e in fdb if "static" in str(e.get("state", "")) and "sticky" in e.get("flags", [])}
+    return bool(link[0].get("locked")), bool(link[0].get("learning")), static

@@ -1,4 +1,6 @@
-"""A throw-away end host on a Linux bridge (nftables, `NftBridgeFilter`), for the integration tier.
+"""A throw-away end host on a Linux bridge, for the integration tier: `Host` runs the default
+`LockedBridgeFilter` (send check by the bridge's locked ports), `NftSendHost` the
+`NftBridgeFilter` (send check in nftables, counted per port).
 
 Topology built by `make(n)` of `bridge_hosts` (see `switchhost` for what all back ends share):
 
@@ -23,7 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from hostvlan.datapath.nft_bridge import NftBridgeFilter
+from hostvlan.datapath.brports import BridgePorts
+from hostvlan.datapath.nft_bridge import LockedBridgeFilter, NftBridgeFilter
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
@@ -32,6 +35,7 @@ from .switchhost import (
     UPLINK,
     UPLINK_MAC,
     NftHost,
+    RecordingNft,
     Sent,
     Vm,
     add_uplink,
@@ -61,10 +65,21 @@ STALE = {
 class Host(NftHost):
     KIND: ClassVar[str] = "bridge"
     FAMILY: ClassVar[str] = "bridge"
-    FILTER: ClassVar[type[NftBridgeFilter]] = NftBridgeFilter
+    FILTER: ClassVar[type[NftBridgeFilter]] = LockedBridgeFilter
     MODELS_UNICAST: ClassVar[bool] = False  # unicast follows the FDB the bridge learned
+    COUNTS_SEND: ClassVar[bool] = False  # locked ports drop forged frames uncounted
     WORST_CASE_LIMITS: ClassVar[tuple[float, float]] = (2.0, 0.050)
     STALE: ClassVar[tuple[str, ...]] = tuple(STALE)
+
+    def new_filter(self) -> Any:
+        """A fresh filter bound to the host namespace (an agent (re)start): new nftables and
+        netlink contexts."""
+        with netns.inside(self.ns):
+            nft = RecordingNft()
+            ports = BridgePorts() if issubclass(self.FILTER, LockedBridgeFilter) else None
+        filt = self.FILTER(nft, ports) if ports is not None else self.FILTER(nft)  # type: ignore[call-arg]
+        self._closers.append(filt.close)
+        return filt
 
     # ----- links ---------------------------------------------------------------------
     def up(self, timeout: float = 10.0) -> None:
@@ -114,7 +129,7 @@ class Host(NftHost):
 
     def layout_numbers(self, n_ports: int) -> dict[str, float]:
         hooks = self.hooked_chains()
-        assert hooks == 4, hooks  # prerouting, forward, output, input: none per port
+        assert hooks == len(self.FILTER.HOOKS), hooks  # [prerouting,] forward, output, input: none per port
         return {"hooked_chains": hooks}
 
 
@@ -127,7 +142,14 @@ def _forwarding(ipr: Any, ifname: str) -> bool:
     return slave is not None and slave.get_attr("IFLA_BRPORT_STATE") == BRPORT_FORWARDING
 
 
-def build_host(prefix: str, n_vms: int) -> Host:
+@dataclass
+class NftSendHost(Host):
+    KIND: ClassVar[str] = "bridge-nft"
+    FILTER: ClassVar[type[NftBridgeFilter]] = NftBridgeFilter
+    COUNTS_SEND: ClassVar[bool] = True
+
+
+def build_host(prefix: str, n_vms: int, cls: type[Host] = Host) -> Host:
     """Create the namespaces and links of one host, every link still down."""
     vms = [Vm(i, f"{prefix}-v{i}", vm_mac(i), PortName(f"vnet{i}"), vm_tap_mac(i)) for i in range(n_vms)]
     host_ns, outside_ns = create_namespaces(prefix, vms)
@@ -141,10 +163,16 @@ def build_host(prefix: str, n_vms: int) -> Host:
             ipr.link("set", index=ipr.link_lookup(ifname=vm.port)[0], master=br)
         # the bridge keeps the uplink's MAC whatever ports join (set explicitly once more)
         ipr.link("set", index=br, address=UPLINK_MAC)
-    return Host(prefix, host_ns, outside_ns, vms)
+    return cls(prefix, host_ns, outside_ns, vms)
 
 
 @contextmanager
 def bridge_hosts(prefix: str) -> Iterator[Callable[[int], Host]]:
     """Factory: `make(n)` builds a host with n VMs (links down, no filter yet)."""
     yield from one_host_per_test(prefix, build_host)
+
+
+@contextmanager
+def nft_send_hosts(prefix: str) -> Iterator[Callable[[int], Host]]:
+    """Factory of hosts whose bridge filter does the send check in nftables."""
+    yield from one_host_per_test(prefix, lambda p, n: build_host(p, n, NftSendHost))

@@ -31,6 +31,16 @@ from hostvlan.model.ids import InvalidValue, parse_host
     help="The virtual switch whose tenant filter this agent programs: a Linux bridge, an Open vSwitch "
     "bridge (OpenFlow), or the macvtap devices on the uplink (each must be bound before it is brought up).",
 )
+@click.option(
+    "--send-check",
+    type=click.Choice(["locked", "nft"]),
+    default="locked",
+    show_default=True,
+    help="Linux bridge only: where the anti-spoofing check runs. `locked`: in the bridge itself (locked "
+    "ports, one sticky static FDB entry per bound vNIC MAC; no cost per frame, forged frames dropped "
+    "uncounted). `nft`: an nftables prerouting chain that counts forged frames per port, at the cost "
+    "of one more netfilter hook per frame.",
+)
 @click.option("--bridge", "bridge_name", default="br0", show_default=True, help="The OVS bridge (--backend ovs).")
 @click.option(
     "--ovs-db",
@@ -68,6 +78,7 @@ def agent(
     token: str | None,
     cacert: str | None,
     backend: str,
+    send_check: str,
     bridge_name: str,
     ovs_db: str,
     ovs_rundir: str,
@@ -88,7 +99,7 @@ def agent(
     from hostvlan.agent.daemon import Agent, AgentConfig, uplinks_from_args
     from hostvlan.datapath.base import TenantFilter
     from hostvlan.datapath.macvtap import MacvtapFilter
-    from hostvlan.datapath.nft_bridge import NftBridgeFilter
+    from hostvlan.datapath.nft_bridge import SEND_CHECKS
 
     logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(asctime)s agent %(levelname)s %(message)s")
     if os.geteuid() != 0:
@@ -126,7 +137,7 @@ def agent(
         elif backend == "macvtap":
             filt = MacvtapFilter()
         else:
-            filt = NftBridgeFilter()
+            filt = SEND_CHECKS[send_check]()
         asyncio.run(Agent(cfg, filt).run())
     except KeyboardInterrupt:
         pass

@@ -1,9 +1,18 @@
-"""Tenant filter for a Linux bridge, on nftables (bridge family).
+"""Tenant filter for a Linux bridge, on nftables (bridge family), in two flavours.
+
+`LockedBridgeFilter` (the default, `--send-check locked`): the receive filter is ONE
+netfilter hook per frame copy (forward; output for the host's own frames) with one set
+lookup; the send check is done by the bridge itself with locked ports and one sticky static
+FDB entry per bound vNIC MAC (`brports`), at no cost per frame. Forged frames are dropped
+before the bridge learns from them, but uncounted.
+
+`NftBridgeFilter` (`--send-check nft`): also the send check in nftables, at prerouting,
+counted per port (`tx:<port>`), at the price of a second hook per frame.
 
 Layout of the one table `bridge hostvlan` (the kernel here lacks `meta ibrname`, so the
 table covers every bridge of the network namespace: one managed bridge per host netns):
 
-  prerouting (before FDB learning, so forged frames also cannot poison the FDB)
+  prerouting (`NftBridgeFilter` only; before FDB learning, so forged frames cannot poison it)
       the send check on iifname (`nft_facts.send_rules`: own vNIC MAC, uplink exempt,
       forged and unbound dropped and counted)
   forward, output (run once per output port, also per copy of a flood) -> rx
@@ -21,8 +30,12 @@ libnftables JSON batch, which the kernel commits as one transaction or not at al
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import ClassVar
 
+from hostvlan.datapath.base import ApplyReport
+from hostvlan.datapath.brports import BridgePorts
 from hostvlan.datapath.nft_facts import (
     ACCEPT,
     DROP,
@@ -37,6 +50,9 @@ from hostvlan.datapath.nft_facts import (
     receive_rules,
     send_rules,
 )
+from hostvlan.datapath.nftlib import Nft
+from hostvlan.model.facts import Facts, FactsDelta
+from hostvlan.model.ids import Mac, PortName
 
 HOST_RX = "rx_host"
 _HOOKS = {"prerouting": "prerouting", "forward": "forward", "output": "output", "input": "input"}
@@ -48,6 +64,7 @@ class NftBridgeFilter(NftFactsFilter):
     FAMILY: ClassVar[str] = "bridge"
     VERSION: ClassVar[str] = "layout_v1"
     EXTRA_COUNTERS: ClassVar[dict[str, str]] = {HOST_RX: "(host)"}
+    HOOKS: ClassVar[dict[str, str]] = _HOOKS
 
     def _layout_cmds(self) -> list[Cmd]:
         t = self._t
@@ -58,8 +75,9 @@ class NftBridgeFilter(NftFactsFilter):
             "rx": receive_rules(OIF),
             "input": [[match(SADDR, "known"), ACCEPT], [{"counter": HOST_RX}, DROP]],
         }
+        rules = {c: r for c, r in rules.items() if c in self.HOOKS or c == "rx"}
         cmds: list[Cmd] = [{"add": {"chain": {**t, "name": "rx"}}}]
-        for chain, hook in _HOOKS.items():
+        for chain, hook in self.HOOKS.items():
             cmds.append(
                 {
                     "add": {
@@ -77,3 +95,83 @@ class NftBridgeFilter(NftFactsFilter):
         for chain, exprs in rules.items():
             cmds += [{"add": {"rule": {**t, "chain": chain, "expr": expr}}} for expr in exprs]
         return cmds
+
+
+class LockedBridgeFilter(NftBridgeFilter):
+    """HostVLAN on a Linux bridge, send check in the bridge (see module doc). The default."""
+
+    VERSION: ClassVar[str] = "layout_v2_locked"
+    HOOKS: ClassVar[dict[str, str]] = {k: v for k, v in _HOOKS.items() if k != "prerouting"}
+
+    def __init__(self, nft: Nft | None = None, ports: BridgePorts | None = None) -> None:
+        super().__init__(nft)
+        self._ports = ports or BridgePorts()
+
+    # Order against the nftables batch: the bridge's send check is programmed first (locks,
+    # entries of new bindings, gone bindings' entries deleted: never looser than the facts
+    # about to be in force); a failed batch then deletes the entries it had just added.
+    def _enforced(
+        self, facts_bound: AbstractSet[tuple[PortName, Mac]], uplinks: AbstractSet[PortName], run: Callable[[], None]
+    ) -> None:
+        before = self._ports.sticky(self._ports.ports())
+        self._ports.enforce(facts_bound, uplinks)
+        try:
+            run()
+        except BaseException:
+            added = set(facts_bound) - before
+            if added:
+                self._ports.enforce(set(facts_bound) - added, uplinks)
+            raise
+
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        self._enforced(
+            delta.bound.add, delta.uplinks.add, lambda: super(LockedBridgeFilter, self)._install(delta, digest)
+        )
+
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        if not (delta.bound or delta.uplinks or delta.ports):
+            super()._commit(delta, digest)  # entries only: the bridge's part is unchanged
+            return
+        want = self.desired()
+        self._enforced(want.bound, want.uplinks, lambda: super(LockedBridgeFilter, self)._commit(delta, digest))
+
+    def _repair(self, desired: Facts, digest: int) -> ApplyReport:
+        report = super()._repair(desired, digest)
+        fixed = self._ports.enforce(desired.bound, desired.uplinks)  # also locks ports new since
+        return ApplyReport(report.elements + fixed, report.full) if fixed else report
+
+    def read(self) -> Facts | None:
+        """The nftables facts, less the bindings whose send check the bridge does not enforce
+        (so a repair re-programs them)."""
+        facts = super().read()
+        if facts is None:
+            return None
+        bad = self._ports.drift(facts.bound, facts.uplinks)
+        if not bad:
+            return facts
+        return Facts(
+            known=facts.known,
+            global_src=facts.global_src,
+            ports=facts.ports,
+            global_ports=facts.global_ports,
+            uplinks=facts.uplinks,
+            bound=facts.bound - bad,
+            pairs=facts.pairs,
+        )
+
+    def refresh_ports(self) -> int:
+        """Lock ports that joined a bridge since (a new VM's port sends nothing until bound) and
+        restore a binding's entry if its port was re-created; the nftables side matches names."""
+        want = self.desired()
+        return self._ports.enforce(want.bound, want.uplinks)
+
+    def _remove(self) -> None:
+        super()._remove()
+        self._ports.release()
+
+    def close(self) -> None:
+        super().close()
+        self._ports.close()
+
+
+SEND_CHECKS: dict[str, type[NftBridgeFilter]] = {"locked": LockedBridgeFilter, "nft": NftBridgeFilter}
