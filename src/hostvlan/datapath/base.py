@@ -15,7 +15,9 @@ then call `apply()`, which pushes everything queued as ONE kernel transaction:
 
 Back ends never re-derive the semantics: they enforce `hostvlan.model.facts.Facts`.
 Atomicity per back end:
-- `nft_bridge`: one nftables batch (libnftables JSON) = one netlink transaction.
+- `nft_bridge`: one nftables batch (libnftables JSON) = one netlink transaction; the
+  default `LockedBridgeFilter` also sets port locks and sticky FDB entries over netlink
+  before it, rolling back the entries it added if the batch fails (`brports`).
 - `macvtap`: the same, in the netdev family (chains per macvtap, shared sets).
 - `ovs`: one OpenFlow bundle (`ovs-ofctl bundle`, atomic and ordered) per apply.
 - `memory`: a reference in Python, for tests.

@@ -15,7 +15,8 @@ table covers every bridge of the network namespace: one managed bridge per host 
   prerouting (`NftBridgeFilter` only; before FDB learning, so forged frames cannot poison it)
       the send check on iifname (`nft_facts.send_rules`: own vNIC MAC, uplink exempt,
       forged and unbound dropped and counted)
-  forward, output (run once per output port, also per copy of a flood) -> rx
+  forward, output (run once per output port, also per copy of a flood; `LockedBridgeFilter`
+  holds the rules in both chains, `NftBridgeFilter` jumps to a chain rx)
       the receive filter on oifname (`nft_facts.receive_rules`: ONE set lookup for
       tenant traffic)
   input (the host's own stack, a `global` member)
@@ -25,7 +26,9 @@ Every base chain has policy drop. The sets are the model's facts
 (`hostvlan.model.facts`) verbatim; the one-element set `digest` holds the digest of
 them all, rewritten in every transaction, so a restarted agent can tell in one tiny
 read whether the kernel holds what it wants. Atomicity: install, every change and removal is one
-libnftables JSON batch, which the kernel commits as one transaction or not at all.
+libnftables JSON batch, which the kernel commits as one transaction or not at all. The locked
+ports' state (netlink: no transaction) is programmed before the batch, never looser than the
+facts about to be in force, and the entries it added are deleted again if the batch fails.
 """
 
 from __future__ import annotations
@@ -65,18 +68,22 @@ class NftBridgeFilter(NftFactsFilter):
     VERSION: ClassVar[str] = "layout_v1"
     EXTRA_COUNTERS: ClassVar[dict[str, str]] = {HOST_RX: "(host)"}
     HOOKS: ClassVar[dict[str, str]] = _HOOKS
+    INLINE_RX: ClassVar[bool] = False  # receive rules in forward/output themselves (no jump)
 
     def _layout_cmds(self) -> list[Cmd]:
         t = self._t
+        rx = [jump("rx")] if not self.INLINE_RX else receive_rules(OIF)
         rules = {
             "prerouting": send_rules(IIF),
-            "forward": [jump("rx")],
-            "output": [jump("rx")],
-            "rx": receive_rules(OIF),
+            "forward": rx,
+            "output": rx,
             "input": [[match(SADDR, "known"), ACCEPT], [{"counter": HOST_RX}, DROP]],
         }
+        cmds: list[Cmd] = []
+        if not self.INLINE_RX:
+            rules["rx"] = receive_rules(OIF)
+            cmds.append({"add": {"chain": {**t, "name": "rx"}}})
         rules = {c: r for c, r in rules.items() if c in self.HOOKS or c == "rx"}
-        cmds: list[Cmd] = [{"add": {"chain": {**t, "name": "rx"}}}]
         for chain, hook in self.HOOKS.items():
             cmds.append(
                 {
@@ -102,6 +109,7 @@ class LockedBridgeFilter(NftBridgeFilter):
 
     VERSION: ClassVar[str] = "layout_v2_locked"
     HOOKS: ClassVar[dict[str, str]] = {k: v for k, v in _HOOKS.items() if k != "prerouting"}
+    INLINE_RX: ClassVar[bool] = True  # a jump per frame saved
 
     def __init__(self, nft: Nft | None = None, ports: BridgePorts | None = None) -> None:
         super().__init__(nft)
