@@ -8,10 +8,12 @@ through `test_backend_lifecycle`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from hostvlan.datapath.macvtap import port_chains
+from hostvlan.datapath.macvtap import own_mac_rule, port_chains
+from hostvlan.datapath.nft_facts import jump
 from hostvlan.model.ids import Lnid, Mac
 from hostvlan.model.ports import PortBinding
 from hostvlan.testbed.traffic import BROADCAST, frame
@@ -29,6 +31,11 @@ def make_mvhost(prefix: str) -> Iterator[Callable[[int], Host]]:
 
 def _port_chains(host: Host) -> dict[str, str | None]:
     return {n: h for n, h in host.chains().items() if n.startswith(("rx_", "tx_"))}
+
+
+def _rules(host: Host, chain: str) -> list[list[Any]]:
+    items = host.kernel_table() or []
+    return [i["rule"]["expr"] for i in items if "rule" in i and i["rule"]["chain"] == chain]
 
 
 def test_port_chains_follow_the_bindings(make_mvhost: Callable[[int], Host]) -> None:
@@ -57,6 +64,9 @@ def test_port_chains_follow_the_bindings(make_mvhost: Callable[[int], Host]) -> 
     filt.bind(PortBinding(c.port, other))
     filt.apply()
     assert f"rx_{c.port}" in host.chains()
+    # its egress chain now accepts the new MAC first, and the old one only through the full check
+    assert _rules(host, f"tx_{c.port}") == [own_mac_rule(other), jump("tx")]
+    assert filt.read() == filt.desired()
     tx0 = drops(filt)[1]
     probe.send(c.name, frame(BROADCAST, c.mac, "c-old-mac"))
     assert received(probe.collect())[a.name] == []
@@ -113,6 +123,14 @@ def test_chain_drift_is_repaired_by_audit(make_mvhost: Callable[[int], Host]) ->
     report = filt.audit()  # reinstalls the table in one transaction
     assert report.full and filt.read() == filt.desired()
     assert _port_chains(host) == before
+
+    # a stale own-MAC rule (a MAC the port no longer has) would accept forged frames: drift
+    host.nft_cli(
+        "insert", "rule", "netdev", "hostvlan", f"tx_{a.port}", "ether", "saddr", "52:54:00:00:00:77", "accept"
+    )
+    assert filt.read() is None
+    filt.audit()
+    assert filt.read() == filt.desired() and _rules(host, f"tx_{a.port}") == [own_mac_rule(a.mac), jump("tx")]
 
     host.nft_cli("add", "chain", "netdev", "hostvlan", "leftover")
     assert filt.read() is None

@@ -36,14 +36,26 @@ Layout of the one table `netdev hostvlan` (sets, digest and counters as in every
 nftables back end, `nft_facts`):
 
   rx (regular; at a VM port's ingress)  the receive filter, output port = iifname
-  wire_rx (regular; at the uplink's egress) the same on oifname
+  wire_rx (regular; at the uplink's egress) the same on oifname, its `global_ports` rule first
   tx (regular; at a VM port's egress)   the send check, input port = oifname
   per bound VM port P:   chain rx_P  hook ingress device P policy drop { jump rx }
-                         chain tx_P  hook egress  device P policy drop { jump tx }
+                         chain tx_P  hook egress  device P policy drop {
+                             ether saddr <M> accept      (for each M with (P, M) in bound)
+                             jump tx }
   per bound uplink U:    chain rx_U  hook egress  device U policy drop { jump wire_rx }
 
 (Per-port chains start with `rx_`/`tx_`, shared ones never do: no port name collides.
 Drop counters are named `rx:P`/`tx:P` as in nft_bridge.)
+
+Per-frame cost. A frame from VM to VM passes two hooks: its port's egress, its peer's
+ingress; each hook's tenant traffic is accepted by the first rule. The egress chain
+compares the source with the port's own MAC (written into the chain, rewritten in the
+transaction that changes the port's `bound` MACs, checked on read-back) instead of the
+`oifname . ether saddr @bound` lookup, which had to load the 16-byte name and hash 24
+bytes. Measured with a C loop writing frames into one macvtap and reading them from its
+sibling (2-vCPU VM, kernel 6.18, table at 8,192 entries): ≈ 800 ns of CPU per frame
+unfiltered; the filter adds ≈ 175 ns (≈ 225 ns with the lookup), of which ≈ 70 ns are
+the two hooks themselves (chains holding only `accept`).
 
 A netdev base chain is bound to ONE device, so the per-port base chains are created and
 deleted in the same transaction as the binding's elements (`ports`/`uplinks`/`bound`):
@@ -95,21 +107,25 @@ kernel commits as one transaction or not at all; chain hooks registered by a bat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 from hostvlan.datapath.nft_facts import (
+    ACCEPT,
     IIF,
     OIF,
     PRIORITY,
+    SADDR,
     Cmd,
     NftFactsFilter,
+    Rule,
     jump,
     receive_rules,
     send_rules,
 )
 from hostvlan.model.facts import Facts, FactsDelta
-from hostvlan.model.ids import PortName
+from hostvlan.model.ids import Mac, PortName
+from hostvlan.model.ports import PortBinding
 
 RX = "rx"  # receive filter at a VM port's ingress (output port = iifname)
 RX_WIRE = "wire_rx"  # receive filter at the uplink's egress (output port = oifname)
@@ -127,6 +143,24 @@ _CHAINS: dict[str, list[tuple[str, str, str]]] = {
 def port_chains(port: str, kind: Kind) -> dict[str, tuple[str, str]]:
     """The base chains of a bound port: chain name → (hook, shared chain it jumps to)."""
     return {prefix + port: (hook, target) for prefix, hook, target in _CHAINS[kind]}
+
+
+def own_mac_rule(mac: Mac) -> Rule:
+    """A VM port's send check for one of its own (`bound`) MACs, in the port's egress chain."""
+    return [{"match": {"op": "==", "left": SADDR, "right": str(mac)}}, ACCEPT]
+
+
+def _own_macs(rules: list[list[Any]]) -> list[str] | None:
+    """The MACs of `own_mac_rule` rules in an egress chain's rule list (None: another rule)."""
+    out = []
+    for expr in rules:
+        if len(expr) != 2 or expr[1] != ACCEPT or "match" not in expr[0]:
+            return None
+        m = expr[0]["match"]
+        if m.get("op") != "==" or m.get("left") != SADDR or not isinstance(m.get("right"), str):
+            return None
+        out.append(str(m["right"]))
+    return out
 
 
 def _kind_before(port: PortName, delta: FactsDelta) -> Kind | None:
@@ -152,29 +186,48 @@ class MacvtapFilter(NftFactsFilter):
     """HostVLAN on macvtap devices. Create it inside the host's network namespace."""
 
     FAMILY: ClassVar[str] = "netdev"
-    VERSION: ClassVar[str] = "layout_macvtap_v1"
+    VERSION: ClassVar[str] = "layout_macvtap_v2"
 
     def _layout_cmds(self) -> list[Cmd]:
-        rules = {RX: receive_rules(IIF), RX_WIRE: receive_rules(OIF), TX: send_rules(OIF)}
+        wire = receive_rules(OIF)
+        # the uplink is `global`: its `global_ports` rule accepts what leaves for the wire, so it
+        # goes first (the accepts commute: same verdict, one (MAC, port) lookup less per frame)
+        wire = [wire[1], wire[0], *wire[2:]]
+        rules = {RX: receive_rules(IIF), RX_WIRE: wire, TX: send_rules(OIF)}
         cmds: list[Cmd] = []
         for chain, exprs in rules.items():
             cmds.append({"add": {"chain": {**self._t, "name": chain}}})
             cmds += [{"add": {"rule": {**self._t, "chain": chain, "expr": expr}}} for expr in exprs]
         return cmds
 
-    def _chain_cmds(self, port: str, kind: Kind) -> list[Cmd]:
+    def _tx_rules(self, port: str, bindings: Mapping[PortName, PortBinding]) -> list[Rule]:
+        """A VM port's egress chain: its own MAC first (one compare: no set lookup, no port
+        name to load), then the whole send check for anything else (`jump tx`, exact).
+        `bindings` are the desired ones: the chain is written in the transaction that makes
+        the kernel's facts the desired facts."""
+        b = bindings.get(PortName(port))
+        own = [] if b is None or b.uplink else [b.mac]
+        return [own_mac_rule(m) for m in own] + [jump(TX)]
+
+    def _chain_cmds(self, port: str, kind: Kind, bindings: Mapping[PortName, PortBinding]) -> list[Cmd]:
         cmds: list[Cmd] = []
         for name, (hook, target) in port_chains(port, kind).items():
             chain = {**self._t, "name": name, "type": "filter", "hook": hook, "dev": port, "prio": PRIORITY}
             cmds.append({"add": {"chain": {**chain, "policy": "drop"}}})
-            cmds.append({"add": {"rule": {**self._t, "chain": name, "expr": jump(target)}}})
+            rules = self._tx_rules(port, bindings) if target == TX else [jump(target)]
+            cmds += [{"add": {"rule": {**self._t, "chain": name, "expr": expr}}} for expr in rules]
         return cmds
 
     def _port_chain_cmds(self, delta: FactsDelta, fresh: bool) -> tuple[list[Cmd], list[Cmd]]:
-        """Per-port base chains follow the bindings, in the same transaction."""
+        """Per-port base chains follow the bindings, in the same transaction; so do the own-MAC
+        rules of a VM port's egress chain when its `bound` MACs change (flush and rewrite:
+        a MAC that left `bound` never stays accepted past the commit)."""
         old: list[Cmd] = []
         new: list[Cmd] = []
         affected = sorted(delta.ports.add | delta.ports.remove | delta.uplinks.add | delta.uplinks.remove)
+        # VM ports before and after whose MACs change: their chains stay, their own-MAC rules not
+        rebound = set() if fresh else {p for p, _ in delta.bound.add | delta.bound.remove} - set(affected)
+        bindings = self._index.state().bindings if affected or rebound else {}
         for port in affected:
             before = None if fresh else _kind_before(port, delta)
             after = _kind_after(port, delta)
@@ -183,21 +236,25 @@ class MacvtapFilter(NftFactsFilter):
             if before is not None:
                 old += [{"delete": {"chain": {**self._t, "name": name}}} for name in port_chains(port, before)]
             if after is not None:
-                new.extend(self._chain_cmds(port, after))
+                new.extend(self._chain_cmds(port, after, bindings))
+        for port in sorted(rebound):
+            name = "tx_" + port
+            new.append({"flush": {"chain": {**self._t, "name": name}}})
+            new += [
+                {"add": {"rule": {**self._t, "chain": name, "expr": expr}}} for expr in self._tx_rules(port, bindings)
+            ]
         return old, new
 
     def _layout_matches(self, facts: Facts, items: list[dict[str, Any]]) -> bool:
         chains: dict[str, tuple[str | None, str | None]] = {}  # name -> (hook, policy)
-        jumps: dict[str, list[str | None]] = {}  # chain -> jump target of each rule
+        rules: dict[str, list[list[Any]]] = {}  # chain -> the expressions of each rule
         for item in items:
             if "chain" in item:
                 c = item["chain"]
                 chains[str(c["name"])] = (c.get("hook"), c.get("policy"))
             elif "rule" in item:
                 r = item["rule"]
-                expr = r.get("expr", [])
-                target = expr[0]["jump"]["target"] if len(expr) == 1 and "jump" in expr[0] else None
-                jumps.setdefault(str(r["chain"]), []).append(target)
+                rules.setdefault(str(r["chain"]), []).append(list(r.get("expr", [])))
         if not facts.uplinks <= facts.ports or {p for p, _ in facts.bound} != facts.ports - facts.uplinks:
             return False
         want: dict[str, tuple[str, str]] = {}
@@ -205,8 +262,22 @@ class MacvtapFilter(NftFactsFilter):
             want |= port_chains(port, "uplink" if port in facts.uplinks else "vm")
         if set(chains) != set(want) | set(_SHARED) or any(chains[c] != (None, None) for c in _SHARED):
             return False
+        own: dict[str, set[str]] = {}
+        for port, mac in facts.bound:
+            own.setdefault("tx_" + port, set()).add(str(mac))
         # (nft 1.0.6 does not print a netdev chain's device in JSON: the name carries the port)
-        return all(chains[n] == (hook, "drop") and jumps.get(n) == [target] for n, (hook, target) in want.items())
+        for name, (hook, target) in want.items():
+            got = rules.get(name, [])
+            if chains[name] != (hook, "drop") or not got or got[-1] != jump(target):
+                return False
+            macs = _own_macs(got[:-1])
+            if (
+                macs is None
+                or len(macs) != len(set(macs))
+                or set(macs) != (own.get(name, set()) if target == TX else set())
+            ):
+                return False
+        return True
 
     # ----- the fail-closed contract --------------------------------------------------------
     def unguarded(self, links: Iterable[Any]) -> list[PortName]:
