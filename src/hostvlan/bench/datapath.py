@@ -753,6 +753,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source() -> dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it (the harness
+    measures whatever back-end code is on disk when it starts)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = _run(["git", "-C", str(here), "rev-parse", "HEAD"], timeout=10).strip()
+        dirty = bool(_run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], timeout=10))
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        return {}
+    return {"commit": commit, "dirty": dirty}
+
+
 def _version(tool: str) -> str:
     argv = {"ab": ["ab", "-V"], "lighttpd": ["lighttpd", "-v"], "sockperf": ["sockperf", "--version"]}
     try:
@@ -818,6 +830,7 @@ def run(opts: Options, stream: Any = sys.stderr) -> dict[str, Any]:
         "command": opts.command,
         "started_utc": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
+        "source": source(),
         "options": {
             "rounds": opts.rounds,
             "seconds": opts.seconds,
