@@ -71,10 +71,13 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the process group; one that already exited (a failed start) is only reaped."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(5)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except ProcessLookupError:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
 
