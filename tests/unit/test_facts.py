@@ -149,6 +149,7 @@ def test_batched_changes_give_one_exact_delta(start: FilterState, steps: list[Ch
     delta = index.take_delta()
     assert apply_delta(before, delta) == index.facts() == compile_facts(index.state())
     assert delta.size() == diff_facts(before, index.facts()).size()
+    assert index.port_facts() == (index.facts().bound, index.facts().uplinks)  # the cheap accessor agrees
 
 
 @PROPERTY

@@ -80,6 +80,10 @@ class TenantFilter(abc.ABC):
     def desired(self) -> Facts:
         return self._index.facts()
 
+    def desired_ports(self) -> tuple[frozenset[tuple[PortName, Mac]], frozenset[PortName]]:
+        """The desired `bound` and `uplinks` facts alone (cheap at any table size)."""
+        return self._index.port_facts()
+
     # ----- apply -------------------------------------------------------------------
     def apply(self) -> ApplyReport:
         delta = self._index.take_delta()

@@ -140,8 +140,8 @@ class LockedBridgeFilter(NftBridgeFilter):
         if not (delta.bound or delta.uplinks or delta.ports):
             super()._commit(delta, digest)  # entries only: the bridge's part is unchanged
             return
-        want = self.desired()
-        self._enforced(want.bound, want.uplinks, lambda: super(LockedBridgeFilter, self)._commit(delta, digest))
+        bound, uplinks = self.desired_ports()
+        self._enforced(bound, uplinks, lambda: super(LockedBridgeFilter, self)._commit(delta, digest))
 
     def _repair(self, desired: Facts, digest: int) -> ApplyReport:
         report = super()._repair(desired, digest)
@@ -170,8 +170,8 @@ class LockedBridgeFilter(NftBridgeFilter):
     def refresh_ports(self) -> int:
         """Lock ports that joined a bridge since (a new VM's port sends nothing until bound) and
         restore a binding's entry if its port was re-created; the nftables side matches names."""
-        want = self.desired()
-        return self._ports.enforce(want.bound, want.uplinks)
+        bound, uplinks = self.desired_ports()
+        return self._ports.enforce(bound, uplinks)
 
     def _remove(self) -> None:
         super()._remove()

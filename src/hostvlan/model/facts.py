@@ -119,6 +119,11 @@ class FactsIndex:
             pairs=frozenset((m, p) for m, ps in self._pairs_by_mac.items() for p in ps),
         )
 
+    def port_facts(self) -> tuple[frozenset[tuple[PortName, Mac]], frozenset[PortName]]:
+        """`bound` and `uplinks` of `facts()`, without building the rest (O(ports), not O(table))."""
+        bound = frozenset((p, b.mac) for p, b in self._bindings.items() if not b.uplink)
+        return bound, frozenset(p for p, b in self._bindings.items() if b.uplink)
+
     def take_delta(self) -> FactsDelta:
         """The element changes since the last call (and forget them)."""
         delta, self._delta = self._delta, FactsDelta()
