@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl
-  wrk apache2-utils lighttpd)  # the last three: `hostvlan bench` (web server per VM, ab, wrk)
+  wrk apache2-utils lighttpd  # `hostvlan bench` (web server per VM, ab, wrk)
+  gcc libc6-dev)  # the testbed's macvtap VM stand-in and bench/frame_cost compile a page of C
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
