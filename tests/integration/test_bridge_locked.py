@@ -114,6 +114,23 @@ def test_a_port_joining_later_is_locked_by_refresh(make_host: Callable[[int], Ho
     assert filt.refresh_ports() == 0  # idempotent
 
 
+def test_a_port_that_joined_while_no_agent_ran_is_locked_at_restart(make_host: Callable[[int], Host]) -> None:
+    """The restart's first apply finds the kernel's digest equal (nothing to change in
+    nftables) and still locks a port that appeared meanwhile."""
+    host = make_host(2)
+    state = _state(host, 2)
+    host.boot(state)
+    with netns.iproute(host.ns) as ipr:
+        ipr.link("add", ifname="late0", kind="veth", peer="late0p")
+        ipr.link("set", index=ipr.link_lookup(ifname="late0")[0], master=ipr.link_lookup(ifname=BRIDGE)[0])
+    assert _brport(host, "late0")["locked"] is False
+    restarted = host.new_filter()
+    restarted.sync(state)
+    report = restarted.apply()
+    assert report.full and report.elements == 0  # the digest fast path
+    assert _brport(host, "late0")["locked"] is True
+
+
 def test_audit_repairs_an_unlocked_port_and_a_deleted_entry(make_host: Callable[[int], Host]) -> None:
     host = make_host(2)
     a, b = host.vms

@@ -131,6 +131,13 @@ class LockedBridgeFilter(NftBridgeFilter):
                 self._ports.enforce(set(facts_bound) - added, uplinks)
             raise
 
+    def apply(self) -> ApplyReport:
+        first = self._reconcile
+        report = super().apply()
+        if first:  # also when the digests agreed: ports that joined while no agent ran get locked
+            self._ports.enforce(*self.desired_ports())
+        return report
+
     def _install(self, delta: FactsDelta, digest: int) -> None:
         self._enforced(
             delta.bound.add, delta.uplinks.add, lambda: super(LockedBridgeFilter, self)._install(delta, digest)
