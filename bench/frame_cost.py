@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from hostvlan.bench.datapath import worst_case
 from hostvlan.datapath.brports import BridgePorts
 from hostvlan.datapath.nft_bridge import LockedBridgeFilter, NftBridgeFilter
 from hostvlan.datapath.nftlib import Nft
@@ -64,12 +65,11 @@ CONFIGS = ("none", "hook", "locked", "nft", "lockonly")
 
 
 def state(macs: int, lnids: int, ports: int) -> FilterState:
-    fill = [Mac(f"02:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:01") for i in range(macs)]
-    entries = {m: frozenset({Lnid(1 + i % lnids)}) for i, m in enumerate(fill)}
-    entries |= {A: frozenset({Lnid(1)}), B: frozenset({Lnid(1)})}
-    bindings = {PortName(f"p{i}"): PortBinding(PortName(f"p{i}"), fill[i]) for i in range(ports)}
-    bindings |= {PortName("tapa"): PortBinding(PortName("tapa"), A), PortName("tapb"): PortBinding(PortName("tapb"), B)}
-    return FilterState(entries=entries, bindings=bindings)
+    """Table 1's worst host (`bench.datapath.worst_case`, idle ports p0…) plus the two taps' vNICs in LNID 1."""
+    base = worst_case(macs, lnids, ports, port_name="p")
+    entries = {**base.entries, A: frozenset({Lnid(1)}), B: frozenset({Lnid(1)})}
+    taps = {PortName(t): PortBinding(PortName(t), m) for t, m in (("tapa", A), ("tapb", B))}
+    return FilterState(entries=entries, bindings={**base.bindings, **taps})
 
 
 def main() -> int:
@@ -154,7 +154,7 @@ def main() -> int:
         "frames": args.frames,
         "len": args.len,
         "rounds": args.rounds,
-        "entries": args.macs + 2,
+        "entries": len(st.entries),
         "lnids": args.lnids,
         "idle_ports": args.ports,
     }

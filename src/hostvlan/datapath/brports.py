@@ -41,6 +41,12 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Enforced:
+    messages: int  # netlink messages it took (0: all was so already)
+    added: frozenset[Binding]  # sticky entries it created (what a rollback deletes)
+
+
+@dataclass(frozen=True)
 class BrPort:
     index: int
     locked: bool
@@ -87,9 +93,9 @@ class BridgePorts:
         or its entry missing); a port not attached to a bridge, or an uplink, needs nothing."""
         return self._run(self._drift, set(bound), set(uplinks))
 
-    def enforce(self, bound: Iterable[Binding], uplinks: Iterable[PortName]) -> int:
+    def enforce(self, bound: Iterable[Binding], uplinks: Iterable[PortName]) -> Enforced:
         """Lock every non-uplink port, add the entries of `bound`, delete any sticky entry of ours
-        no binding wants, open the uplinks. Returns the netlink messages it took (0: all was so)."""
+        no binding wants, open the uplinks."""
         return self._run(self._enforce, set(bound), set(uplinks))
 
     def release(self) -> None:
@@ -136,11 +142,12 @@ class BridgePorts:
         return bad
 
     # ----- write ---------------------------------------------------------------------------
-    def _enforce(self, want: set[Binding], up: set[PortName]) -> int:
+    def _enforce(self, want: set[Binding], up: set[PortName]) -> Enforced:
         try:
             ports = self._ports()
             have = self._sticky(ports)
             sent = 0
+            added: set[Binding] = set()
             for name, p in ports.items():
                 if name in up:
                     if p.locked or not p.learning:
@@ -152,12 +159,13 @@ class BridgePorts:
             for port, mac in sorted(want - have):
                 if port in ports and port not in up:
                     self._fdb("replace", ports[port].index, mac)
+                    added.add((port, mac))
                     sent += 1
             for port, mac in sorted(have - want):
                 if port in ports:
                     self._fdb("del", ports[port].index, mac)
                     sent += 1
-            return sent
+            return Enforced(sent, frozenset(added))
         except NetlinkError as exc:
             raise DatapathError(f"bridge port programming failed: {exc}") from exc
 

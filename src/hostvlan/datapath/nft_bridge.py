@@ -121,12 +121,10 @@ class LockedBridgeFilter(NftBridgeFilter):
     def _enforced(
         self, facts_bound: AbstractSet[tuple[PortName, Mac]], uplinks: AbstractSet[PortName], run: Callable[[], None]
     ) -> None:
-        before = self._ports.sticky(self._ports.ports())
-        self._ports.enforce(facts_bound, uplinks)
+        added = self._ports.enforce(facts_bound, uplinks).added
         try:
             run()
         except BaseException:
-            added = set(facts_bound) - before
             if added:
                 self._ports.enforce(set(facts_bound) - added, uplinks)
             raise
@@ -150,9 +148,9 @@ class LockedBridgeFilter(NftBridgeFilter):
         bound, uplinks = self.desired_ports()
         self._enforced(bound, uplinks, lambda: super(LockedBridgeFilter, self)._commit(delta, digest))
 
-    def _repair(self, desired: Facts, digest: int) -> ApplyReport:
-        report = super()._repair(desired, digest)
-        fixed = self._ports.enforce(desired.bound, desired.uplinks)  # also locks ports new since
+    def audit(self) -> ApplyReport:
+        report = super().audit()
+        fixed = self._ports.enforce(*self.desired_ports()).messages  # also locks ports new since
         return ApplyReport(report.elements + fixed, report.full) if fixed else report
 
     def read(self) -> Facts | None:
@@ -177,8 +175,7 @@ class LockedBridgeFilter(NftBridgeFilter):
     def refresh_ports(self) -> int:
         """Lock ports that joined a bridge since (a new VM's port sends nothing until bound) and
         restore a binding's entry if its port was re-created; the nftables side matches names."""
-        bound, uplinks = self.desired_ports()
-        return self._ports.enforce(bound, uplinks)
+        return self._ports.enforce(*self.desired_ports()).messages
 
     def _remove(self) -> None:
         super()._remove()
