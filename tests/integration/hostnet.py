@@ -1,6 +1,7 @@
 """A throw-away end host on a Linux bridge, for the integration tier: `Host` runs the default
-`LockedBridgeFilter` (send check by the bridge's locked ports), `NftSendHost` the
-`NftBridgeFilter` (send check in nftables, counted per port).
+`TcBridgeFilter` (send check by the bridge's locked ports, receive filter in tc/eBPF),
+`LockedHost` the `LockedBridgeFilter` (receive filter in nftables), `NftSendHost` the
+`NftBridgeFilter` (send check in nftables too, counted per port).
 
 Topology built by `make(n)` of `bridge_hosts` (see `switchhost` for what all back ends share):
 
@@ -18,6 +19,7 @@ which the model does not know: `expect` covers floods only here.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +29,7 @@ from typing import Any, ClassVar
 
 from hostvlan.datapath.brports import BridgePorts
 from hostvlan.datapath.nft_bridge import LockedBridgeFilter, NftBridgeFilter
+from hostvlan.datapath.tc_bridge import BPFFS, TcBridgeFilter
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
@@ -65,7 +68,7 @@ STALE = {
 class Host(NftHost):
     KIND: ClassVar[str] = "bridge"
     FAMILY: ClassVar[str] = "bridge"
-    FILTER: ClassVar[type[NftBridgeFilter]] = LockedBridgeFilter
+    FILTER: ClassVar[type[NftBridgeFilter]] = TcBridgeFilter
     MODELS_UNICAST: ClassVar[bool] = False  # unicast follows the FDB the bridge learned
     COUNTS_SEND: ClassVar[bool] = False  # locked ports drop forged frames uncounted
     WORST_CASE_LIMITS: ClassVar[tuple[float, float]] = (2.0, 0.050)
@@ -77,7 +80,14 @@ class Host(NftHost):
         with netns.inside(self.ns):
             nft = RecordingNft()
             ports = BridgePorts() if issubclass(self.FILTER, LockedBridgeFilter) else None
-        filt = self.FILTER(nft, ports) if ports is not None else self.FILTER(nft)  # type: ignore[call-arg]
+        filt: Any
+        if issubclass(self.FILTER, TcBridgeFilter):
+            pins = BPFFS / f"test-{self.ns}"  # survives a restart (a new filter), not the host
+            filt = self.FILTER(nft, ports, pins)
+            if not any(getattr(c, "pins", None) == pins for c in self._closers):
+                self._closers.insert(0, _PinsRemover(pins))
+        else:
+            filt = self.FILTER(nft, ports) if ports is not None else self.FILTER(nft)  # type: ignore[call-arg]
         self._closers.append(filt.close)
         return filt
 
@@ -129,7 +139,8 @@ class Host(NftHost):
 
     def layout_numbers(self, n_ports: int) -> dict[str, float]:
         hooks = self.hooked_chains()
-        assert hooks == len(self.FILTER.HOOKS), hooks  # [prerouting,] forward, output, input: none per port
+        # [prerouting,] forward, output, input: none per port (tc: the input chain alone)
+        assert hooks == len(self.FILTER.HOOKS), hooks
         return {"hooked_chains": hooks}
 
 
@@ -140,6 +151,22 @@ def _forwarding(ipr: Any, ifname: str) -> bool:
     info = msg.get_attr("IFLA_LINKINFO")
     slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
     return slave is not None and slave.get_attr("IFLA_BRPORT_STATE") == BRPORT_FORWARDING
+
+
+@dataclass
+class _PinsRemover:
+    """Removes a test host's BPF pins when the host goes (the maps die with their last user)."""
+
+    pins: Any
+
+    def __call__(self) -> None:
+        shutil.rmtree(self.pins, ignore_errors=True)
+
+
+@dataclass
+class LockedHost(Host):
+    KIND: ClassVar[str] = "bridge-locked"
+    FILTER: ClassVar[type[NftBridgeFilter]] = LockedBridgeFilter
 
 
 @dataclass
@@ -170,6 +197,12 @@ def build_host(prefix: str, n_vms: int, cls: type[Host] = Host) -> Host:
 def bridge_hosts(prefix: str) -> Iterator[Callable[[int], Host]]:
     """Factory: `make(n)` builds a host with n VMs (links down, no filter yet)."""
     yield from one_host_per_test(prefix, build_host)
+
+
+@contextmanager
+def locked_hosts(prefix: str) -> Iterator[Callable[[int], Host]]:
+    """Factory of hosts whose bridge filter receives in nftables (locked ports send-check)."""
+    yield from one_host_per_test(prefix, lambda p, n: build_host(p, n, LockedHost))
 
 
 @contextmanager

@@ -74,6 +74,11 @@ class BridgePorts:
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return self._pool.submit(fn, *args).result()
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on this object's thread, inside its namespace (for calls that name devices by
+        ifindex, like tcx attach), and wait for it."""
+        return self._run(fn, *args)
+
     def close(self) -> None:
         if self._ipr is not None:
             self._run(self._ipr.close)

@@ -124,6 +124,11 @@ class FactsIndex:
         bound = frozenset((p, b.mac) for p, b in self._bindings.items() if not b.uplink)
         return bound, frozenset(p for p, b in self._bindings.items() if b.uplink)
 
+    def port_view(self, port: PortName) -> tuple[bool, bool, frozenset[Mac]]:
+        """One port's facts: (bound or uplink, in `global`, the sources of its pairs); O(its pairs)."""
+        lnids = self._port_lnids.get(port, _EMPTY)
+        return port in self._bindings, GLOBAL in lnids, frozenset(self._pairs_by_port.get(port, ()))
+
     def take_delta(self) -> FactsDelta:
         """The element changes since the last call (and forget them)."""
         delta, self._delta = self._delta, FactsDelta()
