@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl
   wrk apache2-utils lighttpd  # `hostvlan bench` (web server per VM, ab, wrk)
-  gcc libc6-dev)  # the testbed's macvtap VM stand-in and bench/frame_cost compile a page of C
+  gcc libc6-dev  # the testbed's macvtap VM stand-in and bench/frame_cost compile a page of C
+  clang libbpf-dev libbpf1)  # the bridge's tc/eBPF receive filter: built below, loaded by the agent
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -35,6 +36,15 @@ if ((${#missing[@]})); then
       update-rc.d lighttpd disable >/dev/null 2>&1 || true
     fi
   fi
+fi
+
+# the bridge's receive filter (src/hostvlan/datapath/bpf/hv_rx.c), rebuilt when its source changed
+bpf_src=src/hostvlan/datapath/bpf/hv_rx.c
+bpf_obj=${bpf_src%.c}.o
+if [[ ! -f $bpf_obj || $bpf_src -nt $bpf_obj ]]; then
+  clang -O2 -g -Wall -Werror -target bpf -I"/usr/include/$(gcc -dumpmachine)" -c "$bpf_src" -o "$bpf_obj.tmp"
+  mv "$bpf_obj.tmp" "$bpf_obj"
+  echo "setup: built $bpf_obj"
 fi
 
 PY=${PYTHON:-python3}

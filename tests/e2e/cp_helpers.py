@@ -22,8 +22,6 @@ from pathlib import Path
 
 import httpx
 
-from hostvlan.datapath.brports import BridgePorts
-from hostvlan.datapath.nft_bridge import LockedBridgeFilter
 from hostvlan.datapath.nftlib import Nft
 from hostvlan.model.facts import Facts
 from hostvlan.model.ids import Mac, PortName, tap_mac
@@ -287,13 +285,11 @@ def host_nft(tb: Testbed, host: str) -> Iterator[Nft]:
 
 def kernel_facts(tb: Testbed, host: str) -> Facts:
     """What `host`'s kernel filter enforces now (read back from its nftables sets)."""
-    with host_nft(tb, host) as nft:
-        with netns.inside(tb.hosts[host].netns):
-            ports = BridgePorts()
-        try:
-            facts = LockedBridgeFilter(nft, ports).read()
-        finally:
-            ports.close()
+    filt = tb.bridge_filter(host)
+    try:
+        facts = filt.read()
+    finally:
+        filt.close()
     assert facts is not None, f"{host}: no hostvlan table in the kernel"
     return facts
 

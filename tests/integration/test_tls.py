@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hostvlan.datapath.tc_bridge import BPFFS
 from hostvlan.testbed import netns
 
 
@@ -152,6 +154,8 @@ def test_manager_over_tls_with_cli_client_and_agent(tmp_path: Path, cert: tuple[
                     str(crt),
                     "--uplink",
                     "uplink0",
+                    "--bpf-pins",
+                    str(BPFFS / ns),
                     "-v",
                 ],
                 tmp_path / "agent.log",
@@ -176,3 +180,4 @@ def test_manager_over_tls_with_cli_client_and_agent(tmp_path: Path, cert: tuple[
         if agent is not None:
             _stop(agent)
         _stop(mgr)
+        shutil.rmtree(BPFFS / ns, ignore_errors=True)

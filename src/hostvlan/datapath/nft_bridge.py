@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 from typing import ClassVar
 
 from hostvlan.datapath.base import ApplyReport
@@ -186,4 +187,19 @@ class LockedBridgeFilter(NftBridgeFilter):
         self._ports.close()
 
 
-SEND_CHECKS: dict[str, type[NftBridgeFilter]] = {"locked": LockedBridgeFilter, "nft": NftBridgeFilter}
+def bridge_filter(send_check: str = "locked", receive: str | None = None, pins: Path | None = None) -> NftBridgeFilter:
+    """The Linux-bridge back end the agent's options name (create it inside the host's namespace):
+    send check `locked` (default) or `nft`; receive filter `tc` (default with `locked`,
+    `tc_bridge.TcBridgeFilter`) or `nft` (default with send check `nft`)."""
+    receive = receive or ("tc" if send_check == "locked" else "nft")
+    if send_check == "nft":
+        if receive != "nft":
+            raise ValueError("--receive-filter tc needs --send-check locked (the tc filter has no send check)")
+        return NftBridgeFilter()
+    if send_check != "locked":
+        raise ValueError(f"unknown send check {send_check!r}")
+    if receive == "nft":
+        return LockedBridgeFilter()
+    from hostvlan.datapath.tc_bridge import TcBridgeFilter
+
+    return TcBridgeFilter(pins=pins)

@@ -96,6 +96,8 @@ class TcBridgeFilter(LockedBridgeFilter):
     def __init__(self, nft: Nft | None = None, ports: BridgePorts | None = None, pins: Path | None = None) -> None:
         super().__init__(nft, ports)
         self._pins = pins or default_pins()
+        if not self._pins.is_relative_to(BPFFS) or self._pins == BPFFS:
+            raise ValueError(f"BPF pins must be a directory under {BPFFS} (the agent's bpffs), not {self._pins}")
         self._fd: dict[str, int] = {}
         self._at: dict[PortName, int] = {}  # ifindex each bound port's keys use in the maps
 

@@ -38,11 +38,12 @@ import yaml
 
 from hostvlan.client import Client
 from hostvlan.datapath.base import PortCounters, TenantFilter
+from hostvlan.datapath.brports import BridgePorts
 from hostvlan.datapath.macvtap import MacvtapFilter
-from hostvlan.datapath.nft_bridge import NftBridgeFilter
 from hostvlan.datapath.nftlib import Nft
 from hostvlan.datapath.ovs import OvsFilter
 from hostvlan.datapath.ovsdb import OvsDb
+from hostvlan.datapath.tc_bridge import BPFFS, TcBridgeFilter
 from hostvlan.model.hostview import Location, filter_state, host_view
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, int_to_mac, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
@@ -269,11 +270,24 @@ class Testbed:
             if h.backend == "ovs":
                 tools = self._ovs[host].tools
                 self._readers[host] = OvsFilter(BRIDGE, tools, OvsDb(tools.db_remote))
-            else:
+            elif h.backend == "macvtap":
                 with netns.inside(h.netns):
                     nft = Nft()
-                self._readers[host] = MacvtapFilter(nft) if h.backend == "macvtap" else NftBridgeFilter(nft)
+                self._readers[host] = MacvtapFilter(nft)
+            else:
+                self._readers[host] = self.bridge_filter(host)
         return self._readers[host].counters()
+
+    def bpf_pins(self, host: str) -> Path:
+        """Where `host`'s agent pins its tc receive filter (removed by `down`)."""
+        return BPFFS / f"{self.prefix}-{host}"
+
+    def bridge_filter(self, host: str) -> TcBridgeFilter:
+        """A filter object on the kernel state `host`'s agent programs (to read it back; the
+        caller closes it)."""
+        with netns.inside(self.hosts[host].netns):
+            nft, ports = Nft(), BridgePorts()
+        return TcBridgeFilter(nft, ports, self.bpf_pins(host))
 
     # ----- build / teardown -------------------------------------------------------------
     def __enter__(self) -> Testbed:
@@ -324,6 +338,7 @@ class Testbed:
         self._procs.clear()
         self.pids.clear()
         netns.sweep(self.prefix)
+        sweep_pins(self.prefix)
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self.record:
             (STATE_DIR / f"{self.prefix}.json").unlink(missing_ok=True)
@@ -555,6 +570,7 @@ class Testbed:
                 "--backend",
                 h.backend,
                 *(self._ovs_agent_args(h.name) if h.backend == "ovs" else []),
+                *(["--bpf-pins", str(self.bpf_pins(h.name))] if h.backend == "bridge" else []),
                 "--ready-file",
                 str(ready),
                 "-v",
@@ -764,10 +780,19 @@ def down_recorded(prefix: str | None = None) -> list[str]:
             control.stop_pids(control.pids_naming(str(st["workdir"])))
         control.stop_pids(control.pids_in_netns(netns.owned(p)))
         gone += netns.sweep(p)
+        sweep_pins(p)
         if st.get("workdir"):
             shutil.rmtree(str(st["workdir"]), ignore_errors=True)
         (STATE_DIR / f"{p}.json").unlink(missing_ok=True)
     if prefix:
         control.stop_pids(control.pids_in_netns(netns.owned(prefix)))
         gone += netns.sweep(prefix)
+        sweep_pins(prefix)
     return gone
+
+
+def sweep_pins(prefix: str) -> None:
+    """Remove the tc receive filter's pins of a testbed's hosts (their maps go with them)."""
+    if BPFFS.is_dir():
+        for d in BPFFS.glob(f"{prefix}-*"):
+            shutil.rmtree(d, ignore_errors=True)
