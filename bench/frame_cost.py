@@ -12,8 +12,10 @@ Configurations, alternating every round (order flipped each round):
            configuration, so no configuration floods)
   hook     an empty accepting nftables chain on the bridge's forward hook: the floor of
            any netfilter design
-  locked   LockedBridgeFilter, the default back end (send check by locked ports)
-  nft      NftBridgeFilter, the send check in nftables (a second hook)
+  tc       TcBridgeFilter, the default back end (send check by locked ports, receive filter
+           a tc/eBPF program on each port's egress: no netfilter hook)
+  locked   LockedBridgeFilter (locked ports, receive filter in nftables: one hook)
+  nft      NftBridgeFilter, the send check in nftables too (a second hook)
   lockonly only the locked ports and sticky entries, no nftables: the send check's cost
 
     sudo .venv/bin/python bench/frame_cost.py [--rounds 9] [--frames 300000] [--len 64]
@@ -39,6 +41,7 @@ from hostvlan.bench.datapath import worst_case
 from hostvlan.datapath.brports import BridgePorts
 from hostvlan.datapath.nft_bridge import LockedBridgeFilter, NftBridgeFilter
 from hostvlan.datapath.nftlib import Nft
+from hostvlan.datapath.tc_bridge import BPFFS, TcBridgeFilter
 from hostvlan.model.ids import Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
 from hostvlan.testbed import netns
@@ -61,7 +64,7 @@ HOOK_ONLY = [  # an empty accepting base chain on the forward hook
         }
     },
 ]
-CONFIGS = ("none", "hook", "locked", "nft", "lockonly")
+CONFIGS = ("none", "hook", "tc", "locked", "nft", "lockonly")
 
 
 def state(macs: int, lnids: int, ports: int) -> FilterState:
@@ -109,10 +112,12 @@ def main() -> int:
         with netns.inside(ns):
             nft, ports = Nft(), BridgePorts()
         locked, counted = LockedBridgeFilter(nft, ports), NftBridgeFilter(nft)
-        for f in (locked, counted):
+        tc = TcBridgeFilter(nft, ports, BPFFS / ns)
+        for f in (locked, counted, tc):
             f.sync(st)
 
         def clear() -> None:
+            tc.remove()  # also detaches its programs, unpins its maps
             locked.remove()  # also unlocks every port, deletes the sticky entries
             counted.remove()
             nft.run([{"add": {"table": HOOK_TABLE}}, {"delete": {"table": HOOK_TABLE}}])
@@ -124,6 +129,7 @@ def main() -> int:
         setups: dict[str, Callable[[], object]] = {
             "none": lambda: None,
             "hook": lambda: nft.run(HOOK_ONLY),
+            "tc": tc.apply,
             "locked": locked.apply,
             "nft": counted.apply,
             "lockonly": lockonly,
@@ -144,10 +150,12 @@ def main() -> int:
                 line.append(f"{c}={out[0]}")
             print(f"round {r + 1}/{args.rounds}: {' '.join(line)}", file=sys.stderr)
         clear()
+        tc.close()
         locked.close()
         counted.close()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        shutil.rmtree(BPFFS / ns, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     base = results.get("none")
     out: dict[str, object] = {

@@ -71,7 +71,7 @@ from hostvlan.datapath.base import TenantFilter
 from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName, int_to_mac, tap_mac
 from hostvlan.model.ports import FilterState, PortBinding
 from hostvlan.testbed import netns
-from hostvlan.testbed.build import Testbed
+from hostvlan.testbed.build import Testbed, add_idle_ports
 from hostvlan.testbed.topology import parse_topology
 
 CONFIGS = ("vxlan", "none", "bridge", "ovs-none", "ovs", "macvtap-none", "macvtap")  # pairs adjacent
@@ -507,6 +507,7 @@ def run_direct_cell(cell: Cell, opts: Options, progress: Progress) -> dict[str, 
                     stack.callback(servers[cfg].close)
             if cfg == "bridge":
                 state = worst_case(cell.macs, port_lnids=cell.port_lnids, port_name="idle")
+                add_idle_ports(host, [b.port for b in state.bindings.values() if not b.uplink])
                 lnids = frozenset({Lnid(BENCH_LNID), *(Lnid(1 + j) for j in range(cell.port_lnids - 1))})
                 entries = dict(state.entries) | {m: lnids for m in vms}
                 bindings = dict(state.bindings) | {p: PortBinding(p, m) for m, p in vms.items()}
@@ -607,8 +608,8 @@ def filter_factory(backend: str, ns: str, stack: ExitStack) -> Callable[[], Tena
         return lambda: OvsFilter("br0", daemons.tools, db)
     from hostvlan.datapath.brports import BridgePorts
     from hostvlan.datapath.macvtap import MacvtapFilter
-    from hostvlan.datapath.nft_bridge import LockedBridgeFilter
     from hostvlan.datapath.nftlib import Nft
+    from hostvlan.datapath.tc_bridge import BPFFS, TcBridgeFilter
 
     with netns.inside(ns):
         nft = Nft()
@@ -616,7 +617,8 @@ def filter_factory(backend: str, ns: str, stack: ExitStack) -> Callable[[], Tena
     stack.callback(nft.close)
     if ports is not None:
         stack.callback(ports.close)
-        return lambda: LockedBridgeFilter(nft, ports)  # the agent's default bridge back end
+        stack.callback(shutil.rmtree, BPFFS / ns, ignore_errors=True)
+        return lambda: TcBridgeFilter(nft, ports, BPFFS / ns)  # the agent's default bridge back end
     return lambda: MacvtapFilter(nft)
 
 
@@ -645,6 +647,9 @@ def programming(
     netns.create(ns)
     try:
         with ExitStack() as stack:
+            if backend == "bridge":  # real ports: the tc filter keys its maps by their ifindex
+                _ip(ns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
+                add_idle_ports(ns, [b.port for b in state.bindings.values()])
             make = filter_factory(backend, ns, stack)
             f = make()
             t = time.perf_counter()

@@ -236,11 +236,16 @@ class Testbed:
 
         Registers `macs` remote MACs spread round-robin over LNIDs first_lnid…first_lnid+lnids-1
         on a phantom host `<host>-fill` (VMs that need not exist), and `ports` idle ports
-        (`idle<k>`, no interface behind them) of `host` in those LNIDs, each in `port_lnids`
-        of them (port k: the k-th LNID and the next ones, round-robin). Call `program()` after.
+        (`idle<k>`) of `host` in those LNIDs, each in `port_lnids` of them (port k: the k-th
+        LNID and the next ones, round-robin). On a Linux bridge each idle port is a real
+        port, a veth on br0 whose peer (`<port>p`) stays in the host (it takes its copy of
+        every flood, and the filter holds its entries, as on a full host); elsewhere it is a
+        name alone. Call `program()` after.
         `base` keeps the MACs of several filled hosts apart.
         """
         assert self.api is not None
+        if self.hosts[host].switch == "bridge":
+            add_idle_ports(self.hosts[host].netns, [f"idle{k}" for k in range(ports)])
         phantom = f"{host}-fill"
         if phantom not in {h["name"] for h in self.api.hosts()}:
             self.api.add_host(phantom)
@@ -789,6 +794,18 @@ def down_recorded(prefix: str | None = None) -> list[str]:
         gone += netns.sweep(prefix)
         sweep_pins(prefix)
     return gone
+
+
+def add_idle_ports(ns: str, names: list[str]) -> None:
+    """Idle bridge ports: veths on br0, up, their peers `<name>p` up beside them (this kernel
+    has no `dummy`; those already there are kept)."""
+    with netns.iproute(ns) as ipr:
+        br = ipr.link_lookup(ifname=BRIDGE)[0]
+        for name in names:
+            if not ipr.link_lookup(ifname=name):
+                ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
+                ipr.link("set", index=ipr.link_lookup(ifname=f"{name}p")[0], state="up")
+                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], master=br, state="up")
 
 
 def sweep_pins(prefix: str) -> None:
