@@ -15,9 +15,12 @@ then call `apply()`, which pushes everything queued as ONE kernel transaction:
 
 Back ends never re-derive the semantics: they enforce `hostvlan.model.facts.Facts`.
 Atomicity per back end:
-- `nft_bridge`: one nftables batch (libnftables JSON) = one netlink transaction; the
-  default `LockedBridgeFilter` also sets port locks and sticky FDB entries over netlink
-  before it, rolling back the entries it added if the batch fails (`brports`).
+- `nft_bridge`: one nftables batch (libnftables JSON) = one netlink transaction;
+  `LockedBridgeFilter` also sets port locks and sticky FDB entries over netlink before
+  it, rolling back the entries it added if the batch fails (`brports`).
+- `tc_bridge` (the bridge default): `LockedBridgeFilter`'s batch with its receive filter
+  in BPF maps instead, removals before the batch and additions after it (never looser
+  than the facts in force); a read-back that finds maps or programs off reinstalls.
 - `macvtap`: the same, in the netdev family (chains per macvtap, shared sets).
 - `ovs`: one OpenFlow bundle (`ovs-ofctl bundle`, atomic and ordered) per apply.
 - `memory`: a reference in Python, for tests.

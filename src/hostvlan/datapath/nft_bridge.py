@@ -1,6 +1,9 @@
 """Tenant filter for a Linux bridge, on nftables (bridge family), in two flavours.
 
-`LockedBridgeFilter` (the default, `--send-check locked`): the receive filter is ONE
+(The agent's default is `tc_bridge.TcBridgeFilter`, which keeps `LockedBridgeFilter`'s send
+check and moves its receive filter out of netfilter, into a tc/eBPF program per port.)
+
+`LockedBridgeFilter` (`--receive-filter nft`): the receive filter is ONE
 netfilter hook per frame copy (forward; output for the host's own frames) with one set
 lookup; the send check is done by the bridge itself with locked ports and one sticky static
 FDB entry per bound vNIC MAC (`brports`), at no cost per frame. Forged frames are dropped
@@ -106,7 +109,7 @@ class NftBridgeFilter(NftFactsFilter):
 
 
 class LockedBridgeFilter(NftBridgeFilter):
-    """HostVLAN on a Linux bridge, send check in the bridge (see module doc). The default."""
+    """HostVLAN on a Linux bridge, send check in the bridge (see module doc)."""
 
     VERSION: ClassVar[str] = "layout_v2_locked"
     HOOKS: ClassVar[dict[str, str]] = {k: v for k, v in _HOOKS.items() if k != "prerouting"}
