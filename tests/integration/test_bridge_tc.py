@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from hostvlan.datapath import bpflib, tc_bridge
+from hostvlan.datapath.brports import BridgePorts
+from hostvlan.datapath.nft_bridge import LockedBridgeFilter
 from hostvlan.datapath.tc_bridge import PROG, PROG_GLOBAL, TcBridgeFilter, pair_key
 from hostvlan.model.ids import Lnid, Mac
 from hostvlan.model.ports import FilterState
@@ -20,7 +22,7 @@ from hostvlan.testbed import netns
 from hostvlan.testbed.traffic import BROADCAST, frame
 
 from .hostnet import BRIDGE, Host, _forwarding, bridge_hosts
-from .switchhost import OUTSIDE, OUTSIDE_MAC, UPLINK, add_vm_veth, host_state, received
+from .switchhost import OUTSIDE, OUTSIDE_MAC, UPLINK, RecordingNft, add_vm_veth, host_state, received
 
 pytestmark = pytest.mark.root
 
@@ -184,3 +186,24 @@ def test_a_restart_changes_nothing_and_removal_leaves_nothing(make_host: Callabl
     assert not _pins(restarted).exists()
     assert not host.installed()
     assert restarted.read() is None
+
+
+def test_moving_to_the_nftables_flavour_detaches_the_programs(make_host: Callable[[int], Host]) -> None:
+    host = make_host(2)
+    a, b = host.vms
+    state = _state(host, 2)
+    host.boot(state)
+    with netns.inside(host.ns):
+        nft, ports = RecordingNft(), BridgePorts()
+    locked = LockedBridgeFilter(nft, ports)
+    try:
+        locked.sync(state)
+        locked.apply()  # another layout in the table: reinstalled as the nftables flavour
+        for port in (a.port, b.port, UPLINK):
+            assert _programs(host, port) == []
+        assert "forward" in host.chains()
+        probe = host.probe()
+        probe.send(a.name, frame(BROADCAST, a.mac, "a-to-b"))
+        assert received(probe.collect())[b.name] == ["a-to-b"]
+    finally:
+        locked.close()

@@ -111,8 +111,8 @@ def _is_bpffs(path: Path) -> bool:
     return bool(libc.statfs(str(path).encode(), ctypes.byref(buf)) == 0 and buf.f_type == BPF_FS_MAGIC)
 
 
-def load_and_pin(obj_path: Path, pins: Path, progs: list[str], sizes: dict[str, int]) -> None:
-    """Load the object with maps sized `sizes`, pin each map and program as `pins/<name>`
+def load_and_pin(obj_path: Path, pins: Path, progs: list[str], sizes: dict[str, int], suffix: str = "") -> None:
+    """Load the object with maps sized `sizes`, pin each map and program as `pins/<name><suffix>`
     (pins already there are replaced, by rename, so a reader never finds one missing)."""
     lib = _load()
     if not obj_path.exists():
@@ -136,12 +136,12 @@ def load_and_pin(obj_path: Path, pins: Path, progs: list[str], sizes: dict[str, 
         for name in sizes:
             fds[name] = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(obj, name.encode()))
         for name, fd in fds.items():
-            tmp = pins / f"new_{name}"  # bpffs refuses names with dots
+            tmp = pins / f"new_{name}{suffix}"  # bpffs refuses names with dots
             if tmp.exists():
                 tmp.unlink()
             _check(lib.bpf_obj_pin(fd, str(tmp).encode()), f"pinning {name} in {pins}")
         for name in fds:
-            os.replace(pins / f"new_{name}", pins / name)
+            os.replace(pins / f"new_{name}{suffix}", pins / f"{name}{suffix}")
     finally:
         lib.bpf_object__close(obj)
 

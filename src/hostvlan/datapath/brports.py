@@ -103,6 +103,23 @@ class BridgePorts:
         no binding wants, open the uplinks."""
         return self._run(self._enforce, set(bound), set(uplinks))
 
+    def change(
+        self,
+        add: Iterable[Binding],
+        remove: Iterable[Binding],
+        up_add: Iterable[PortName],
+        up_remove: Iterable[PortName],
+    ) -> Enforced:
+        """`enforce` for a change of a few bindings, touching only their ports (one netlink
+        request per port, no dump of every link and FDB entry): entries of `remove` deleted,
+        ports of `add` locked with their entries added, uplinks opened or closed. A port not
+        attached to a bridge is skipped (the link event's full `enforce` catches it up)."""
+        return self._run(self._change, set(add), set(remove), set(up_add), set(up_remove))
+
+    def indexes(self, names: Iterable[PortName]) -> dict[PortName, int]:
+        """The ifindex of each named bridge port that exists (one request per name)."""
+        return self._run(lambda: {n: p.index for n in names if (p := self._port(n)) is not None})
+
     def release(self) -> None:
         """Undo `enforce`: every port unlocked and learning, our sticky entries deleted."""
         self._run(self._release)
@@ -121,6 +138,21 @@ class BridgePorts:
                 msg["index"], bool(data.get_attr("IFLA_BRPORT_LOCKED")), bool(data.get_attr("IFLA_BRPORT_LEARNING"))
             )
         return out
+
+    def _port(self, name: PortName) -> BrPort | None:
+        try:
+            (msg,) = self._nl().link("get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code in (19, 22, 34):  # ENODEV: not there (yet); EINVAL, ERANGE: no such name can be
+                return None
+            raise
+        info = msg.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+        if data is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
+            return None
+        return BrPort(
+            msg["index"], bool(data.get_attr("IFLA_BRPORT_LOCKED")), bool(data.get_attr("IFLA_BRPORT_LEARNING"))
+        )
 
     def _sticky(self, ports: dict[PortName, BrPort]) -> set[Binding]:
         names = {p.index: name for name, p in ports.items()}
@@ -169,6 +201,33 @@ class BridgePorts:
             for port, mac in sorted(have - want):
                 if port in ports:
                     self._fdb("del", ports[port].index, mac)
+                    sent += 1
+            return Enforced(sent, frozenset(added))
+        except NetlinkError as exc:
+            raise DatapathError(f"bridge port programming failed: {exc}") from exc
+
+    def _change(self, add: set[Binding], remove: set[Binding], up_add: set[PortName], up_rm: set[PortName]) -> Enforced:
+        try:
+            names = {p for p, _ in add | remove} | up_add | up_rm
+            ports = {n: p for n in names if (p := self._port(n)) is not None}
+            sent = 0
+            added: set[Binding] = set()
+            for port, mac in sorted(remove - add):
+                if port in ports:
+                    self._fdb("del", ports[port].index, mac)
+                    sent += 1
+            for name, p in ports.items():
+                if name in up_add:
+                    if p.locked or not p.learning:
+                        self._nl().brport("set", index=p.index, locked=0, learning=1)
+                        sent += 1
+                elif (name in up_rm or any(b == name for b, _ in add)) and (not p.locked or p.learning):
+                    self._nl().brport("set", index=p.index, locked=1, learning=0)
+                    sent += 1
+            for port, mac in sorted(add):
+                if port in ports and port not in up_add:
+                    self._fdb("replace", ports[port].index, mac)
+                    added.add((port, mac))
                     sent += 1
             return Enforced(sent, frozenset(added))
         except NetlinkError as exc:

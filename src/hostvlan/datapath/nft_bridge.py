@@ -144,13 +144,24 @@ class LockedBridgeFilter(NftBridgeFilter):
         self._enforced(
             delta.bound.add, delta.uplinks.add, lambda: super(LockedBridgeFilter, self)._install(delta, digest)
         )
+        if self.HOOKS.get("forward"):  # the receive filter is ours now: drop a tc flavour's programs
+            from hostvlan.datapath.tc_bridge import release_programs
+
+            release_programs(self._ports)
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
-        if not (delta.bound or delta.uplinks or delta.ports):
+        if not (delta.bound or delta.uplinks):
             super()._commit(delta, digest)  # entries only: the bridge's part is unchanged
             return
-        bound, uplinks = self.desired_ports()
-        self._enforced(bound, uplinks, lambda: super(LockedBridgeFilter, self)._commit(delta, digest))
+        # a change touches only its bindings' ports (no dump of every link and entry)
+        b, u = delta.bound, delta.uplinks
+        added = self._ports.change(b.add, b.remove, u.add, u.remove).added
+        try:
+            super()._commit(delta, digest)
+        except BaseException:
+            if added:
+                self._ports.change(set(), added, set(), set())
+            raise
 
     def audit(self) -> ApplyReport:
         report = super().audit()

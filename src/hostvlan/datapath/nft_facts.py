@@ -26,6 +26,7 @@ kernel commits as one transaction or not at all.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
 from hostvlan.datapath.base import DatapathError, PortCounters, TenantFilter
@@ -135,12 +136,19 @@ class NftFactsFilter(TenantFilter):
         """Whether the listed chains are what `facts` need (a drifted layout is reinstalled)."""
         return True
 
+    @classmethod
+    def _layout_mask(cls) -> int:
+        """Mixed into the stored digest: an agent of another layout (flavour, version) never takes
+        the kernel's digest for its own, so it reinstalls instead of trusting a layout it does
+        not run."""
+        return int(hashlib.sha256(cls.VERSION.encode()).hexdigest()[:15], 16)
+
     # ----- transactions --------------------------------------------------------------------
     def _element_cmds(self, delta: FactsDelta, digest: int, *, fresh: bool) -> list[Cmd]:
         t = self._t
         cmds: list[Cmd] = [
             {"flush": {"set": {**t, "name": "digest"}}},
-            {"add": {"element": {**t, "name": "digest", "elem": [f"{digest:015x}"]}}},
+            {"add": {"element": {**t, "name": "digest", "elem": [f"{digest ^ self._layout_mask():015x}"]}}},
         ]
         # removals first: a counter must leave its map before it is deleted
         for name in SETS:
@@ -211,7 +219,7 @@ class NftFactsFilter(TenantFilter):
             elems = item.get("set", {}).get("elem", [])
             if len(elems) == 1 and isinstance(elems[0], str):
                 try:
-                    return int(elems[0], 16)
+                    return int(elems[0], 16) ^ self._layout_mask()
                 except ValueError:
                     return None
         return None

@@ -37,6 +37,7 @@ nft` keeps the netfilter receive filter, which also covers ports no agent has se
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import struct
@@ -82,6 +83,43 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+_TAGS: dict[tuple[int, int], str] = {}
+
+
+def object_tag() -> str | None:
+    """A digest of the built object (pins carry it: a rebuilt program is loaded afresh, not
+    the pinned one of an older build); None when it is not built."""
+    try:
+        st = OBJECT.stat()
+    except FileNotFoundError:
+        return None
+    key = (st.st_mtime_ns, st.st_size)
+    if key not in _TAGS:
+        _TAGS[key] = hashlib.sha256(OBJECT.read_bytes()).hexdigest()[:12]
+    return _TAGS[key]
+
+
+def release_programs(ports: BridgePorts) -> int:
+    """Detach hostvlan's tc programs from every bridge port of `ports`' namespace (a host moving
+    to a netfilter flavour); returns how many. Their pinned maps stay until removed."""
+
+    def detach(ifindex: int) -> int:
+        n = 0
+        for prog_id in bpflib.tcx_egress_ids(ifindex):
+            fd = bpflib.prog_fd_by_id(prog_id)
+            if fd is None:
+                continue
+            try:
+                if bpflib.prog_info(fd)[1] in PROGS:
+                    bpflib.tcx_detach(fd, ifindex)
+                    n += 1
+            finally:
+                bpflib.close(fd)
+        return n
+
+    return sum(ports.call(detach, p.index) for p in ports.ports().values())
+
+
 def default_pins() -> Path:
     """Pins of this network namespace (the calling thread's): one filter per namespace."""
     return BPFFS / f"netns-{os.stat('/proc/thread-self/ns/net').st_ino}"
@@ -107,8 +145,11 @@ class TcBridgeFilter(LockedBridgeFilter):
         if self._fd:
             return True
         fds: dict[str, int] = {}
+        tag = object_tag()
+        if tag is None:
+            return False
         for name in (*PROGS, *MIN_SIZES):
-            fd = bpflib.obj_get(self._pins / name)
+            fd = bpflib.obj_get(self._pins / f"{name}-{tag}")
             if fd is None:
                 for f in fds.values():
                     bpflib.close(f)
@@ -128,9 +169,15 @@ class TcBridgeFilter(LockedBridgeFilter):
         bpflib.ensure_bpffs(BPFFS)
         self._pins.mkdir(mode=0o700, exist_ok=True)
         self._close_fds()
-        bpflib.load_and_pin(OBJECT, self._pins, list(PROGS), sizes)
+        tag = object_tag()
+        if tag is None:
+            raise DatapathError(f"BPF object {OBJECT} missing: build it with `make setup` (needs clang)")
+        bpflib.load_and_pin(OBJECT, self._pins, list(PROGS), sizes, suffix=f"-{tag}")
         if not self._open():
             raise DatapathError(f"BPF objects vanished from {self._pins} right after pinning")
+        for old in self._pins.iterdir():  # an older build's pins: its programs get replaced below
+            if not old.name.endswith(f"-{tag}"):
+                old.unlink()
 
     def _close_fds(self) -> None:
         for fd in self._fd.values():
@@ -263,7 +310,8 @@ class TcBridgeFilter(LockedBridgeFilter):
         self._attach_all(self._links())
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
-        links = self._links() if (delta.ports or delta.global_ports) else None
+        touched = delta.ports.add | delta.global_ports.add | delta.global_ports.remove
+        links = self._ports.indexes(touched) if touched else None
         self._shrink(delta)
         super()._commit(delta, digest)
         try:
