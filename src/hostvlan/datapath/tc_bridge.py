@@ -7,7 +7,7 @@ of nftables into a BPF program at the tcx egress hook of every bridge port
 flood too, to that port's egress hook, so the program decides `Facts.receive(src, port)`
 per copy with ONE hash lookup, and the bridge's forward path has no netfilter hook at all.
 Measured on this VM (`bench/frame_cost.py`): +35 ns per frame where the nftables receive
-filter costs +85-100 ns and an empty netfilter hook alone +30 ns.
+filter costs +93-122 ns and an empty netfilter hook alone +30-40 ns.
 
 What stays in nftables (table `bridge hostvlan`, layout `layout_v3_tc`): the facts as sets
 with their digest (the record a restarted agent reconciles against) and the input chain
