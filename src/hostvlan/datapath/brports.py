@@ -128,15 +128,9 @@ class BridgePorts:
     def _ports(self) -> dict[PortName, BrPort]:
         out: dict[PortName, BrPort] = {}
         for msg in self._nl().get_links():
-            info = msg.get_attr("IFLA_LINKINFO")
-            if info is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
-                continue
-            data = info.get_attr("IFLA_INFO_SLAVE_DATA")
-            if data is None:
-                continue
-            out[PortName(msg.get_attr("IFLA_IFNAME"))] = BrPort(
-                msg["index"], bool(data.get_attr("IFLA_BRPORT_LOCKED")), bool(data.get_attr("IFLA_BRPORT_LEARNING"))
-            )
+            p = _brport(msg)
+            if p is not None:
+                out[PortName(msg.get_attr("IFLA_IFNAME"))] = p
         return out
 
     def _port(self, name: PortName) -> BrPort | None:
@@ -146,13 +140,7 @@ class BridgePorts:
             if exc.code in (19, 22, 34):  # ENODEV: not there (yet); EINVAL, ERANGE: no such name can be
                 return None
             raise
-        info = msg.get_attr("IFLA_LINKINFO")
-        data = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
-        if data is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
-            return None
-        return BrPort(
-            msg["index"], bool(data.get_attr("IFLA_BRPORT_LOCKED")), bool(data.get_attr("IFLA_BRPORT_LEARNING"))
-        )
+        return _brport(msg)
 
     def _sticky(self, ports: dict[PortName, BrPort]) -> set[Binding]:
         names = {p.index: name for name, p in ports.items()}
@@ -253,3 +241,15 @@ class BridgePorts:
                     raise
             return
         self._nl().fdb(op, ifindex=index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER | NTF_STICKY)
+
+
+def _brport(msg: Any) -> BrPort | None:
+    """The bridge-port state of one RTM_NEWLINK message; None when the link is no bridge port."""
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_SLAVE_KIND") != "bridge":
+        return None
+    data = info.get_attr("IFLA_INFO_SLAVE_DATA")
+    if data is None:
+        return None
+    locked, learning = data.get_attr("IFLA_BRPORT_LOCKED"), data.get_attr("IFLA_BRPORT_LEARNING")
+    return BrPort(msg["index"], bool(locked), bool(learning))

@@ -406,12 +406,7 @@ class TcBridgeFilter(LockedBridgeFilter):
         return dict(sorted(out.items()))
 
     def _remove(self) -> None:
-        if self._open():
-            ours = {bpflib.prog_info(self._fd[name])[0]: name for name in PROGS}
-            for ifindex in self._links().values():
-                for prog_id in self._ports.call(bpflib.tcx_egress_ids, ifindex):
-                    if prog_id in ours:
-                        self._ports.call(bpflib.tcx_detach, self._fd[ours[prog_id]], ifindex)
+        release_programs(self._ports)
         self._close_fds()
         shutil.rmtree(self._pins, ignore_errors=True)
         self._at = {}
