@@ -47,14 +47,7 @@ def _programs(host: Host, port: str) -> list[str]:
     """Names of the programs at the port's tcx egress hook, in order."""
     ifindex = _ifindex(host, port)
     with netns.inside(host.ns):
-        ids = bpflib.tcx_egress_ids(ifindex)
-    names = []
-    for prog_id in ids:
-        fd = bpflib.prog_fd_by_id(prog_id)
-        assert fd is not None
-        names.append(bpflib.prog_info(fd)[1])
-        bpflib.close(fd)
-    return names
+        return [name for _, name, _ in bpflib.tcx_egress_programs(ifindex)]
 
 
 def _pins(filt: TcBridgeFilter) -> Path:

@@ -185,6 +185,19 @@ def tcx_egress_ids(ifindex: int) -> list[int]:
     return list(ids[: opts.prog_cnt])
 
 
+def tcx_egress_programs(ifindex: int) -> Iterator[tuple[int, str, int]]:
+    """(id, name, fd) of each program at the device's tcx egress hook; each fd is closed once
+    the caller moves past it."""
+    for prog_id in tcx_egress_ids(ifindex):
+        fd = prog_fd_by_id(prog_id)
+        if fd is None:
+            continue  # detached meanwhile
+        try:
+            yield prog_id, prog_info(fd)[1], fd
+        finally:
+            close(fd)
+
+
 def tcx_attach(prog_fd: int, ifindex: int, replace_fd: int | None = None) -> None:
     opts = _AttachOpts(ctypes.sizeof(_AttachOpts), F_REPLACE if replace_fd is not None else 0, replace_fd or 0)
     _check(_load().bpf_prog_attach_opts(prog_fd, ifindex, TCX_EGRESS, ctypes.byref(opts)), f"tcx attach to {ifindex}")

@@ -24,9 +24,9 @@ in force (see `nft_bridge.LockedBridgeFilter`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
@@ -44,6 +44,7 @@ T = TypeVar("T")
 class Enforced:
     messages: int  # netlink messages it took (0: all was so already)
     added: frozenset[Binding]  # sticky entries it created (what a rollback deletes)
+    ports: Mapping[PortName, int] = field(default_factory=dict)  # `enforce`: every bridge port read, by ifindex
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class BridgePorts:
                 if port in ports:
                     self._fdb("del", ports[port].index, mac)
                     sent += 1
-            return Enforced(sent, frozenset(added))
+            return Enforced(sent, frozenset(added), {name: p.index for name, p in ports.items()})
         except NetlinkError as exc:
             raise DatapathError(f"bridge port programming failed: {exc}") from exc
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from hostvlan.datapath.base import ApplyReport
-from hostvlan.datapath.brports import BridgePorts
+from hostvlan.datapath.brports import BridgePorts, Enforced
 from hostvlan.datapath.nft_facts import (
     ACCEPT,
     DROP,
@@ -137,7 +137,7 @@ class LockedBridgeFilter(NftBridgeFilter):
         first = self._reconcile
         report = super().apply()
         if first:  # also when the digests agreed: ports that joined while no agent ran get locked
-            self._ports.enforce(*self.desired_ports())
+            self._ports_enforced(self._ports.enforce(*self.desired_ports()))
         return report
 
     def _install(self, delta: FactsDelta, digest: int) -> None:
@@ -190,7 +190,13 @@ class LockedBridgeFilter(NftBridgeFilter):
     def refresh_ports(self) -> int:
         """Lock ports that joined a bridge since (a new VM's port sends nothing until bound) and
         restore a binding's entry if its port was re-created; the nftables side matches names."""
-        return self._ports.enforce(*self.desired_ports()).messages
+        enforced = self._ports.enforce(*self.desired_ports())
+        return enforced.messages + self._ports_enforced(enforced)
+
+    def _ports_enforced(self, enforced: Enforced) -> int:
+        """What a subclass does next with the bridge's ports, just read and locked (at a link event,
+        a first apply); returns its changes. Here: nothing (nftables matches port names)."""
+        return 0
 
     def _remove(self) -> None:
         super()._remove()

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from hostvlan.datapath import bpflib
-from hostvlan.datapath.base import ApplyReport, DatapathError, PortCounters
-from hostvlan.datapath.brports import BridgePorts
+from hostvlan.datapath.base import DatapathError, PortCounters
+from hostvlan.datapath.brports import BridgePorts, Enforced
 from hostvlan.datapath.nft_bridge import LockedBridgeFilter
 from hostvlan.datapath.nftlib import Nft
 from hostvlan.model.facts import FACT_NAMES, Facts, FactsDelta
@@ -105,16 +105,10 @@ def release_programs(ports: BridgePorts) -> int:
 
     def detach(ifindex: int) -> int:
         n = 0
-        for prog_id in bpflib.tcx_egress_ids(ifindex):
-            fd = bpflib.prog_fd_by_id(prog_id)
-            if fd is None:
-                continue
-            try:
-                if bpflib.prog_info(fd)[1] in PROGS:
-                    bpflib.tcx_detach(fd, ifindex)
-                    n += 1
-            finally:
-                bpflib.close(fd)
+        for _, name, fd in bpflib.tcx_egress_programs(ifindex):
+            if name in PROGS:
+                bpflib.tcx_detach(fd, ifindex)
+                n += 1
         return n
 
     return sum(ports.call(detach, p.index) for p in ports.ports().values())
@@ -207,10 +201,9 @@ class TcBridgeFilter(LockedBridgeFilter):
             ports[k] = (flags, name.split(b"\0", 1)[0].decode())
         return pairs, srcs, ports
 
-    def _sync_maps(self, facts: Facts) -> int:
-        """Make the maps equal to `facts` (removals, then additions; nothing cleared). Returns
-        the elements changed."""
-        links = self._links()
+    def _sync_maps(self, facts: Facts, links: dict[PortName, int]) -> int:
+        """Make the maps equal to `facts` on the bridge ports `links` (removals, then additions;
+        nothing cleared). Returns the elements changed."""
         want = self._want(facts, links)
         have = self._have()
         pw, sw, portw = want
@@ -248,24 +241,17 @@ class TcBridgeFilter(LockedBridgeFilter):
     def _attach(self, ifindex: int, want: str, ours: dict[str, int]) -> int:
         changed = 0
         placed = False
-        for prog_id in bpflib.tcx_egress_ids(ifindex):
-            fd = bpflib.prog_fd_by_id(prog_id)
-            if fd is None:
-                continue
-            try:
-                name = bpflib.prog_info(fd)[1]
-                if name not in PROGS:
-                    continue  # someone else's program: not ours to touch
-                if prog_id == ours[want] and not placed:
-                    placed = True
-                elif not placed:
-                    bpflib.tcx_attach(self._fd[want], ifindex, replace_fd=fd)  # atomic swap
-                    placed, changed = True, changed + 1
-                else:
-                    bpflib.tcx_detach(fd, ifindex)
-                    changed += 1
-            finally:
-                bpflib.close(fd)
+        for prog_id, name, fd in bpflib.tcx_egress_programs(ifindex):
+            if name not in PROGS:
+                continue  # someone else's program: not ours to touch
+            if prog_id == ours[want] and not placed:
+                placed = True
+            elif not placed:
+                bpflib.tcx_attach(self._fd[want], ifindex, replace_fd=fd)  # atomic swap
+                placed, changed = True, changed + 1
+            else:
+                bpflib.tcx_detach(fd, ifindex)
+                changed += 1
         if not placed:
             bpflib.tcx_attach(self._fd[want], ifindex)
             changed += 1
@@ -285,13 +271,6 @@ class TcBridgeFilter(LockedBridgeFilter):
             return None  # no maps pinned: the digest says nothing about the data path
         return super()._kernel_digest()
 
-    def apply(self) -> ApplyReport:
-        first = self._reconcile
-        report = super().apply()
-        if first:  # also when the digests agreed: ports that joined or were re-created meanwhile
-            self._refresh_maps()
-        return report
-
     def _install(self, delta: FactsDelta, digest: int) -> None:
         facts = Facts(**{name: frozenset(getattr(delta, name).add) for name in FACT_NAMES})  # what it installs
         if not self._open():
@@ -300,14 +279,15 @@ class TcBridgeFilter(LockedBridgeFilter):
         self._fill(facts)
 
     def _fill(self, facts: Facts) -> None:
+        links = self._links()
         try:
-            self._sync_maps(facts)
+            self._sync_maps(facts, links)
         except DatapathError as exc:
             if "Argument list too long" not in str(exc):
                 raise
             self._load(facts)  # outgrown: fresh maps twice the size, swapped in port by port
-            self._sync_maps(facts)
-        self._attach_all(self._links())
+            self._sync_maps(facts, links)
+        self._attach_all(links)
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
         touched = delta.ports.add | delta.global_ports.add | delta.global_ports.remove
@@ -354,15 +334,13 @@ class TcBridgeFilter(LockedBridgeFilter):
         if swap and links is not None:
             self._attach_all({p: links[p] for p in swap if p in links})
 
-    def refresh_ports(self) -> int:
-        """Lock new ports, attach the program to every port, and move the keys of bound ports
-        whose ifindex changed (or drop those of ports gone: their ifindex may be reused)."""
-        return super().refresh_ports() + self._refresh_maps()
-
-    def _refresh_maps(self) -> int:
+    def _ports_enforced(self, enforced: Enforced) -> int:
+        """After the locks (link event, first apply): attach the program to every port, and move
+        the keys of bound ports whose ifindex changed (or drop those of ports gone: their
+        ifindex may be reused), from the one read of the ports the locks took."""
         if not self._open():
             return 0
-        links = self._links()
+        links = dict(enforced.ports)
         bound, uplinks = self.desired_ports()
         names = {p for p, _ in bound} | set(uplinks)
         moved = [p for p in names if links.get(p) != self._at.get(p)] + [p for p in self._at if p not in names]
