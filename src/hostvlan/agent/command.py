@@ -116,9 +116,8 @@ def agent(
     installed closed. If the manager is unreachable, the last view stays enforced.
     """
     from hostvlan.agent.daemon import Agent, AgentConfig, uplinks_from_args
-    from hostvlan.datapath.base import TenantFilter
-    from hostvlan.datapath.macvtap import MacvtapFilter
-    from hostvlan.datapath.nft_bridge import bridge_filter
+    from hostvlan.datapath.base import DatapathError
+    from hostvlan.datapath.factory import BackendSpec, build_backend
 
     logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(asctime)s agent %(levelname)s %(message)s")
     if os.geteuid() != 0:
@@ -132,6 +131,22 @@ def agent(
         ups = uplinks_from_args(uplinks)
     except (InvalidValue, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        spec = BackendSpec(
+            kind=backend,
+            send_check=send_check,
+            receive_filter=receive_filter,
+            bpf_pins=Path(bpf_pins) if bpf_pins else None,
+            ovs_bridge=bridge_name,
+            ovs_db=ovs_db,
+            ovs_rundir=ovs_rundir,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        filt = build_backend(spec)
+    except (DatapathError, ValueError) as exc:
+        raise click.ClickException(f"cannot open the {backend} back end: {exc}") from None
     cfg = AgentConfig(
         manager=manager.rstrip("/"),
         host=host_id,
@@ -141,25 +156,12 @@ def agent(
         audit_interval=audit_interval,
         ready_file=Path(ready_file) if ready_file else None,
         guard_macvtaps=backend == "macvtap",
+        port_source=(lambda: filt.attached_ports() or {}) if filt.attached_ports() is not None else None,
+        poll_ports=filt.poll_interval(),
     )
     try:
-        filt: TenantFilter
-        if backend == "ovs":
-            from hostvlan.datapath.ovs import OvsFilter
-            from hostvlan.datapath.ovs_proc import OvsTools
-            from hostvlan.datapath.ovsdb import OvsDb
-
-            db = OvsDb(ovs_db)
-            filt = OvsFilter(bridge_name, OvsTools(rundir=ovs_rundir, db=ovs_db), db)
-            cfg.port_source = lambda: db.ports_by_attached_mac(bridge_name)  # as OpenStack tags them
-            cfg.poll_ports = 0.2
-        elif backend == "macvtap":
-            filt = MacvtapFilter()
-        else:
-            try:
-                filt = bridge_filter(send_check, receive_filter, Path(bpf_pins) if bpf_pins else None)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from None
         asyncio.run(Agent(cfg, filt).run())
     except KeyboardInterrupt:
         pass
+    finally:
+        filt.close()

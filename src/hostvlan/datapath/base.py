@@ -112,6 +112,19 @@ class TenantFilter(abc.ABC):
             self._reconcile = True
             raise
 
+    def attached_ports(self) -> dict[Mac, PortName] | None:
+        """vNIC MAC -> port where the switch itself records which vNIC a port carries (OVSDB's
+        `external_ids:attached-mac`); None where ports are found from the links (taps, macvtaps)."""
+        return None
+
+    def poll_interval(self) -> float:
+        """Seconds between port re-scans for switches that send no netlink event (0: events suffice)."""
+        return 0.0
+
+    def close(self) -> None:
+        """Release the kernel contexts this object holds (the kernel state stays as it is)."""
+        return None
+
     def refresh_ports(self) -> int:
         """Re-read switch-specific port numbers of bound ports and fix their flows (back ends that
         match names directly, like nftables, have nothing to do). Returns the ports fixed."""

@@ -291,11 +291,12 @@ def parse_dump(text: str) -> list[_Dumped]:
 class OvsFilter(TenantFilter):
     """HostVLAN on an Open vSwitch bridge (see module doc)."""
 
-    def __init__(self, bridge: str, tools: OvsTools, db: OvsDb) -> None:
+    def __init__(self, bridge: str, tools: OvsTools, db: OvsDb, *, own_db: bool = False) -> None:
         super().__init__()
         self.bridge = bridge
         self._tools = tools
         self._db = db
+        self._own_db = own_db  # close the OVSDB connection with the filter (the factory's)
         self._target = tools.of_target(bridge)
         self._mirror: _Mirror | None = None
 
@@ -553,5 +554,14 @@ class OvsFilter(TenantFilter):
         self._mirror = None
         self._bundle([f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", f"group delete group_id={GUARD_GROUP}"])
 
+    def poll_interval(self) -> float:
+        return 0.2  # OVSDB's replica changes without a netlink event the agent would see
+
+    def attached_ports(self) -> dict[Mac, PortName] | None:
+        """vNIC MAC -> port, from OVSDB `external_ids:attached-mac` (as OpenStack and libvirt tag them)."""
+        return self._db.ports_by_attached_mac(self.bridge)
+
     def close(self) -> None:
-        """Nothing of the switch's: the OvsDb connection belongs to whoever made it."""
+        """Close the OVSDB connection if the filter owns it (built by the factory); else it is its maker's."""
+        if self._own_db:
+            self._db.close()
