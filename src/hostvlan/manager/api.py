@@ -11,101 +11,84 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hostvlan.manager.service import InputError, Service
-from hostvlan.model.datacenter import ModelError
+from hostvlan.manager.contract import ApiError, errors, install_docs, install_error_handlers, install_openapi
+from hostvlan.manager.schemas import (
+    BatchIn,
+    Change,
+    Health,
+    HostIn,
+    HostRow,
+    HostsIn,
+    HostStr,
+    HostToken,
+    HostTokens,
+    LnidStr,
+    MacRow,
+    MacStr,
+    MoveIn,
+    Ok,
+    RegIn,
+    Removed,
+    RevisionOut,
+    RmIn,
+    StatusIn,
+    TraceDst,
+    TraceOut,
+    UnregIn,
+)
+from hostvlan.manager.service import Service
 from hostvlan.model.ids import HostId
 
-MAX_BODY = 1 << 20  # 1 MiB for single commands
-MAX_BATCH_BODY = 256 << 20  # bulk registration
+MAX_BODY = 1 << 20  # 1 MiB for single commands (`hostvlan manager --max-body`)
+MAX_BATCH_BODY = 256 << 20  # bulk registration: /v1/batch, /v1/hosts/batch
+BATCH_PATHS = frozenset({"/v1/batch", "/v1/hosts/batch"})
+BODY_IDLE_S = 30.0  # a client that sends no part of its body for this long is answered 408
 HEARTBEAT_S = 15.0
 SNAPSHOTS_IN_FLIGHT = 512
 
-# Any on purpose: `model.ids.parse_lnid` is the one parser. A typed field would let
-# pydantic coerce first (`true` -> 1, `"1"` -> 1) and name the field `lnid.int`.
-LnidIn = Annotated[Any, Field(description='an integer 1..2^63-1, or "global"')]
-
-
-class HostIn(BaseModel):
-    name: str
-
-
-class RegIn(BaseModel):
-    lnid: LnidIn
-    mac: str
-    host: str | None = None
-    port: str | None = None
-    external: bool = False
-
-
-class UnregIn(BaseModel):
-    lnid: LnidIn
-    mac: str
-
-
-class RmIn(BaseModel):
-    mac: str
-
-
-class MoveIn(BaseModel):
-    mac: str
-    host: str | None = None
-    port: str | None = None
-    external: bool = False
-
-
-class HostsIn(BaseModel):
-    names: list[Any] = Field(description="host names to register, all or none")
-
-
-class BatchIn(BaseModel):
-    ops: list[dict[str, Any]] = Field(description="commands: {op: reg|unreg|rm|move, …fields of that command}")
-
-
-class StatusIn(BaseModel):
-    revision: int
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        self.status, self.error, self.detail = status, error, detail
-
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413, also when no Content-Length is given.
+    """Refuse bodies over the limit with 413, also when no Content-Length is given; a body
+    that stalls for BODY_IDLE_S is answered 408.
 
     The body is read here, before the app sees it: an error raised from inside the
     app's `receive` would be turned into a generic 400 by the body parser.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY, max_batch_body: int = MAX_BATCH_BODY) -> None:
         self.app = app
+        self.max_body = max_body
+        self.max_batch_body = max(max_batch_body, max_body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = MAX_BATCH_BODY if scope["path"].endswith("/batch") else MAX_BODY
+        limit = self.max_batch_body if scope["path"] in BATCH_PATHS else self.max_body
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _too_large(send, limit)
+            await _refuse(send, 413, "body", f"request body larger than {limit} bytes")
             return
         chunks: list[bytes] = []
         seen = 0
         while True:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), BODY_IDLE_S)
+            except TimeoutError:
+                await _refuse(send, 408, "body", f"no part of the request body came in {BODY_IDLE_S:g} s")
+                return
             if msg["type"] != "http.request":  # the client went away before sending its body
                 return
             chunk = msg.get("body", b"")
             seen += len(chunk)
             if seen > limit:
-                await _too_large(send, limit)
+                await _refuse(send, 413, "body", f"request body larger than {limit} bytes")
                 return
             chunks.append(chunk)
             if not msg.get("more_body", False):
@@ -113,13 +96,17 @@ class BodyLimit:
         await self.app(scope, _replay(chunks, receive), send)
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"error": "body", "detail": f"request body larger than {limit} bytes"}).encode()
+async def _refuse(send: Send, status: int, error: str, detail: str) -> None:
+    body = json.dumps({"error": error, "detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -276,75 +263,73 @@ def _replay(chunks: list[bytes], receive: Receive) -> Receive:
     return replay
 
 
-def create_asgi(service: Service) -> ASGIApp:
+def create_asgi(service: Service, max_body: int = MAX_BODY, max_batch_body: int = MAX_BATCH_BODY) -> ASGIApp:
     """The manager's ASGI app: the FastAPI app behind the agents' fast path."""
-    return AgentFastPath(create_app(service), service)
+    return AgentFastPath(create_app(service, max_body, max_batch_body), service)
 
 
-def create_app(service: Service) -> FastAPI:
+_bearer = HTTPBearer(auto_error=False, description="the admin token, or a host's own token for its feed and status")
+Path = Annotated[HostStr, "a host name in the path"]
+
+
+def create_app(service: Service, max_body: int = MAX_BODY, max_batch_body: int = MAX_BATCH_BODY) -> FastAPI:
     app = FastAPI(
         title="hostvlan manager",
         version="1",
-        description="The HostVLAN management server: the authoritative LNID table and the per-host feeds.",
+        description=(
+            "The HostVLAN management server: the authoritative LNID table and the per-host feeds.\n\n"
+            'Every answer other than 2xx is `{"error": FIELD_OR_KIND, "detail": TEXT}`. '
+            f"Request bodies are limited to {max_body} bytes "
+            f"({max(max_batch_body, max_body)} for /v1/batch and /v1/hosts/batch): 413 above."
+        ),
+        docs_url=None,
+        redoc_url=None,
     )
     lock = asyncio.Lock()
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
-
-    @app.exception_handler(InputError)
-    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"error": exc.field, "detail": exc.detail}, status_code=400)
-
-    @app.exception_handler(ModelError)
-    async def _model_error(request: Request, exc: ModelError) -> JSONResponse:
-        return JSONResponse(
-            {"error": exc.kind, "detail": str(exc)}, status_code=404 if exc.kind == "not_found" else 409
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        first = errs[0] if errs else {}
-        # loc is e.g. ("body", "lnid") or ("query", "dst"): name the field itself
-        names = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
-        loc = names[0] if names else "body"
-        msg = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            loc, msg = "body", "malformed JSON"
-        elif first.get("type") == "model_attributes_type":
-            loc, msg = "body", "the body must be a JSON object"
-        return JSONResponse({"error": loc, "detail": msg}, status_code=400)
+    install_error_handlers(app)
 
     def _token(request: Request) -> str:
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer ") or not auth[7:].strip():
-            raise ApiError(401, "auth", "missing token: send 'Authorization: Bearer <token>'")
+            raise ApiError(
+                401, "auth", "missing token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+            )
         return auth[7:].strip()
 
     # async: a plain `def` dependency would run in a worker thread, a thread hop per call
-    async def admin(request: Request) -> None:
+    async def admin(request: Request, _: HTTPAuthorizationCredentials | None = Security(_bearer)) -> None:  # noqa: B008
         if not service.is_admin(_token(request)):
             if service.host_of_token(_token(request)) is not None:
                 raise ApiError(403, "auth", "a host token cannot make management calls")
-            raise ApiError(401, "auth", "invalid token")
+            raise ApiError(401, "auth", "invalid token", {"WWW-Authenticate": "Bearer"})
 
-    async def host_auth(name: str, request: Request) -> HostId:
+    async def host_auth(
+        name: Path,
+        request: Request,
+        _: HTTPAuthorizationCredentials | None = Security(_bearer),  # noqa: B008
+    ) -> HostId:
         token = _token(request)
         host = service.host_of_token(token)
         if host is None:
             if service.is_admin(token):
                 return HostId(name)
-            raise ApiError(401, "auth", "invalid token")
+            raise ApiError(401, "auth", "invalid token", {"WWW-Authenticate": "Bearer"})
         if host != name:
             raise ApiError(403, "auth", f"this token belongs to host {host}, not {name}")
         return host
 
     Admin = Depends(admin)
+    AUTH = (401, 403)
 
     # ----- hosts -----------------------------------------------------------------------------
-    @app.post("/v1/hosts", status_code=201, dependencies=[Admin], summary="Register an end host; returns its token")
+    @app.post(
+        "/v1/hosts",
+        status_code=201,
+        dependencies=[Admin],
+        summary="Register an end host; returns its token",
+        response_model=HostToken,
+        responses=errors(400, *AUTH, 409, 413),
+    )
     async def add_host(body: HostIn) -> dict[str, Any]:
         async with lock:
             token = service.add_host(body.name)
@@ -355,71 +340,127 @@ def create_app(service: Service) -> FastAPI:
         status_code=201,
         dependencies=[Admin],
         summary="Register many end hosts in one durable transaction; returns their tokens",
+        response_model=HostTokens,
+        responses=errors(400, *AUTH, 409, 413),
     )
     async def add_hosts(body: HostsIn) -> dict[str, Any]:
         async with lock:
             got = service.add_hosts(body.names)
             return {"hosts": [{"name": h, "token": t} for h, t in got], "revision": service.revision}
 
-    @app.post("/v1/hosts/{name}/token", dependencies=[Admin], summary="Rotate a host's token")
-    async def rotate(name: str) -> dict[str, Any]:
+    @app.post(
+        "/v1/hosts/{name}/token",
+        dependencies=[Admin],
+        summary="Rotate a host's token",
+        response_model=HostToken,
+        responses=errors(400, *AUTH, 404),
+    )
+    async def rotate(name: Path) -> dict[str, Any]:
         async with lock:
             token = service.rotate_host_token(name)
             return {"name": name, "token": token, "revision": service.revision}
 
-    @app.delete("/v1/hosts/{name}", dependencies=[Admin], summary="Remove a host that has no vNIC")
-    async def remove_host(name: str) -> dict[str, Any]:
+    @app.delete(
+        "/v1/hosts/{name}",
+        dependencies=[Admin],
+        summary="Remove a host that has no vNIC",
+        response_model=Removed,
+        responses=errors(400, *AUTH, 404, 409),
+    )
+    async def remove_host(name: Path) -> dict[str, Any]:
         async with lock:
             service.remove_host(name)
             return {"removed": name, "revision": service.revision}
 
-    @app.get("/v1/hosts", dependencies=[Admin], summary="Hosts: connected, revision applied, lag")
+    @app.get(
+        "/v1/hosts",
+        dependencies=[Admin],
+        summary="Hosts: connected, revision applied, lag",
+        response_model=list[HostRow],
+        response_model_exclude_unset=True,
+        responses=errors(*AUTH),
+    )
     async def hosts() -> list[dict[str, Any]]:
         return service.hosts()
 
     # ----- commands ------------------------------------------------------------------------------
-    @app.post("/v1/reg", dependencies=[Admin], summary="Register a MAC in an LNID (the paper's `reg`)")
+    command: dict[str, Any] = {
+        "dependencies": [Admin],
+        "response_model": Change,
+        "responses": errors(400, *AUTH, 404, 409, 413),
+    }
+
+    @app.post("/v1/reg", summary="Register a MAC in an LNID (the paper's `reg`)", **command)
     async def reg(body: RegIn) -> dict[str, Any]:
         async with lock:
             return service.reg(body.lnid, body.mac, body.host, body.port, body.external).json()
 
-    @app.post("/v1/unreg", dependencies=[Admin], summary="Remove a MAC from one LNID")
+    @app.post("/v1/unreg", summary="Remove a MAC from one LNID", **command)
     async def unreg(body: UnregIn) -> dict[str, Any]:
         async with lock:
             return service.unreg(body.lnid, body.mac).json()
 
-    @app.post("/v1/rm", dependencies=[Admin], summary="Remove a MAC from every LNID")
+    @app.post("/v1/rm", summary="Remove a MAC from every LNID", **command)
     async def rm(body: RmIn) -> dict[str, Any]:
         async with lock:
             return service.rm(body.mac).json()
 
-    @app.post("/v1/move", dependencies=[Admin], summary="Migrate a MAC to another host")
+    @app.post("/v1/move", summary="Migrate a MAC to another host", **command)
     async def move(body: MoveIn) -> dict[str, Any]:
         async with lock:
             return service.move(body.mac, body.host, body.port, body.external).json()
 
-    @app.post("/v1/batch", dependencies=[Admin], summary="Many commands, one durable transaction")
+    @app.post("/v1/batch", summary="Many commands, one durable transaction", **command)
     async def batch(body: BatchIn) -> dict[str, Any]:
         async with lock:
-            return service.batch(body.ops).json()
+            return service.batch([op.model_dump() for op in body.ops]).json()
 
     # ----- reading ---------------------------------------------------------------------------------
-    @app.get("/v1/macs", dependencies=[Admin], summary="The LNID table, filtered")
-    async def macs(host: str | None = None, lnid: str | None = None, mac: str | None = None) -> list[dict[str, Any]]:
+    @app.get(
+        "/v1/macs",
+        dependencies=[Admin],
+        summary="The LNID table, filtered",
+        response_model=list[MacRow],
+        response_model_exclude_unset=True,
+        responses=errors(400, *AUTH),
+    )
+    async def macs(
+        host: Annotated[HostStr | None, Query()] = None,
+        lnid: Annotated[LnidStr | None, Query()] = None,
+        mac: Annotated[MacStr | None, Query()] = None,
+    ) -> list[dict[str, Any]]:
         return service.show(host, lnid, mac)
 
-    @app.get("/v1/trace", dependencies=[Admin], summary="Why can (not) a frame from SRC reach DST?")
-    async def trace(src: str, dst: str) -> dict[str, Any]:
+    @app.get(
+        "/v1/trace",
+        dependencies=[Admin],
+        summary="Why can (not) a frame from SRC reach DST?",
+        response_model=TraceOut,
+        response_model_exclude_unset=True,
+        responses=errors(400, *AUTH, 404),
+    )
+    async def trace(src: Annotated[MacStr, Query()], dst: Annotated[TraceDst, Query()]) -> dict[str, Any]:
         return service.trace(src, dst)
 
-    @app.get("/v1/revision", dependencies=[Admin])
+    @app.get(
+        "/v1/revision",
+        dependencies=[Admin],
+        summary="The last durable revision",
+        response_model=RevisionOut,
+        responses=errors(*AUTH),
+    )
     async def revision() -> dict[str, Any]:
         return {"revision": service.revision}
 
     # ----- agents ------------------------------------------------------------------------------------
-    @app.get("/v1/hosts/{name}/feed", summary="The host's view: a snapshot, then deltas (JSON lines)")
+    @app.get(
+        "/v1/hosts/{name}/feed",
+        summary="The host's view: a snapshot, then deltas (JSON lines)",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/x-ndjson": {}}}, **errors(400, *AUTH, 404)},
+    )
     async def feed(
-        name: str,
+        name: Path,
         host: HostId = Depends(host_auth),  # noqa: B008
     ) -> StreamingResponse:
         if host not in service.dc.hosts:
@@ -445,7 +486,12 @@ def create_app(service: Service) -> FastAPI:
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @app.post("/v1/hosts/{name}/status", summary="The agent reports the revision its data path enforces")
+    @app.post(
+        "/v1/hosts/{name}/status",
+        summary="The agent reports the revision its data path enforces",
+        response_model=Ok,
+        responses=errors(400, *AUTH, 404, 413),
+    )
     async def status(
         body: StatusIn,
         host: HostId = Depends(host_auth),  # noqa: B008
@@ -453,12 +499,14 @@ def create_app(service: Service) -> FastAPI:
         service.feed.report(host, body.revision)
         return {"ok": True}
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="The manager is up", response_model=Health)
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "revision": service.revision}
 
-    app.add_middleware(BodyLimit)
+    install_docs(app)
+    install_openapi(app, max_body, max(max_batch_body, max_body), BATCH_PATHS)
+    app.add_middleware(BodyLimit, max_body=max_body, max_batch_body=max_batch_body)
     return app
 
 
-__all__ = ["create_app", "create_asgi"]
+__all__ = ["StatusIn", "create_app", "create_asgi"]

@@ -20,8 +20,16 @@ LNID_MIN: Final = 1
 LNID_MAX: Final = 2**63 - 1
 IFNAMSIZ: Final = 16  # including the trailing NUL: names are at most 15 bytes
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# The forms as regular expressions (no anchors; matched whole): the parsers below use them,
+# and the manager's API publishes them in its OpenAPI document (manager/schemas.py).
+MAC_PATTERN: Final = r"[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}"
+HOST_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+# The interface names the API takes: the printable-ASCII part of what `parse_port` takes
+# (1-15 characters, no space, '/' or ':', not '.' or '..'), so a byte count is a length.
+# No look-around: JSON Schema validators and pydantic's regex engine differ on it.
+PORT_PATTERN: Final = r"(?:[!-\-0-9;-~][!-.0-9;-~]{0,14}|\.[!-\-0-9;-~][!-.0-9;-~]{0,13}|\.\.[!-.0-9;-~]{1,13})"
+_MAC_RE = re.compile(MAC_PATTERN)
+_HOST_RE = re.compile(HOST_PATTERN)
 
 
 class InvalidValue(ValueError):
@@ -36,9 +44,10 @@ def parse_mac(text: object, *, vm: bool = False) -> Mac:
     """
     if not isinstance(text, str):
         raise InvalidValue(f"MAC must be a string like 52:54:00:00:00:01, got {text!r}")
-    norm = text.strip().lower().replace("-", ":")
-    if not _MAC_RE.match(norm):
+    stripped = text.strip()
+    if not _MAC_RE.fullmatch(stripped):
         raise InvalidValue(f"malformed MAC {text!r} (expected six hex octets like 52:54:00:00:00:01)")
+    norm = stripped.lower().replace("-", ":")
     if vm:
         if norm == "00:00:00:00:00:00":
             raise InvalidValue(f"MAC {text!r} is all-zero and cannot be a vNIC address")

@@ -1,0 +1,357 @@
+"""The manager API's request and response types: they validate requests AND make the OpenAPI document.
+
+Each value type is the model's parser (`model/ids.py`) plus the pattern or range that
+describes exactly what it takes over the API, so the published document and the server
+agree by construction:
+
+- the pattern (or range) is checked first, with the same compiled expression the document
+  states; a value outside it is refused with the model parser's own message (the parser
+  is run on it to explain why), so errors read as they always did (`malformed MAC …`);
+- the API takes the canonical part of what the parsers accept: no surrounding whitespace
+  (the CLI and topology files may be lenient, the wire is not), interface names in
+  printable ASCII;
+- inputs are strict JSON types: `"1"` is not an integer, `1` is not `true`.
+
+The service still parses every value with the same parsers (it is also used without
+HTTP); the types here never accept what it would refuse, and a unit test checks each
+pattern against its parser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag
+
+from hostvlan.model.ids import (
+    HOST_PATTERN,
+    LNID_MAX,
+    LNID_MIN,
+    MAC_PATTERN,
+    PORT_PATTERN,
+    InvalidValue,
+    parse_host,
+    parse_lnid,
+    parse_mac,
+    parse_port,
+)
+
+
+def decimal_range_pattern(low: int, high: int) -> str:
+    """A regular expression (no anchors) for the decimal integers low..high, low in 1..9,
+    without sign or leading zeros: what `int(text)` reads as such a number."""
+    assert 1 <= low <= 9 < high
+    top = str(high)
+    alts = [f"[{low}-9]"] if len(top) > 1 else []
+    if len(top) > 2:
+        alts.append(f"[1-9][0-9]{{1,{len(top) - 2}}}" if len(top) > 3 else "[1-9][0-9]")
+    # numbers of len(top) digits below top: a common prefix, a smaller digit, then anything
+    for i, d in enumerate(top):
+        first = 1 if i == 0 else 0
+        if int(d) > first:
+            rest = len(top) - i - 1
+            alts.append(top[:i] + f"[{first}-{int(d) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    alts.append(top)
+    return "(?:" + "|".join(alts) + ")"
+
+
+# "global" in any case (JSON Schema has no flag for it), or 1..2^63-1 with an optional '+'
+# and leading zeros (what `parse_lnid` takes)
+LNID_STR_PATTERN = "(?:[Gg][Ll][Oo][Bb][Aa][Ll]|\\+?0*" + decimal_range_pattern(LNID_MIN, LNID_MAX) + ")"
+
+
+def _vm_mac_pattern() -> str:
+    """A unicast MAC that is not all-zero (`parse_mac(vm=True)`), without look-around:
+    a first octet other than 00 with its low bit clear, or 00 and a later octet not 00."""
+    sep, octet = "[:-]", "[0-9A-Fa-f]{2}"
+    nonzero = "(?:[1-9A-Fa-f][0-9A-Fa-f]|0[1-9A-Fa-f])"
+    alts = [f"(?:[1-9A-Fa-f][02468AaCcEe]|0[2468AaCcEe])(?:{sep}{octet}){{5}}"]
+    for k in range(5):  # octet k+1 is the first one that is not 00
+        zeros = f"(?:{sep}00){{{k}}}" if k else ""
+        tail = f"(?:{sep}{octet}){{{4 - k}}}" if k < 4 else ""
+        alts.append(f"00{zeros}{sep}{nonzero}{tail}")
+    return "(?:" + "|".join(alts) + ")"
+
+
+VM_MAC_PATTERN = _vm_mac_pattern()
+TRACE_DST_PATTERN = f"(?:{MAC_PATTERN}|{HOST_PATTERN}:{PORT_PATTERN})"
+
+
+def _anchored(pattern: str) -> str:
+    return f"^{pattern}$"
+
+
+def _parse_trace_dst(value: object) -> object:
+    if isinstance(value, str) and value.count(":") == 1:
+        host, _, port = value.partition(":")
+        parse_host(host)
+        parse_port(port)
+        return value
+    return parse_mac(value)
+
+
+def _checked(what: str, pattern: str, parse: Callable[[Any], object]) -> Callable[[Any], Any]:
+    """A before-validator: `value` if it is a string matching `pattern` whole, else an
+    InvalidValue with the model parser's message (or, when only the API's form is
+    stricter than the parser, one saying so)."""
+    regex = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and regex.fullmatch(value):
+            return value
+        parse(value)  # raises with the model's explanation
+        raise InvalidValue(f"{what} {value!r} is not in the form the API takes (no surrounding spaces, ASCII)")
+
+    return check
+
+
+def _checked_lnid(value: Any) -> Any:
+    if type(value) is int and LNID_MIN <= value <= LNID_MAX:
+        return value
+    return _checked("LNID", LNID_STR_PATTERN, parse_lnid)(value)
+
+
+def _field(pattern: str, description: str, example: str) -> Any:
+    return Field(pattern=_anchored(pattern), description=description, examples=[example])
+
+
+MacStr = Annotated[
+    str,
+    BeforeValidator(_checked("MAC", MAC_PATTERN, parse_mac)),
+    _field(MAC_PATTERN, "a MAC: six hex octets separated by ':' or '-', any case", "52:54:00:00:00:01"),
+]
+VmMacStr = Annotated[
+    str,
+    BeforeValidator(_checked("MAC", VM_MAC_PATTERN, lambda v: parse_mac(v, vm=True))),
+    _field(VM_MAC_PATTERN, "a vNIC's MAC: unicast (first octet even) and not all-zero", "52:54:00:00:00:01"),
+]
+HostStr = Annotated[
+    str,
+    BeforeValidator(_checked("host name", HOST_PATTERN, parse_host)),
+    _field(HOST_PATTERN, "an end host's name: 1-63 letters, digits, '_', '.', '-'", "ehs1"),
+]
+PortStr = Annotated[
+    str,
+    BeforeValidator(_checked("interface name", PORT_PATTERN, parse_port)),
+    _field(PORT_PATTERN, "a kernel interface name: 1-15 printable ASCII, no '/' or ':', not '.' or '..'", "vnet0"),
+]
+LnidStr = Annotated[
+    str,
+    BeforeValidator(_checked("LNID", LNID_STR_PATTERN, parse_lnid)),
+    _field(LNID_STR_PATTERN, f'an LNID as a string: "global" (any case) or 1..{LNID_MAX}', "7"),
+]
+TraceDst = Annotated[
+    str,
+    BeforeValidator(_checked("dst", TRACE_DST_PATTERN, _parse_trace_dst)),
+    _field(TRACE_DST_PATTERN, "a destination: a MAC, or HOST:PORT (a vNIC's port)", "ehs1:vnet0"),
+]
+Lnid = Annotated[
+    Annotated[StrictInt, Field(ge=LNID_MIN, le=LNID_MAX)] | Annotated[str, Field(pattern=_anchored(LNID_STR_PATTERN))],
+    BeforeValidator(_checked_lnid),
+    Field(description=f'an LNID: an integer 1..{LNID_MAX}, or "global" (also as a string: "7")', examples=[7]),
+]
+
+
+class _In(BaseModel):
+    """Request bodies: strict JSON types; unknown members are ignored (room for new clients)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class HostIn(_In):
+    name: HostStr
+
+
+class HostsIn(_In):
+    names: list[HostStr] = Field(min_length=1, description="host names to register, all or none")
+
+
+class RegIn(_In):
+    lnid: Lnid
+    mac: VmMacStr
+    host: HostStr | None = Field(None, description="the end host of the vNIC; none for an external MAC")
+    port: PortStr | None = Field(None, description="the vNIC's kernel port; none: the agent discovers it")
+    external: StrictBool = Field(False, description="the MAC sits behind the physical network (a router, …)")
+
+
+class UnregIn(_In):
+    lnid: Lnid
+    mac: MacStr
+
+
+class RmIn(_In):
+    mac: MacStr
+
+
+class MoveIn(_In):
+    mac: MacStr
+    host: HostStr | None = None
+    port: PortStr | None = None
+    external: StrictBool = False
+
+
+class RegOp(RegIn):
+    op: Literal["reg"]
+
+
+class UnregOp(UnregIn):
+    op: Literal["unreg"]
+
+
+class RmOp(RmIn):
+    op: Literal["rm"]
+
+
+class MoveOp(MoveIn):
+    op: Literal["move"]
+
+
+def _op_tag(value: Any) -> str | None:
+    return value.get("op") if isinstance(value, dict) else getattr(value, "op", None)
+
+
+Op = Annotated[
+    Annotated[RegOp, Tag("reg")]
+    | Annotated[UnregOp, Tag("unreg")]
+    | Annotated[RmOp, Tag("rm")]
+    | Annotated[MoveOp, Tag("move")],
+    Discriminator(_op_tag),
+]
+OP_KINDS = ("reg", "unreg", "rm", "move")
+
+
+class BatchIn(_In):
+    ops: list[Op] = Field(description="commands, applied in order in one durable transaction (all or nothing)")
+
+
+class BindingIn(_In):
+    port: str | None = None
+    state: Literal["bound", "unbound"]
+    reason: str | None = None
+
+
+class StatusIn(_In):
+    revision: StrictInt = Field(description="the revision the agent's data path enforces")
+    in_sync: StrictBool = Field(True, description="false: the agent's last apply, repair or audit failed")
+    error: str | None = Field(None, description="why it is not in sync")
+    bindings: dict[str, BindingIn] | None = Field(
+        None, description="every vNIC of the host's view by MAC; absent: unchanged since the last report"
+    )
+
+
+# ----- answers ------------------------------------------------------------------------------------
+class _Out(BaseModel):
+    """Answers: members may be added in later versions (clients ignore what they do not know)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+LnidOut = Annotated[int | Literal["global"], Field(description='an LNID: an integer, or "global"')]
+
+
+class ErrorOut(_Out):
+    error: str = Field(description="the field that is wrong (`mac`, `ops[3].lnid`, `body`) or the kind of error")
+    detail: str = Field(description="what is wrong, for a person")
+
+
+class Change(_Out):
+    revision: int = Field(description="the last durable revision (the change's, if it changed anything)")
+    changed: bool
+
+
+class HostToken(_Out):
+    name: str
+    token: str
+    revision: int
+
+
+class HostTokens(_Out):
+    class Entry(_Out):
+        name: str
+        token: str
+
+    hosts: list[Entry]
+    revision: int
+
+
+class Removed(_Out):
+    removed: str
+    revision: int
+
+
+class HostRow(_Out):
+    name: str
+    connected: bool
+    vnics: int
+    revision_due: int
+    revision_applied: int
+    in_sync: bool
+    lag: int
+    agent_in_sync: bool | None = Field(None, description="the agent's last report: its data path is in sync")
+    error: str | None = Field(None, description="the agent's last error, if it is not in sync")
+    unbound: int | None = Field(None, description="vNICs of the host the agent reported unbound")
+
+
+class MacRow(_Out):
+    mac: str
+    lnids: list[LnidOut]
+    host: str | None
+    port: str | None
+    external: bool
+    state: str | None = Field(None, description="bound, unbound: <reason>, host down, pending or external")
+    bound_port: str | None = Field(None, description="the kernel port the host's agent reported for this vNIC")
+
+
+class TraceOut(_Out):
+    src: str
+    dst: str
+    allow: bool
+    reason: str
+    src_lnids: list[LnidOut]
+    host: str | None = None
+    port: str | None = None
+    dst_mac: str | None = None
+    dst_lnids: list[LnidOut] | None = None
+
+
+class RevisionOut(_Out):
+    revision: int
+
+
+class Ok(_Out):
+    ok: bool
+
+
+class Health(_Out):
+    ok: bool
+    revision: int
+
+
+__all__ = [
+    "OP_KINDS",
+    "BatchIn",
+    "Change",
+    "ErrorOut",
+    "Health",
+    "HostIn",
+    "HostRow",
+    "HostStr",
+    "HostToken",
+    "HostTokens",
+    "HostsIn",
+    "LnidStr",
+    "MacRow",
+    "MacStr",
+    "MoveIn",
+    "Ok",
+    "RegIn",
+    "Removed",
+    "RevisionOut",
+    "RmIn",
+    "StatusIn",
+    "TraceDst",
+    "TraceOut",
+    "UnregIn",
+]
