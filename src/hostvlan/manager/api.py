@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hostvlan.manager.contract import ApiError, errors, install_docs, install_error_handlers, install_openapi
@@ -347,6 +348,12 @@ def create_app(service: Service, max_body: int = MAX_BODY, max_batch_body: int =
         async with lock:
             got = service.add_hosts(body.names)
             return {"hosts": [{"name": h, "token": t} for h, t in got], "revision": service.revision}
+
+    # a fixed path wins over a template for every method (as in the document): DELETE
+    # /v1/hosts/batch is not DELETE /v1/hosts/{name}
+    @app.delete("/v1/hosts/batch", include_in_schema=False)
+    async def _no_batch_delete() -> None:
+        raise StarletteHTTPException(405)
 
     @app.post(
         "/v1/hosts/{name}/token",

@@ -61,6 +61,13 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
+# the service's words for the rules a union of shapes states in the document
+_MESSAGES = {
+    ("host", "missing"): "a host is required (or mark the MAC as external)",
+    ("host", "none_required"): "an external MAC has no host (drop --external or the host)",
+}
+
+
 def validation_error(exc: RequestValidationError) -> tuple[str, str]:
     """(field, detail) of the first validation error, named as the service names fields."""
     errs = exc.errors()
@@ -70,15 +77,18 @@ def validation_error(exc: RequestValidationError) -> tuple[str, str]:
         loc = loc[1:]
     kind = first.get("type", "")
     name = ""
-    for i, part in enumerate(loc):
+    for part in loc:
         if isinstance(part, int):
             name += f"[{part}]"
-        elif i > 0 and isinstance(loc[i - 1], int) and part in OP_KINDS:
-            continue  # the tag of a batch command: ops[3].reg.mac is ops[3].mac
+        elif isinstance(part, str) and part.startswith("("):
+            continue  # the tag of a union member (schemas.py): ops[3].(reg).mac is ops[3].mac
         else:
             name += f".{part}" if name else str(part)
     ctx = first.get("ctx") or {}
     msg = str(ctx["error"]) if kind == "value_error" and "error" in ctx else str(first.get("msg", "invalid request"))
+    friendly = _MESSAGES.get((name.rpartition(".")[2], kind))
+    if friendly:
+        msg = friendly
     if kind == "json_invalid":
         return "body", "malformed JSON"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -96,15 +106,18 @@ def validation_error(exc: RequestValidationError) -> tuple[str, str]:
 
 
 def _allowed(app: FastAPI, scope: dict[str, Any]) -> list[str]:
-    """Every method some route of this path answers (HEAD with GET)."""
-    methods: set[str] = set()
+    """The methods the document gives this path: those of the documented routes matching
+    it, a fixed path (`/v1/hosts/batch`) before a template (`/v1/hosts/{name}`)."""
+    fixed: set[str] = set()
+    templated: set[str] = set()
     for route in app.router.routes:
+        if not getattr(route, "include_in_schema", False):
+            continue
         match, _ = route.matches({**scope, "method": "GET"})
         if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    if "GET" in methods:
-        methods.add("HEAD")
-    return sorted(methods)
+            methods = set(getattr(route, "methods", None) or ())
+            (templated if "{" in getattr(route, "path", "") else fixed).update(methods)
+    return sorted(fixed or templated)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -107,10 +107,36 @@ def _checked(what: str, pattern: str, parse: Callable[[Any], object]) -> Callabl
     return check
 
 
+# JSON numbers are exact only up to 2^53-1 in most parsers and schema validators (RFC 7493
+# §2.2): LNIDs above that travel as strings ("9223372036854775807"); the API refuses them
+# as numbers rather than let a client round them.
+JSON_INT_MAX = 2**53 - 1
+
+
+def _json_int(value: Any) -> Any:
+    """A JSON number that is an integer (`7` or `7.0`, as JSON Schema counts it) as an int."""
+    if type(value) is float and value.is_integer() and abs(value) <= JSON_INT_MAX:
+        return int(value)
+    return value
+
+
 def _checked_lnid(value: Any) -> Any:
-    if type(value) is int and LNID_MIN <= value <= LNID_MAX:
+    value = _json_int(value)
+    if type(value) is int:
+        parse_lnid(value)  # the model's range first, with its message
+        if value > JSON_INT_MAX:
+            raise InvalidValue(f'LNID {value} is too large for a JSON number: write it as a string, "{value}"')
         return value
     return _checked("LNID", LNID_STR_PATTERN, parse_lnid)(value)
+
+
+def _strict_bool(value: Any) -> Any:
+    if type(value) is not bool:
+        raise InvalidValue(f"must be true or false, got {value!r}")
+    return value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_json_int)]
 
 
 def _field(pattern: str, description: str, example: str) -> Any:
@@ -119,38 +145,41 @@ def _field(pattern: str, description: str, example: str) -> Any:
 
 MacStr = Annotated[
     str,
-    BeforeValidator(_checked("MAC", MAC_PATTERN, parse_mac)),
     _field(MAC_PATTERN, "a MAC: six hex octets separated by ':' or '-', any case", "52:54:00:00:00:01"),
+    BeforeValidator(_checked("MAC", MAC_PATTERN, parse_mac)),
 ]
 VmMacStr = Annotated[
     str,
-    BeforeValidator(_checked("MAC", VM_MAC_PATTERN, lambda v: parse_mac(v, vm=True))),
     _field(VM_MAC_PATTERN, "a vNIC's MAC: unicast (first octet even) and not all-zero", "52:54:00:00:00:01"),
+    BeforeValidator(_checked("MAC", VM_MAC_PATTERN, lambda v: parse_mac(v, vm=True))),
 ]
 HostStr = Annotated[
     str,
-    BeforeValidator(_checked("host name", HOST_PATTERN, parse_host)),
     _field(HOST_PATTERN, "an end host's name: 1-63 letters, digits, '_', '.', '-'", "ehs1"),
+    BeforeValidator(_checked("host name", HOST_PATTERN, parse_host)),
 ]
 PortStr = Annotated[
     str,
-    BeforeValidator(_checked("interface name", PORT_PATTERN, parse_port)),
     _field(PORT_PATTERN, "a kernel interface name: 1-15 printable ASCII, no '/' or ':', not '.' or '..'", "vnet0"),
+    BeforeValidator(_checked("interface name", PORT_PATTERN, parse_port)),
 ]
 LnidStr = Annotated[
     str,
-    BeforeValidator(_checked("LNID", LNID_STR_PATTERN, parse_lnid)),
     _field(LNID_STR_PATTERN, f'an LNID as a string: "global" (any case) or 1..{LNID_MAX}', "7"),
+    BeforeValidator(_checked("LNID", LNID_STR_PATTERN, parse_lnid)),
 ]
 TraceDst = Annotated[
     str,
-    BeforeValidator(_checked("dst", TRACE_DST_PATTERN, _parse_trace_dst)),
     _field(TRACE_DST_PATTERN, "a destination: a MAC, or HOST:PORT (a vNIC's port)", "ehs1:vnet0"),
+    BeforeValidator(_checked("dst", TRACE_DST_PATTERN, _parse_trace_dst)),
 ]
 Lnid = Annotated[
-    Annotated[StrictInt, Field(ge=LNID_MIN, le=LNID_MAX)] | Annotated[str, Field(pattern=_anchored(LNID_STR_PATTERN))],
+    Annotated[StrictInt, Field(ge=LNID_MIN, le=JSON_INT_MAX)]
+    | Annotated[str, Field(pattern=_anchored(LNID_STR_PATTERN))],
     BeforeValidator(_checked_lnid),
-    Field(description=f'an LNID: an integer 1..{LNID_MAX}, or "global" (also as a string: "7")', examples=[7]),
+    Field(
+        description=f'an LNID: "global" or 1..{LNID_MAX}, as a string ("7") or a number (up to 2^53-1)', examples=[7]
+    ),
 ]
 
 
@@ -168,12 +197,49 @@ class HostsIn(_In):
     names: list[HostStr] = Field(min_length=1, description="host names to register, all or none")
 
 
-class RegIn(_In):
+class _OnHost(_In):
+    host: HostStr = Field(description="the end host of the vNIC")
+    port: PortStr | None = Field(None, description="the vNIC's kernel port; none: the agent discovers it")
+    external: Annotated[Literal[False], BeforeValidator(_strict_bool)] = False
+
+
+class _External(_In):
+    """A MAC behind the physical network (a router, a gateway): no host."""
+
+    external: Annotated[Literal[True], BeforeValidator(_strict_bool)]
+    host: None = None
+    port: PortStr | None = None
+
+
+def _where_tag(value: Any) -> str:
+    return "(external)" if isinstance(value, dict) and value.get("external") is True else "(on-host)"
+
+
+class RegOnHost(_OnHost):
     lnid: Lnid
     mac: VmMacStr
-    host: HostStr | None = Field(None, description="the end host of the vNIC; none for an external MAC")
-    port: PortStr | None = Field(None, description="the vNIC's kernel port; none: the agent discovers it")
-    external: StrictBool = Field(False, description="the MAC sits behind the physical network (a router, …)")
+
+
+class RegExternal(_External):
+    lnid: Lnid
+    mac: VmMacStr
+
+
+class MoveOnHost(_OnHost):
+    mac: MacStr
+
+
+class MoveExternal(_External):
+    mac: MacStr
+
+
+# Union members are tagged "(…)": never a field name, so an error's location drops them
+RegIn = Annotated[
+    Annotated[RegOnHost, Tag("(on-host)")] | Annotated[RegExternal, Tag("(external)")], Discriminator(_where_tag)
+]
+MoveIn = Annotated[
+    Annotated[MoveOnHost, Tag("(on-host)")] | Annotated[MoveExternal, Tag("(external)")], Discriminator(_where_tag)
+]
 
 
 class UnregIn(_In):
@@ -185,14 +251,11 @@ class RmIn(_In):
     mac: MacStr
 
 
-class MoveIn(_In):
-    mac: MacStr
-    host: HostStr | None = None
-    port: PortStr | None = None
-    external: StrictBool = False
+class RegOnHostOp(RegOnHost):
+    op: Literal["reg"]
 
 
-class RegOp(RegIn):
+class RegExternalOp(RegExternal):
     op: Literal["reg"]
 
 
@@ -204,22 +267,35 @@ class RmOp(RmIn):
     op: Literal["rm"]
 
 
-class MoveOp(MoveIn):
+class MoveOnHostOp(MoveOnHost):
     op: Literal["move"]
 
 
+class MoveExternalOp(MoveExternal):
+    op: Literal["move"]
+
+
+OP_KINDS = ("reg", "unreg", "rm", "move")
+
+
 def _op_tag(value: Any) -> str | None:
-    return value.get("op") if isinstance(value, dict) else getattr(value, "op", None)
+    if not isinstance(value, dict) or "op" not in value:
+        return None
+    op = value["op"]
+    if op in ("reg", "move"):
+        return f"({op}{_where_tag(value)})"
+    return f"({op})" if isinstance(op, str) else repr(op)
 
 
 Op = Annotated[
-    Annotated[RegOp, Tag("reg")]
-    | Annotated[UnregOp, Tag("unreg")]
-    | Annotated[RmOp, Tag("rm")]
-    | Annotated[MoveOp, Tag("move")],
+    Annotated[RegOnHostOp, Tag("(reg(on-host))")]
+    | Annotated[RegExternalOp, Tag("(reg(external))")]
+    | Annotated[UnregOp, Tag("(unreg)")]
+    | Annotated[RmOp, Tag("(rm)")]
+    | Annotated[MoveOnHostOp, Tag("(move(on-host))")]
+    | Annotated[MoveExternalOp, Tag("(move(external))")],
     Discriminator(_op_tag),
 ]
-OP_KINDS = ("reg", "unreg", "rm", "move")
 
 
 class BatchIn(_In):
@@ -233,7 +309,7 @@ class BindingIn(_In):
 
 
 class StatusIn(_In):
-    revision: StrictInt = Field(description="the revision the agent's data path enforces")
+    revision: JsonInt = Field(description="the revision the agent's data path enforces")
     in_sync: StrictBool = Field(True, description="false: the agent's last apply, repair or audit failed")
     error: str | None = Field(None, description="why it is not in sync")
     bindings: dict[str, BindingIn] | None = Field(
