@@ -68,6 +68,14 @@ def main() -> None:
 )
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write the bound URLs here once serving.")
 @click.option("--log-level", default="warning", show_default=True)
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1),
+    default=1 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest request body of a single call (413 above); /v1/batch takes up to 256 MiB or this.",
+)
 def manager(
     db: str,
     listens: tuple[str, ...],
@@ -76,6 +84,7 @@ def manager(
     admin_token_file: str | None,
     ready_file: str | None,
     log_level: str,
+    max_body: int,
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -102,6 +111,7 @@ def manager(
             admin_token_file=Path(admin_token_file) if admin_token_file else None,
             ready_file=Path(ready_file) if ready_file else None,
             log_level=log_level,
+            max_body=max_body,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

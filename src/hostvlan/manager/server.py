@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from hostvlan.manager.api import create_asgi
+from hostvlan.manager.api import MAX_BATCH_BODY, MAX_BODY, create_asgi
 from hostvlan.manager.service import Service
 from hostvlan.manager.store.sqlite import Store
 
@@ -43,6 +44,74 @@ class Listen:
 
 
 BACKLOG = 4096
+MAX_HEAD_BYTES = 64 << 10  # request line and headers (about: the read that completes them is not counted)
+HEAD_TIMEOUT_S = 10.0  # from the connection (or a request's first byte) to the end of its headers
+KEEPALIVE_S = 5  # an idle connection between requests is closed after this
+
+
+class ManagerProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with the limits it lacks: a client must complete its
+    request line and headers within HEAD_TIMEOUT_S of connecting (or of its request's
+    first byte) and in at most MAX_HEAD_BYTES, else it is answered 408 / 431 and
+    disconnected. So idle or slow clients cannot hold the manager's connections or
+    memory; an agent's feed is unaffected (its headers come at once, then it streams).
+    Protocol-level refusals have the API's error shape too."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._head_bytes = 0
+        self._in_head = True
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, "headers", f"request line and headers larger than {MAX_HEAD_BYTES} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "http", msg)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(408, "headers", f"no complete request headers in {HEAD_TIMEOUT_S:g} s")
+
+    def _refuse(self, status: int, error: str, detail: str) -> None:
+        self._stop_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # an answer is under way: no second one on this connection
+            return
+        body = json.dumps({"error": error, "detail": detail}).encode()
+        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
 
 def bind(listen: Listen) -> socket.socket:
@@ -81,7 +150,11 @@ def run(
     admin_token_file: Path | None = None,
     ready_file: Path | None = None,
     log_level: str = "warning",
+    max_body: int = MAX_BODY,
+    max_batch_body: int = MAX_BATCH_BODY,
 ) -> None:
+    if max_body < 1:
+        raise ValueError(f"the body limit must be at least 1 byte, got {max_body}")
     try:
         socks = [bind(x) for x in listens]
     except OSError as exc:
@@ -115,7 +188,9 @@ def run(
         urls.append({"url": url, "netns": x.netns})
         print(f"hostvlan manager: listening on {url}" + (f" in netns {x.netns}" if x.netns else ""), file=sys.stderr)
     config = uvicorn.Config(
-        create_asgi(service),
+        create_asgi(service, max_body=max_body, max_batch_body=max_batch_body),
+        http=ManagerProtocol,
+        timeout_keep_alive=KEEPALIVE_S,
         log_level=log_level,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
