@@ -7,13 +7,19 @@ it was: the revision and the whole table are compared before and after.
 from __future__ import annotations
 
 import json
+import re
+import resource
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from managerproc import Manager, running_manager
+from managerproc import HOSTVLAN, Manager, running_manager
 
 VM1, VM2, VM3 = "52:54:00:10:00:01", "52:54:00:10:00:02", "52:54:00:10:00:03"
 
@@ -227,3 +233,174 @@ def test_host_calls_answer_the_revision(admin: httpx.Client, tokens: dict[str, s
     assert admin.delete("/v1/hosts/TMP").status_code == 404
     r = admin.delete("/v1/hosts/A")
     assert r.status_code == 409 and r.json()["error"] == "conflict"
+
+
+# ----- one error shape, the document, /docs ------------------------------------------------------
+def test_unknown_route_and_method_have_the_error_shape(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    r = admin.get("/v1/nope")
+    assert r.status_code == 404 and r.json() == {"error": "not_found", "detail": "no such call: /v1/nope"}
+    r = admin.put("/v1/hosts", json={})
+    assert r.status_code == 405 and r.json()["error"] == "method"
+    assert r.headers["allow"] == "GET, POST"  # both routes of the path, as the document has them
+    r = admin.delete("/v1/hosts/batch")  # a fixed path wins over /v1/hosts/{name}, as in the document
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = admin.request("PATCH", "/v1/hosts/A")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE"
+
+
+def test_auth_failures_have_the_error_shape(mgr: Manager, tokens: dict[str, str]) -> None:
+    with mgr.client("") as c:
+        r = c.get("/v1/macs")
+    assert r.status_code == 401 and set(r.json()) == {"error", "detail"}
+    assert r.headers["www-authenticate"] == "Bearer"
+    with mgr.client(tokens["A"]) as c:
+        r = c.get("/v1/macs")
+    assert r.status_code == 403 and set(r.json()) == {"error", "detail"} and r.json()["error"] == "auth"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/reg", reg(external="yes"), "external"),
+        ("/v1/reg", reg(lnid="1.5"), "lnid"),
+        ("/v1/reg", reg(mac=" 52:54:00:10:00:03"), "mac"),  # the CLI may strip; the wire takes no spaces
+        ("/v1/reg", reg(lnid=2**53), "lnid"),  # too large for an exact JSON number: a string then
+        ("/v1/batch", {"ops": [5]}, "ops[0].op"),
+        ("/v1/batch", {"ops": [{"mac": VM1}]}, "ops[0].op"),
+        ("/v1/batch", {"ops": [{"op": "reg", **reg(host=None)}]}, "ops[0].host"),
+        ("/v1/batch", {"ops": "x"}, "ops"),
+        ("/v1/hosts/batch", {"names": ["ok", "not ok"]}, "names[1]"),
+        ("/v1/hosts/batch", {"names": []}, "names"),
+        ("/v1/hosts/A/status", {"revision": "1"}, "revision"),
+    ],
+)
+def test_framework_validation_is_400_with_the_field(
+    admin: httpx.Client, tokens: dict[str, str], path: str, body: Any, field: str
+) -> None:
+    before = state(admin)
+    r = admin.post(path, json=body)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error", "detail"} and r.json()["error"] == field and r.json()["detail"]
+    assert state(admin) == before
+
+
+def test_lnid_forms_the_document_states_are_accepted(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    mac = "52:54:00:10:00:0a"
+    for lnid in ("GLOBAL", "+007", 8.0, 2**53 - 1, str(2**63 - 1)):
+        r = admin.post("/v1/reg", json=reg(lnid=lnid, mac=mac, host="B"))
+        assert r.status_code == 200, (lnid, r.text)
+    row = admin.get("/v1/macs", params={"mac": mac.upper().replace(":", "-")}).json()
+    assert row[0]["lnids"] == ["global", 7, 8, 2**53 - 1, 2**63 - 1]
+    assert admin.post("/v1/rm", json={"mac": mac}).json()["changed"] is True
+
+
+def test_the_document_states_the_constraints(mgr: Manager) -> None:
+    with mgr.client("") as c:  # public, like /docs
+        doc = c.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    reg_shapes = {
+        s["$ref"].rsplit("/", 1)[1]
+        for s in doc["paths"]["/v1/reg"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    }
+    assert reg_shapes == {"RegOnHost", "RegExternal"}
+    on_host = schemas["RegOnHost"]
+    assert set(on_host["required"]) == {"host", "lnid", "mac"}
+    assert on_host["properties"]["mac"]["pattern"].startswith("^")
+    assert on_host["properties"]["host"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+    lnid = on_host["properties"]["lnid"]["anyOf"]
+    assert {"type": "integer", "minimum": 1, "maximum": 2**53 - 1} in lnid
+    assert any("pattern" in x and "9223372036854775807" in x["pattern"] for x in lnid)
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert "422" not in codes, (method, path)
+            if path != "/healthz":
+                assert {"401", "403"} <= codes, (method, path)
+            for code, resp in op["responses"].items():
+                if code >= "400":
+                    assert resp["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
+            if "requestBody" in op:
+                assert "413" in codes and op["x-max-body-bytes"] in (1 << 20, 256 << 20), (method, path)
+    assert doc["paths"]["/v1/batch"]["post"]["x-max-body-bytes"] == 256 << 20
+
+
+def test_docs_load_nothing_from_another_host(mgr: Manager) -> None:
+    from hostvlan.manager.contract import hosts_referenced
+
+    with mgr.client("") as c:
+        page = c.get("/docs")
+        assert page.status_code == 200 and "swagger-ui" in page.text
+        assert hosts_referenced(page.text) == set()
+        refs = re.findall(r"""(?:src|href)=["']([^"']+)""", page.text)
+        assert refs and all(x.startswith("/docs/assets/") for x in refs), refs
+        for ref in refs:
+            r = c.get(ref)
+            assert r.status_code == 200 and len(r.content) > 1000, ref
+        assert c.get("/docs/assets/nope.js").status_code == 404
+
+
+# ----- bounded requests ----------------------------------------------------------------------------
+def test_max_body_is_settable_and_documented(tmp_path: Path) -> None:
+    with running_manager(tmp_path, ("--max-body", "2000")) as m, m.client() as c:
+        assert c.get("/openapi.json").json()["paths"]["/v1/rm"]["post"]["x-max-body-bytes"] == 2000
+        r = c.post("/v1/rm", content=json.dumps({"mac": "x" * 3000}), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json() == {"error": "body", "detail": "request body larger than 2000 bytes"}
+        assert c.post("/v1/rm", json={"mac": "x" * 1000}).json()["error"] == "mac"  # under it: judged
+
+
+def test_oversized_and_slow_headers_are_refused(mgr: Manager, admin: httpx.Client) -> None:
+    from hostvlan.manager.server import HEAD_TIMEOUT_S, MAX_HEAD_BYTES
+
+    host, port = mgr.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT_S + 10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(2 * MAX_HEAD_BYTES // 4096):
+                s.sendall(b"a" * 4096)
+        except OSError:  # the manager answered and closed while we were still sending
+            pass
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'"error": "headers"' in answer
+    with socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT_S + 10) as s:
+        t0 = time.monotonic()
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
+        answer = s.recv(4096)
+        waited = time.monotonic() - t0
+    assert answer.startswith(b"HTTP/1.1 408 ") and HEAD_TIMEOUT_S - 1 < waited < HEAD_TIMEOUT_S + 5
+    assert admin.get("/healthz").json()["ok"] is True
+
+
+def test_idle_connections_do_not_stop_the_manager(mgr: Manager, tokens: dict[str, str]) -> None:
+    """1,000 connections held open without a request: the manager still serves an agent's
+    feed and an admin's `show`, and closes the idle ones after its header timeout."""
+    from hostvlan.manager.server import HEAD_TIMEOUT_S
+
+    host, port = mgr.url.removeprefix("http://").rsplit(":", 1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    idle = []
+    try:
+        t0 = time.monotonic()
+        for _ in range(1000):
+            idle.append(socket.create_connection((host, int(port)), timeout=5))
+        snap = mgr.snapshot("A", tokens["A"])
+        assert snap["entries"][VM1] == [1]
+        show = subprocess.run(
+            [str(HOSTVLAN), "show", "--manager", mgr.url, "--token", mgr.token, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert show.returncode == 0, show.stderr
+        assert any(row["mac"] == VM1 for row in json.loads(show.stdout))
+        assert time.monotonic() - t0 < HEAD_TIMEOUT_S, "too slow to show that idle connections do not block"
+        # and the idle ones are answered 408 and closed once their time is up
+        for s in idle[::100]:
+            s.settimeout(HEAD_TIMEOUT_S + 10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408 ")
+    finally:
+        for s in idle:
+            s.close()
