@@ -101,7 +101,17 @@ def test_lnid_string_pattern_is_the_parser(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [(1, True), (2**53 - 1, True), (2**53, False), (0, False), (True, False), (7.0, True), (7.5, False), (None, False)],
+    [
+        (1, True),
+        (2**63 - 1, True),
+        (2**63, False),
+        (0, False),
+        (True, False),
+        (7.0, True),
+        (7.5, False),
+        (float(2**60), False),
+        (None, False),
+    ],
 )
 def test_lnid_numbers(value: object, ok: bool) -> None:
     assert api_accepts(schemas.Lnid, value) == ok

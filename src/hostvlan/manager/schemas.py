@@ -107,9 +107,8 @@ def _checked(what: str, pattern: str, parse: Callable[[Any], object]) -> Callabl
     return check
 
 
-# JSON numbers are exact only up to 2^53-1 in most parsers and schema validators (RFC 7493
-# §2.2): LNIDs above that travel as strings ("9223372036854775807"); the API refuses them
-# as numbers rather than let a client round them.
+# A float is exact as an integer only up to 2^53-1: `7.0` is the LNID 7 (JSON Schema counts
+# it an integer), a larger float is refused rather than rounded.
 JSON_INT_MAX = 2**53 - 1
 
 
@@ -123,9 +122,7 @@ def _json_int(value: Any) -> Any:
 def _checked_lnid(value: Any) -> Any:
     value = _json_int(value)
     if type(value) is int:
-        parse_lnid(value)  # the model's range first, with its message
-        if value > JSON_INT_MAX:
-            raise InvalidValue(f'LNID {value} is too large for a JSON number: write it as a string, "{value}"')
+        parse_lnid(value)  # the range, with the model's message
         return value
     return _checked("LNID", LNID_STR_PATTERN, parse_lnid)(value)
 
@@ -174,12 +171,13 @@ TraceDst = Annotated[
     BeforeValidator(_checked("dst", TRACE_DST_PATTERN, _parse_trace_dst)),
 ]
 Lnid = Annotated[
-    Annotated[StrictInt, Field(ge=LNID_MIN, le=JSON_INT_MAX)]
+    # The upper bound 2^63-1 is stated as `format: int64`, not as `maximum`: a maximum that
+    # large is a double to most schema validators, which then take 2^63-1 + 192 for it.
+    # (`_checked_lnid` enforces it, with `parse_lnid`'s message.)
+    Annotated[StrictInt, Field(ge=LNID_MIN, json_schema_extra={"format": "int64"})]
     | Annotated[str, Field(pattern=_anchored(LNID_STR_PATTERN))],
     BeforeValidator(_checked_lnid),
-    Field(
-        description=f'an LNID: "global" or 1..{LNID_MAX}, as a string ("7") or a number (up to 2^53-1)', examples=[7]
-    ),
+    Field(description=f'an LNID: "global" or 1..{LNID_MAX} (int64), as a number or a string ("7")', examples=[7]),
 ]
 
 
