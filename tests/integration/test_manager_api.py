@@ -405,3 +405,20 @@ def test_idle_connections_do_not_stop_the_manager(mgr: Manager, tokens: dict[str
     finally:
         for s in idle:
             s.close()
+
+
+def test_a_50_mb_body_is_413_and_the_manager_keeps_answering(admin: httpx.Client, tokens: dict[str, str]) -> None:
+    big = b'{"mac": "' + b"a" * (50 << 20) + b'"}'
+    r = admin.post("/v1/rm", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body"
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 1 << 20):
+            yield big[i : i + (1 << 20)]
+
+    try:
+        r = admin.post("/v1/rm", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+    except httpx.WriteError:  # answered and closed before the client finished sending: also a refusal
+        pass
+    assert admin.get("/healthz").json()["ok"] is True

@@ -270,7 +270,7 @@ def create_asgi(service: Service, max_body: int = MAX_BODY, max_batch_body: int 
 
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token, or a host's own token for its feed and status")
-Path = Annotated[HostStr, "a host name in the path"]
+HostPath = Annotated[HostStr, "a host name in the path"]
 
 
 def create_app(service: Service, max_body: int = MAX_BODY, max_batch_body: int = MAX_BATCH_BODY) -> FastAPI:
@@ -305,7 +305,7 @@ def create_app(service: Service, max_body: int = MAX_BODY, max_batch_body: int =
             raise ApiError(401, "auth", "invalid token", {"WWW-Authenticate": "Bearer"})
 
     async def host_auth(
-        name: Path,
+        name: HostPath,
         request: Request,
         _: HTTPAuthorizationCredentials | None = Security(_bearer),  # noqa: B008
     ) -> HostId:
@@ -362,7 +362,7 @@ def create_app(service: Service, max_body: int = MAX_BODY, max_batch_body: int =
         response_model=HostToken,
         responses=errors(400, *AUTH, 404),
     )
-    async def rotate(name: Path) -> dict[str, Any]:
+    async def rotate(name: HostPath) -> dict[str, Any]:
         async with lock:
             token = service.rotate_host_token(name)
             return {"name": name, "token": token, "revision": service.revision}
@@ -374,7 +374,7 @@ def create_app(service: Service, max_body: int = MAX_BODY, max_batch_body: int =
         response_model=Removed,
         responses=errors(400, *AUTH, 404, 409),
     )
-    async def remove_host(name: Path) -> dict[str, Any]:
+    async def remove_host(name: HostPath) -> dict[str, Any]:
         async with lock:
             service.remove_host(name)
             return {"removed": name, "revision": service.revision}
@@ -467,7 +467,7 @@ def create_app(service: Service, max_body: int = MAX_BODY, max_batch_body: int =
         responses={200: {"content": {"application/x-ndjson": {}}}, **errors(400, *AUTH, 404)},
     )
     async def feed(
-        name: Path,
+        name: HostPath,
         host: HostId = Depends(host_auth),  # noqa: B008
     ) -> StreamingResponse:
         if host not in service.dc.hosts:
