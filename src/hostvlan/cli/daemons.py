@@ -1,4 +1,6 @@
-"""`hostvlan agent`: run the control daemon of this end host (in its network namespace)."""
+"""The daemons: `hostvlan manager` (the management server) and `hostvlan agent` (the control
+daemon of one end host, run in its network namespace). Their modules are imported when one runs.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +11,81 @@ from pathlib import Path
 
 import click
 
+from hostvlan.cli.common import main
 from hostvlan.model.ids import InvalidValue, parse_host
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
-@click.command("agent")
+
+@main.command()
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    default="/var/lib/hostvlan/manager.db",
+    show_default=True,
+    help="SQLite database (created if missing).",
+)
+@click.option(
+    "--listen",
+    "listens",
+    multiple=True,
+    default=["127.0.0.1:7080"],
+    show_default=True,
+    help="HOST:PORT to serve on; NETNS/HOST:PORT binds inside a network namespace. Repeatable.",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Private key of --tls-cert.")
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False),
+    help="Where the admin token is written on first start (default: DB.admin-token, mode 0600).",
+)
+@click.option("--ready-file", type=click.Path(dir_okay=False), help="Write the bound URLs here once serving.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="warning",
+    show_default=True,
+    help="The server's log level.",
+)
+def manager(
+    db: str,
+    listens: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    admin_token_file: str | None,
+    ready_file: str | None,
+    log_level: str,
+) -> None:
+    """Run the management server: the authoritative LNID table and the agents' feeds.
+
+    Every acknowledged command is durable (SQLite WAL, synchronous=FULL). On first start
+    an admin token is created and its path printed; give it to the CLI with --token or
+    HOSTVLAN_TOKEN.
+    """
+    from hostvlan.manager.server import Listen, run
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    try:
+        parsed = [Listen.parse(x) for x in listens]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        run(
+            Path(db),
+            parsed,
+            tls_cert=Path(tls_cert) if tls_cert else None,
+            tls_key=Path(tls_key) if tls_key else None,
+            admin_token_file=Path(admin_token_file) if admin_token_file else None,
+            ready_file=Path(ready_file) if ready_file else None,
+            log_level=log_level.lower(),
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("agent")
 @click.option("--manager", envvar="HOSTVLAN_MANAGER", required=True, help="Manager URL (or HOSTVLAN_MANAGER).")
 @click.option("--host", "host", required=True, help="This end host's name, as registered with `hostvlan host add`.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding this host's token.")
