@@ -72,3 +72,19 @@ def test_plan_fits_the_default_grid() -> None:
     assert main.loads("vm") == ["lat_us", "udp_gbps", "tcp_gbps"]
     assert [(c.macs, c.port_lnids) for c in cells] == [(81920, 1), (819200, 1), (8192, 16), (81920, 16)]
     assert [(s["macs"], s["port_lnids"]) for s in skipped] == [(819200, 16)]
+
+
+def test_bench_topology_is_data_that_validates() -> None:
+    """The bench's cells are built from the topology module's types; they pass its parser's checks."""
+    import yaml
+
+    from hostvlan.bench import benchnet
+    from hostvlan.testbed.topology import parse_topology
+
+    topo = benchnet.topology(list(datapath.CONFIGS), 8192, 16, external=True)
+    assert parse_topology(yaml.safe_dump(topo.to_dict())) == topo
+    assert [h.name for h in topo.hosts] == list(datapath.CONFIGS)
+    assert [e.name for e in topo.external] == ["ext", "vtep"]
+    bridge = next(h for h in topo.hosts if h.name == "bridge")
+    assert bridge.fill is not None and (bridge.fill.lnids, bridge.fill.ports, bridge.fill.port_lnids) == (128, 126, 16)
+    assert [v.name for v in next(h for h in topo.hosts if h.name == "vxlan").vms] == ["vxlan-2"]
