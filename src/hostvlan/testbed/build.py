@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -333,17 +332,7 @@ class Testbed:
         ready = self.workdir / "manager.ready"
         ready.unlink(missing_ok=True)
         proc = control.start(
-            control.hostvlan_argv(
-                "manager",
-                "--db",
-                str(self.workdir / "manager.db"),
-                "--listen",
-                "127.0.0.1:0",
-                "--listen",
-                f"{self.mgmt_ns}/{control.MGMT_NET}.1:{control.MGMT_PORT}",
-                "--ready-file",
-                str(ready),
-            ),
+            control.manager_argv(self.workdir / "manager.db", self.mgmt_ns, ready),
             self.workdir / "manager.log",
         )
         self.pids["manager"] = proc.pid
@@ -373,19 +362,7 @@ class Testbed:
     def kill(self, name: str, timeout: float = 10.0) -> None:
         """SIGKILL a control-plane process (`manager` or `agent:<host>`, a key of `pids`) and
         its process group, as a crash would; return once it is gone. Its kernel state stays."""
-        pid = self.pids[name]
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        mine = [p for p in self._procs if p.pid == pid]
-        for proc in mine:
-            proc.wait(timeout)
-        end = time.monotonic() + timeout
-        while not mine and control.running(pid):  # a re-attached testbed (`from_record`) has no Popen
-            if time.monotonic() > end:
-                raise TimeoutError(f"{name} (pid {pid}) still alive {timeout}s after SIGKILL")
-            time.sleep(0.01)
+        control.kill_group(self.pids[name], self._procs, name, timeout)
 
     def _start_ovs(self, index: int, h: HostInfo) -> wiring.OvsPort:
         """Start `h`'s private Open vSwitch and its bridge; returns the adder of its ports."""
@@ -439,24 +416,11 @@ class Testbed:
         """Start `h`'s agent inside its namespace (its token file is in the workdir)."""
         ready = self.workdir / f"{h.name}.agent.ready"
         ready.unlink(missing_ok=True)
+        extra = self._ovs_agent_args(h.name) if h.backend == "ovs" else []
+        extra += ["--bpf-pins", str(self.bpf_pins(h.name))] if h.backend == "bridge" else []
         proc = control.start(
-            control.hostvlan_argv(
-                "agent",
-                "--manager",
-                f"http://{control.MGMT_NET}.1:{control.MGMT_PORT}",
-                "--host",
-                h.name,
-                "--token-file",
-                str(self.workdir / f"{h.name}.token"),
-                "--uplink",
-                f"{h.uplink}={h.uplink_mac}",
-                "--backend",
-                h.backend,
-                *(self._ovs_agent_args(h.name) if h.backend == "ovs" else []),
-                *(["--bpf-pins", str(self.bpf_pins(h.name))] if h.backend == "bridge" else []),
-                "--ready-file",
-                str(ready),
-                "-v",
+            control.agent_argv(
+                h.name, h.backend, f"{h.uplink}={h.uplink_mac}", self.workdir / f"{h.name}.token", ready, extra
             ),
             self.workdir / f"{h.name}.agent.log",
             netns=h.netns,
