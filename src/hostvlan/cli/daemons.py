@@ -44,9 +44,10 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    metavar="LEVEL",
     default="warning",
     show_default=True,
-    help="The server's log level.",
+    help="critical, error, warning, info, debug or trace.",
 )
 def manager(
     db: str,
