@@ -79,3 +79,17 @@ def test_prefix_in_use_by_namespaces(state: tuple[Path, list[str | None]], monke
     assert record.prefix_in_use("hvn") is None  # only `<prefix>-…` counts
     with pytest.raises(record.PrefixInUse, match="prefix hvns is in use"):
         record.check_free("hvns")
+
+
+def test_check_needs_one_testbed(state: tuple[Path, list[str | None]]) -> None:
+    d, _ = state
+    res = CliRunner().invoke(main, ["testbed", "check"])
+    assert res.exit_code == 3 and "no testbed is up" in res.stderr, res.output
+    _record(d, "hvone")
+    _record(d, "hvtwo")
+    (d / "hvone.json").write_text(json.dumps({"prefix": "hvone", "topology": {}}))
+    (d / "hvtwo.json").write_text(json.dumps({"prefix": "hvtwo", "topology": {}}))
+    res = CliRunner().invoke(main, ["testbed", "check"])
+    assert res.exit_code == 2 and "hvone" in res.stderr and "hvtwo" in res.stderr, res.output
+    res = CliRunner().invoke(main, ["testbed", "check", "--prefix", "hvzzz"])
+    assert res.exit_code == 3 and "testbed hvzzz is not up" in res.stderr, res.output

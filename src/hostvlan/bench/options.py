@@ -9,11 +9,15 @@ center (Table 1's fill, the bench's LNID, ports and addresses) is `Shape`, one f
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 CONFIGS = ("vxlan", "none", "bridge", "ovs-none", "ovs", "macvtap-none", "macvtap")  # pairs adjacent
-PAIRS = {"bridge": "none", "ovs": "ovs-none", "macvtap": "macvtap-none", "vxlan": "none"}
-BACKEND = {"vxlan": "none"}  # config -> testbed backend (else the same name)
+PAIRS: Mapping[str, str] = MappingProxyType(
+    {"bridge": "none", "ovs": "ovs-none", "macvtap": "macvtap-none", "vxlan": "none"}
+)  # filtered -> unfiltered
+BACKEND: Mapping[str, str] = MappingProxyType({"vxlan": "none"})  # config -> testbed backend (else the same name)
 FILTERED = ("bridge", "ovs", "macvtap")
 WORKLOADS = ("lat_us", "udp_gbps", "tcp_gbps", "ab_rps", "wrk_rps")
 LOWER_IS_BETTER = frozenset({"lat_us"})

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from hostvlan.cli.common import EXIT_CONFLICT, emit, fail, main, need_root
+from hostvlan.cli.common import EXIT_CONFLICT, EXIT_NOT_FOUND, emit, fail, main, need_root
 from hostvlan.model.ids import InvalidValue
 
 
@@ -118,7 +118,7 @@ def testbed_check(prefix: str | None, as_json: bool) -> None:
     """Send real frames from every endpoint of a running testbed and compare with the model.
 
     Exits 1 when any frame crossed LNIDs, a same-LNID frame went missing, or a forged
-    frame was delivered.
+    frame was delivered; 3 when no such testbed is up; 2 when several are and no --prefix.
     """
     from hostvlan.testbed.build import from_record
     from hostvlan.testbed.check import run_check
@@ -126,8 +126,11 @@ def testbed_check(prefix: str | None, as_json: bool) -> None:
 
     need_root()
     recs = [r for r in recorded() if "topology" in r and (prefix is None or r["prefix"] == prefix)]
-    if len(recs) != 1:
-        raise click.ClickException(f"{len(recs)} testbeds match; pass --prefix" if recs else "no such testbed is up")
+    if not recs:
+        fail("not_found", f"testbed {prefix} is not up" if prefix else "no testbed is up", EXIT_NOT_FOUND)
+    if len(recs) > 1:
+        listing = "\n".join("  " + _describe(r) for r in recs)
+        raise click.UsageError(f"{len(recs)} testbeds are up; pass --prefix P:\n{listing}")
     tb = from_record(recs[0])
     rep = run_check(tb)
     if as_json:
