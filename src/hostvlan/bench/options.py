@@ -3,14 +3,14 @@
 `Options()` is the default run (`hostvlan bench data-path` with no option: the CLI takes its
 option defaults from it); `quick()` the smoke test's. The fixed shape of the measured data
 center (Table 1's fill, the bench's LNID, ports and addresses) is `Shape`, one frozen value
-`SHAPE`: a bench module reads it from there, never from a module global of its own.
+`SHAPE`, not an option: every bench module reads it from here.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 CONFIGS = ("vxlan", "none", "bridge", "ovs-none", "ovs", "macvtap-none", "macvtap")  # pairs adjacent
@@ -61,7 +61,6 @@ class Options:
     programming: tuple[str, ...] = FILTERED  # back ends whose programming is timed ('' : none)
     changes: int = 50  # single changes timed per back end and size
     command: str = ""
-    shape: Shape = field(default=SHAPE, compare=False)
 
 
 DEFAULTS = Options()
@@ -103,7 +102,7 @@ def validate(opts: Options) -> None:
         raise ValueError(f"unknown config {', '.join(bad)} in --ext-configs (choose from {', '.join(CONFIGS)})")
     if "vxlan" in opts.ext_configs and "none" not in opts.ext_configs:
         raise ValueError("vxlan is compared with none on the ext path: add none to --ext-configs")
-    fill = opts.shape.fill_lnids
+    fill = SHAPE.fill_lnids
     if any(pl < 1 or pl > fill for pl in opts.port_lnids):
         raise ValueError(f"--port-lnids values must be 1..{fill}")
     if any(m < fill for m in opts.sizes):
