@@ -34,11 +34,11 @@ Workloads (servers stay up for the whole run; the web ones on the ext path only)
 The size sweep (table size x LNIDs per idle port): the `none`/`bridge` pair, latency and
 UDP saturation VM to VM (the per-frame cost indicators). Its first point is the main
 testbed's; the others are small namespaces of their own whose bridge filter is installed
-directly by the agent's filter class (timed: install, resync, single changes), because
-registering 819,200 MACs through the manager and an agent takes minutes here. Points
-with more than MAX_PAIRS (idle port, MAC) pairs are skipped and listed.
-Programming: install, restart resync, one audit and single changes of each back end's
-filter at each size up to PROG_MAX, in a throw-away namespace (no testbed, no agent).
+directly by the agent's back end (built by the back-end factory; timed: install, resync,
+single changes), because registering 819,200 MACs through the manager and an agent takes
+minutes here. Points with more than `SHAPE.max_pairs` (idle port, MAC) pairs are skipped
+and listed. Programming: install, restart resync, one audit and single changes of each back
+end's filter at each size up to `SHAPE.prog_max`, in a throw-away namespace (no testbed, no agent).
 
 The whole run holds /dev/cpu_dma_latency at 0 (`polling_idle`): idle vCPUs poll instead of
 halting, or every request/response sample would mostly time the hypervisor waking a vCPU.
