@@ -225,7 +225,8 @@ def trace(src_mac: str, dst: str, as_json: bool) -> None:
     click.echo(f"{'ALLOW' if t['allow'] else 'DROP'}: {t['reason']}")
     click.echo(f"  from {t['src']} (LNIDs {_lnids(t['src_lnids'])})")
     if "host" in t:
-        to = f"{t.get('dst_mac')} on {t['host']}:{t.get('port')} (LNIDs {_lnids(t.get('dst_lnids', []))})"
+        port = t.get("port") or "-"  # none: the destination vNIC is not bound (the reason says why)
+        to = f"{t.get('dst_mac')} on {t['host']}:{port} (LNIDs {_lnids(t.get('dst_lnids', []))})"
     else:
         to = t["dst"]
     click.echo(f"  to   {to}")
@@ -268,7 +269,7 @@ def host_token(name: str, rotate: bool, as_json: bool) -> None:
     """Give host NAME a new token; the old one stops working and its open feeds end.
 
     A host's token is never shown again after it is made: this always rotates it. Write the
-    new one to the agent's --token-file (an agent re-reads it before each retry).
+    new one to the agent's --token-file.
     """
     ans = client().rotate_host_token(name)
     _token_out(ans, as_json, "has a new token (revision {revision}); the old one no longer works:")
