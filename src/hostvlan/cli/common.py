@@ -27,7 +27,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "HOSTVLAN"})
 @click.version_option(package_name="hostvlan")
 def main() -> None:
     """HostVLAN: isolate tenants on one flat L2 network at the hypervisor's virtual switch.
