@@ -244,8 +244,9 @@ class Testbed:
         `base` keeps the MACs of several filled hosts apart.
         """
         assert self.api is not None
-        if self.hosts[host].switch == "bridge":
-            add_idle_ports(self.hosts[host].netns, [f"idle{k}" for k in range(ports)])
+        if self.hosts[host].switch == "bridge":  # each carries its vNIC as a tap does (the agent checks)
+            idle = {f"idle{k}": tap_mac(int_to_mac(0x02_FD_00_00_00_00 + (base << 24) + k)) for k in range(ports)}
+            add_idle_ports(self.hosts[host].netns, list(idle), idle)
         phantom = f"{host}-fill"
         if phantom not in {h["name"] for h in self.api.hosts()}:
             self.api.add_host(phantom)
@@ -796,14 +797,15 @@ def down_recorded(prefix: str | None = None) -> list[str]:
     return gone
 
 
-def add_idle_ports(ns: str, names: list[str]) -> None:
+def add_idle_ports(ns: str, names: list[str], macs: dict[str, Mac] | None = None) -> None:
     """Idle bridge ports: veths on br0, up, their peers `<name>p` up beside them (this kernel
-    has no `dummy`; those already there are kept)."""
+    has no `dummy`; those already there are kept); `macs` gives a new port its MAC."""
     with netns.iproute(ns) as ipr:
         br = ipr.link_lookup(ifname=BRIDGE)[0]
         for name in names:
             if not ipr.link_lookup(ifname=name):
-                ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
+                kw: dict[str, Any] = {"address": macs[name]} if macs and name in macs else {}
+                ipr.link("add", ifname=name, kind="veth", peer=f"{name}p", **kw)
                 ipr.link("set", index=ipr.link_lookup(ifname=f"{name}p")[0], state="up")
                 ipr.link("set", index=ipr.link_lookup(ifname=name)[0], master=br, state="up")
 
