@@ -51,6 +51,7 @@ class FakeManager:
         self.connections = 0
         self.rejected = 0
         self.statuses: list[dict[str, Any]] = []
+        self.refuse_status = 0  # answer the next N reports 503
         self._feed: asyncio.Queue[bytes | None] | None = None
 
     def transport(self) -> httpx.MockTransport:
@@ -72,6 +73,9 @@ class FakeManager:
 
             return httpx.Response(200, content=lines(), headers={"content-type": "application/x-ndjson"})
         if request.method == "POST" and request.url.path == f"/v1/hosts/{HOST}/status":
+            if self.refuse_status:
+                self.refuse_status -= 1
+                return httpx.Response(503, json={"error": "busy", "detail": "try again"})
             self.statuses.append(json.loads(request.content))
             return httpx.Response(200, json={"ok": True})
         return httpx.Response(404, json={"error": "not_found", "detail": request.url.path})
@@ -229,6 +233,68 @@ def test_a_failed_audit_is_reported_and_retried_until_the_drift_is_repaired() ->
         return Agent(config(dict(TAP_A), audit_interval=0.05), filt, transport=t)
 
     run_agent(mgr, agent_of, body)
+
+
+def test_a_failed_link_event_repair_is_retried() -> None:
+    links: dict[PortName, tuple[Mac, str]] = {}
+    fail = {"reads": 0}
+
+    def read_links() -> dict[PortName, tuple[Mac, str]]:
+        if fail["reads"]:
+            fail["reads"] -= 1
+            raise OSError(105, "No buffer space available")
+        return dict(links)
+
+    mgr = FakeManager(snapshot(1, {A: [1]}, {A: None}))
+    filt = MemoryFilter()
+
+    async def body(agent: Agent) -> None:
+        await until(lambda: mgr.last().get("revision") == 1, "the snapshot reported")
+        assert mgr.statuses[0]["bindings"][A]["reason"] == "no port carries this vNIC"
+        links.update(TAP_A)
+        fail["reads"] = 2
+        agent.links_changed()
+        await until(lambda: mgr.last().get("in_sync") is False, "the failed repair reported")
+        assert mgr.last()["error"].startswith("port repair failed") and "No buffer space" in mgr.last()["error"]
+        await until(lambda: "in_sync" not in mgr.last() and PortName("vnet0") in filt.state().bindings, "repaired")
+        assert any(s.get("bindings", {}).get(A, {}).get("port") == "vnet0" for s in mgr.statuses)
+
+    run_agent(mgr, lambda t: Agent(config({}, read_links=read_links), filt, transport=t), body)
+
+
+def test_an_audit_that_fails_holds_up_no_delta() -> None:
+    """While a failed audit waits for its retry, the feed's deltas are enforced."""
+    mgr = FakeManager(snapshot(1, {A: [1]}, {A: None}))
+    kernel = MemoryKernel()
+    filt = MemoryFilter(kernel)
+
+    async def body(agent: Agent) -> None:
+        await until(lambda: mgr.last().get("revision") == 1, "the snapshot reported")
+        good = kernel.facts
+        assert good is not None
+        kernel.facts = dataclasses.replace(good, known=frozenset())
+        kernel.fail_next = 1
+        await until(lambda: mgr.last().get("in_sync") is False, "the failed audit reported")
+        mgr.push(delta(2, entries={B: [1]}))
+        await until(lambda: agent.state.revision == 2, "r2 enforced while the audit waits")
+        assert not agent.state.in_sync, "the audit has not been retried yet"
+        await until(lambda: "in_sync" not in mgr.last() and mgr.last()["revision"] == 2, "back in sync")
+
+    def agent_of(t: httpx.AsyncBaseTransport) -> Agent:
+        return Agent(config(dict(TAP_A), audit_interval=0.05, retry_first=1.0, retry_max=1.0), filt, transport=t)
+
+    run_agent(mgr, agent_of, body)
+
+
+def test_a_refused_status_report_is_sent_again() -> None:
+    mgr = FakeManager(snapshot(7, {A: [1]}, {A: None}))
+    mgr.refuse_status = 3
+
+    async def body(agent: Agent) -> None:
+        await until(lambda: mgr.last().get("revision") == 7, "the report taken at last")
+        assert "bindings" in mgr.statuses[0]
+
+    run_agent(mgr, lambda t: Agent(config(dict(TAP_A)), MemoryFilter(), transport=t), body)
 
 
 # ----- a slow kernel never stalls the feed --------------------------------------------------------

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -185,11 +186,13 @@ class Agent:
         self._token = config.token
         self._work = _Work()
         self._failing: set[str] = set()  # kinds of kernel work that failed and await their retry
+        self._retry_at: dict[str, float] = {}  # loop time of each retry
         self._wake = asyncio.Event()
         self._status_task: asyncio.Task[None] | None = None
         self._status_client: httpx.AsyncClient | None = None  # one, kept alive: reports are frequent
         self._ssl: ssl.SSLContext | None = None  # built once: loading a CA store costs ~25 ms of CPU
         self._report_due = False
+        self._status_kick = asyncio.Event()
         self._sent: dict[str, Any] | None = None  # the last report the manager took (without bindings)
         self._bindings_known = False  # bindings computed since the last snapshot
         self._bindings_sent: dict[str, dict[str, str | None]] | None = None
@@ -232,45 +235,59 @@ class Agent:
 
     # ----- reconciler: kernel work, one job at a time, retried until it succeeds ----------------
     async def _reconcile(self) -> None:
+        """Run the pending work, one job at a time; a failed job waits for its retry (backoff),
+        work of other kinds goes on meanwhile (an audit that fails does not hold up deltas)."""
+        loop = asyncio.get_running_loop()
         backoff = Backoff(self.cfg.retry_first, self.cfg.retry_max)
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while (job := self._take()) is not None:
-                kind, retry, run = job
-                try:
-                    await run()
-                except KERNEL_ERRORS as exc:
-                    delay = backoff.next()
-                    self._failed(retry, f"{kind} failed: {exc}")
-                    log.error(
-                        "%s failed: %s; out of sync, the data path keeps what it enforced (r%d); retrying in %.1f s",
-                        kind,
-                        exc,
-                        self.state.revision,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                self._failing.discard(retry)
-                if retry == "apply" and not self._work.install:  # a whole view also installs
-                    self._failing.discard("install")
-                if not self._failing and not self.state.in_sync:
+            job = self._take(loop.time())
+            if job is None:
+                waits = [t - loop.time() for t in self._retry_at.values()]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, min(waits)) if waits else None)
+                self._wake.clear()
+                continue
+            kind, retry, run = job
+            try:
+                await run()
+            except KERNEL_ERRORS as exc:
+                delay = backoff.next()
+                self._failed(retry, f"{kind} failed: {exc}", loop.time() + delay)
+                log.error(
+                    "%s failed: %s; out of sync, the data path keeps what it enforced (r%d); retrying in %.1f s",
+                    kind,
+                    exc,
+                    self.state.revision,
+                    delay,
+                )
+                continue
+            self._failing.discard(retry)
+            self._retry_at.pop(retry, None)
+            if retry == "apply" and not self._work.install:  # a whole view installs the filter too
+                self._failing.discard("install")
+                self._retry_at.pop("install", None)
+            if not self._failing:
+                backoff.reset()
+                if not self.state.in_sync:
                     self.state.in_sync, self.state.error = True, None
                     log.warning("back in sync: the data path enforces r%d", self.state.revision)
                     self._report()
-                if not self._failing:
-                    backoff.reset()
 
-    def _take(self) -> tuple[str, str, Callable[[], Any]] | None:
-        """The next job: (what it is, what to retry if it fails, the coroutine function)."""
+    def _take(self, now: float) -> tuple[str, str, Callable[[], Any]] | None:
+        """The next job whose retry time has come: (what it is, what to retry if it fails, the job)."""
         w, view, rev = self._work, self.state.view, self.state.received
+
+        def due(retry: str) -> bool:
+            return self._retry_at.get(retry, 0.0) <= now
+
         if w.full and view is not None:
+            if not due("apply"):  # deltas and link events wait too: they go into this whole view
+                return self._take_audit(due("audit"))
             snapshot = w.snapshot
             w.full = w.snapshot = w.install = w.links = False
             w.delta = None
             return "apply", "apply", lambda: self._run_full(view, rev, snapshot)
-        if w.install:
+        if w.install and due("install"):
             w.install = False
             return "install", "install", self._run_install
         if w.delta is not None and view is not None:
@@ -279,13 +296,18 @@ class Agent:
         if w.links and view is not None:
             w.links = False
             return "port repair", "apply", lambda: self._run_links(view, rev)
-        if w.audit and self.state.synced:
-            w.audit = False
+        return self._take_audit(due("audit"))
+
+    def _take_audit(self, due: bool) -> tuple[str, str, Callable[[], Any]] | None:
+        if self._work.audit and self.state.synced and due:
+            self._work.audit = False
             return "audit", "audit", self._run_audit
         return None
 
-    def _failed(self, retry: str, error: str) -> None:
+    def _failed(self, retry: str, error: str, at: float) -> None:
+        """Out of sync: keep the failed work for its retry at loop time `at`, and say so."""
         self._failing.add(retry)
+        self._retry_at[retry] = at
         self.state.in_sync, self.state.error = False, error
         if retry == "install":
             self._work.install = True
@@ -293,7 +315,6 @@ class Agent:
             self._work.audit = True
         else:  # a whole view again: the back end reconciles from a fresh read-back
             self._work.full = True
-        self._wake.set()
         self._report()
 
     async def _run_install(self) -> None:
@@ -366,6 +387,8 @@ class Agent:
         self._report_due = True
         if self._status_task is None or self._status_task.done():
             self._status_task = asyncio.get_running_loop().create_task(self._post_status())
+        else:
+            self._status_kick.set()  # a report waiting for its retry goes now, with the news
 
     async def _post_status(self) -> None:
         """Send reports until the manager has taken the current one; retry with backoff on failure."""
@@ -391,7 +414,9 @@ class Agent:
             self._report_due = True
             delay = backoff.next()
             log.log(logging.WARNING if failures == 1 else logging.DEBUG, "status report failed: %s", problem)
-            await asyncio.sleep(delay)
+            self._status_kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_kick.wait(), delay)
             self._reread_token()
 
     async def _post(self, body: dict[str, Any]) -> str | None:
@@ -494,7 +519,6 @@ class Agent:
         watcher = LinkWatcher(links_changed) if self.cfg.watch_links else None
         if watcher is not None:
             watcher.start()
-        self._wake.set()  # the first job: install the filter closed if the kernel has none
         main = [loop.create_task(self._reconcile()), loop.create_task(self._feed_loop())]
         helpers = [loop.create_task(self._audit_loop())]
         if self.cfg.poll_ports > 0:

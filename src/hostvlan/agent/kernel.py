@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from hostvlan.agent import ports
-from hostvlan.datapath.base import ApplyReport, TenantFilter
+from hostvlan.datapath.base import ApplyReport, DatapathError, TenantFilter
 from hostvlan.model.datacenter import HostDelta
 from hostvlan.model.hostview import HostView, PortBindings, PortSeen, bind_ports, bound_state
 from hostvlan.model.ids import Mac, PortName
@@ -119,7 +119,10 @@ class KernelWorker:
     def _bind(self, view: HostView) -> PortBindings:
         found = self._read_links()
         if self._port_source is not None:  # OVS: the switch says which vNIC a port carries
-            attached = self._port_source()
+            try:
+                attached = self._port_source()
+            except ValueError as exc:  # e.g. an attached-mac that is no MAC: say so, retry, never crash
+                raise DatapathError(f"cannot read the switch's ports: {exc}") from exc
             seen = {p: PortSeen(None, "attached") for p in found}
             seen.update({p: PortSeen(m, "attached") for m, p in attached.items()})
             discovered = {m: p for m, p in attached.items() if m in view.local and p not in self.uplinks}
