@@ -15,7 +15,13 @@ from hostvlan.model.ids import InvalidValue, parse_host
 @click.command("agent")
 @click.option("--manager", envvar="HOSTVLAN_MANAGER", required=True, help="Manager URL (or HOSTVLAN_MANAGER).")
 @click.option("--host", "host", required=True, help="This end host's name, as registered with `hostvlan host add`.")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding this host's token.")
+@click.option(
+    "--token-file",
+    envvar="HOSTVLAN_HOST_TOKEN_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding this host's token (or HOSTVLAN_HOST_TOKEN_FILE); read again before every retry, so a "
+    "rotated token needs no restart. Beats --token.",
+)
 @click.option("--token", envvar="HOSTVLAN_HOST_TOKEN", help="This host's token (or HOSTVLAN_HOST_TOKEN).")
 @click.option(
     "--cacert",
