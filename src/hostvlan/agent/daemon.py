@@ -72,7 +72,7 @@ class AgentConfig:
 
 @dataclass
 class AgentState:
-    view: HostView | None = None
+    view: HostView | None = None  # the desired view (deltas folded in as the reconciler takes them)
     received: int = 0  # revision of the view last received from the manager
     revision: int = 0  # revision of the view the data path enforces
     ports: dict[Mac, PortName] = field(default_factory=dict)  # bound vNICs and their ports
@@ -185,6 +185,7 @@ class Agent:
         self._transport = transport
         self._token = config.token
         self._work = _Work()
+        self._unfolded: HostDelta | None = None  # deltas received, not yet folded into state.view
         self._failing: set[str] = set()  # kinds of kernel work that failed and await their retry
         self._retry_at: dict[str, float] = {}  # loop time of each retry
         self._wake = asyncio.Event()
@@ -207,6 +208,7 @@ class Agent:
         kind = msg.get("type")
         if kind == "snapshot":
             self.state.view = parse_snapshot(self.cfg.host, msg)
+            self._unfolded = None
             self.state.received = int(msg["revision"])
             self._work.full = self._work.snapshot = True
             self._work.delta = None
@@ -217,8 +219,10 @@ class Agent:
             if self.state.view is None:
                 raise ProtocolError("delta before snapshot")
             delta = parse_delta(msg)
-            self.state.view = apply_delta(self.state.view, delta)
             self.state.received = int(msg["revision"])
+            if self._unfolded is None:  # folded into the view when the next job takes it: one copy
+                self._unfolded = HostDelta()  # of the view per apply, not per delta
+            merge_delta(self._unfolded, delta)
             if not self._work.full:
                 if self._work.delta is None:
                     self._work.delta = HostDelta()
@@ -275,7 +279,7 @@ class Agent:
 
     def _take(self, now: float) -> tuple[str, str, Callable[[], Any]] | None:
         """The next job whose retry time has come: (what it is, what to retry if it fails, the job)."""
-        w, view, rev = self._work, self.state.view, self.state.received
+        w, view, rev = self._work, self._folded_view(), self.state.received
 
         def due(retry: str) -> bool:
             return self._retry_at.get(retry, 0.0) <= now
@@ -297,6 +301,13 @@ class Agent:
             w.links = False
             return "port repair", "apply", lambda: self._run_links(view, rev)
         return self._take_audit(due("audit"))
+
+    def _folded_view(self) -> HostView | None:
+        """The view at `state.received`: the deltas received since the last job folded in."""
+        if self._unfolded is not None and self.state.view is not None:
+            self.state.view = apply_delta(self.state.view, self._unfolded)
+            self._unfolded = None
+        return self.state.view
 
     def _take_audit(self, due: bool) -> tuple[str, str, Callable[[], Any]] | None:
         if self._work.audit and self.state.synced and due:
