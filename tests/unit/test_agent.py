@@ -26,13 +26,19 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hostvlan.agent.daemon import Agent, AgentConfig
 from hostvlan.agent.logs import JsonFormatter
 from hostvlan.datapath.base import DatapathError
 from hostvlan.datapath.memory import MemoryFilter, MemoryKernel
+from hostvlan.model.datacenter import HostDelta, apply_delta, merge_delta
 from hostvlan.model.facts import FactsDelta
+from hostvlan.model.hostview import HostView
 from hostvlan.model.ids import HostId, Lnid, Mac, PortName, tap_mac
+
+from .strategies import PROPERTY
 
 HOST = HostId("h1")
 TOKEN = "right-token"
@@ -454,3 +460,26 @@ def test_json_log_lines() -> None:
     out = json.loads(JsonFormatter("h1").format(rec))
     assert out["level"] == "warning" and out["host"] == "h1" and out["message"] == f"vNIC {A} is not bound"
     assert out["time"].endswith("Z")
+
+
+# ----- folding deltas: the agent applies several as one ------------------------------------------
+_POOL = [Mac(f"52:54:00:00:03:0{i}") for i in range(5)]
+_deltas = st.builds(
+    HostDelta,
+    entries=st.dictionaries(st.sampled_from(_POOL), st.frozensets(st.integers(1, 3).map(Lnid), max_size=2), max_size=3),
+    removed=st.sets(st.sampled_from(_POOL), max_size=3),
+    local=st.dictionaries(st.sampled_from(_POOL), st.sampled_from([None, PortName("p1"), PortName("p2")]), max_size=2),
+    unlocal=st.sets(st.sampled_from(_POOL), max_size=2),
+)
+
+
+@PROPERTY
+@given(start=_deltas, steps=st.lists(_deltas, max_size=6))
+def test_deltas_folded_into_one_give_the_view_applied_in_order(start: HostDelta, steps: list[HostDelta]) -> None:
+    view = apply_delta(HostView(HOST), start)
+    one_by_one = view
+    folded = HostDelta()
+    for d in steps:
+        one_by_one = apply_delta(one_by_one, d)
+        merge_delta(folded, d)
+    assert apply_delta(view, folded) == one_by_one
