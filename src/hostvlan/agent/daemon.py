@@ -26,8 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from pyroute2 import NetlinkError
 
 from hostvlan.agent.kernel import KernelWorker, Links, Outcome
 from hostvlan.agent.ports import LinkWatcher, link_mac
+from hostvlan.agent.status import Backoff, Connection, Report, StatusReporter
 from hostvlan.datapath.base import DatapathError, TenantFilter
 from hostvlan.model.datacenter import HostDelta, apply_delta, merge_delta
 from hostvlan.model.hostview import HostView, VnicBinding
@@ -82,22 +81,6 @@ class AgentState:
     error: str | None = None
 
 
-class Backoff:
-    """Jittered exponential backoff: first, 2·first, 4·first … capped, each ×[0.5, 1.5)."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first, self.cap = first, cap
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next * (0.5 + random.random())
-        self._next = min(self.cap, self._next * 2)
-        return min(self.cap, delay)
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
 class TokenRejected(Exception):
     """The manager answered 401/403: the host's token is wrong (or rotated)."""
 
@@ -112,25 +95,6 @@ class FeedRefused(Exception):
 
 class ProtocolError(ValueError):
     """The feed broke its contract (e.g. a delta before the snapshot)."""
-
-
-def status_body(state: AgentState, bindings: dict[str, dict[str, str | None]] | None) -> dict[str, Any]:
-    """The status report (agent -> manager); `in_sync`/`error` only when out of sync (absent = in sync),
-    `bindings` only when given (absent = unchanged)."""
-    body: dict[str, Any] = {"revision": state.revision}
-    if not state.in_sync:
-        body["in_sync"] = False
-        body["error"] = state.error
-    if bindings is not None:
-        body["bindings"] = bindings
-    return body
-
-
-def bindings_json(bindings: Mapping[Mac, VnicBinding]) -> dict[str, dict[str, str | None]]:
-    return {
-        str(m): {"port": b.port, "state": "bound" if b.bound else "unbound", "reason": b.reason}
-        for m, b in sorted(bindings.items())
-    }
 
 
 @dataclass
@@ -182,21 +146,21 @@ class Agent:
             port_source=config.port_source,
             guard_macvtaps=config.guard_macvtaps,
         )
-        self._transport = transport
-        self._token = config.token
+        self.conn = Connection(
+            config.manager,
+            config.host,
+            config.token,
+            token_file=config.token_file,
+            cacert=config.cacert,
+            transport=transport,
+        )
+        self.status = StatusReporter(self.conn, self._status_now, config.backoff_max)
         self._work = _Work()
         self._unfolded: HostDelta | None = None  # deltas received, not yet folded into state.view
         self._failing: set[str] = set()  # kinds of kernel work that failed and await their retry
         self._retry_at: dict[str, float] = {}  # loop time of each retry
         self._wake = asyncio.Event()
-        self._status_task: asyncio.Task[None] | None = None
-        self._status_client: httpx.AsyncClient | None = None  # one, kept alive: reports are frequent
-        self._ssl: ssl.SSLContext | None = None  # built once: loading a CA store costs ~25 ms of CPU
-        self._report_due = False
-        self._status_kick = asyncio.Event()
-        self._sent: dict[str, Any] | None = None  # the last report the manager took (without bindings)
         self._bindings_known = False  # bindings computed since the last snapshot
-        self._bindings_sent: dict[str, dict[str, str | None]] | None = None
         self._warned: dict[Mac, str] = {}  # unbound vNICs logged, with the reason logged
         self._ready = False
         self._stopping = False
@@ -213,7 +177,7 @@ class Agent:
             self._work.full = self._work.snapshot = True
             self._work.delta = None
             self._bindings_known = False  # sent again with the first report after this snapshot
-            self._bindings_sent = None
+            self.status.new_snapshot()
             self._snapshots_seen += 1
         elif kind == "delta":
             if self.state.view is None:
@@ -275,7 +239,7 @@ class Agent:
                 if not self.state.in_sync:
                     self.state.in_sync, self.state.error = True, None
                     log.warning("back in sync: the data path enforces r%d", self.state.revision)
-                    self._report()
+                    self.status.report()
 
     def _take(self, now: float) -> tuple[str, str, Callable[[], Any]] | None:
         """The next job whose retry time has come: (what it is, what to retry if it fails, the job)."""
@@ -326,7 +290,7 @@ class Agent:
             self._work.audit = True
         else:  # a whole view again: the back end reconciles from a fresh read-back
             self._work.full = True
-        self._report()
+        self.status.report()
 
     async def _run_install(self) -> None:
         if await self.kernel.run(self.kernel.install):
@@ -371,7 +335,7 @@ class Agent:
             self._note_bindings(out.bindings.report)
         if out.report is not None:
             log.debug("r%d enforced (%d element changes)", revision, out.report.elements)
-        self._report()
+        self.status.report()
 
     def _note_bindings(self, report: Mapping[Mac, VnicBinding]) -> None:
         """Keep the vNICs' bindings; log an unbound vNIC once (per reason), at warning level."""
@@ -387,101 +351,21 @@ class Agent:
         self.state.bindings = dict(report)
         self.state.ports = {m: b.port for m, b in report.items() if b.port is not None}
 
+    def _status_now(self) -> Report:
+        st = self.state
+        return Report(st.revision, st.in_sync, st.error, st.bindings if self._bindings_known else None)
+
     def _mark_ready(self) -> None:
         if not self._ready:
             self._ready = True
             if self.cfg.ready_file:
                 self.cfg.ready_file.write_text(json.dumps({"host": self.cfg.host}))
 
-    # ----- status reports ----------------------------------------------------------------------
-    def _report(self) -> None:
-        self._report_due = True
-        if self._status_task is None or self._status_task.done():
-            self._status_task = asyncio.get_running_loop().create_task(self._post_status())
-        else:
-            self._status_kick.set()  # a report waiting for its retry goes now, with the news
-
-    async def _post_status(self) -> None:
-        """Send reports until the manager has taken the current one; retry with backoff on failure."""
-        backoff = Backoff(0.2, self.cfg.backoff_max)
-        failures = 0
-        while True:
-            core = status_body(self.state, None)
-            wire = bindings_json(self.state.bindings) if self._bindings_known else None
-            with_bindings = wire is not None and wire != self._bindings_sent
-            if not self._report_due and core == self._sent and not with_bindings:
-                return
-            self._report_due = False
-            body = status_body(self.state, wire if with_bindings else None)
-            problem = await self._post(body)
-            if problem is None:
-                self._sent = core
-                if with_bindings:
-                    self._bindings_sent = wire
-                failures = 0
-                backoff.reset()
-                continue
-            failures += 1
-            self._report_due = True
-            delay = backoff.next()
-            log.log(logging.WARNING if failures == 1 else logging.DEBUG, "status report failed: %s", problem)
-            self._status_kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_kick.wait(), delay)
-            self._reread_token()
-
-    async def _post(self, body: dict[str, Any]) -> str | None:
-        """POST one report; None when taken, else what went wrong."""
-        try:
-            if self._status_client is None:
-                self._status_client = self._client()
-            resp = await self._status_client.post(f"/v1/hosts/{self.cfg.host}/status", json=body, headers=self._auth())
-        except httpx.HTTPError as exc:
-            return f"manager unreachable ({exc})"
-        if resp.status_code in (401, 403):
-            log.error(
-                "manager rejected the token of host %s (%d); re-reading the token", self.cfg.host, resp.status_code
-            )
-            return f"manager rejected the token of host {self.cfg.host}"
-        if resp.status_code >= 400:
-            return f"manager refused the report ({resp.status_code}): {resp.text}"
-        return None
-
-    # ----- manager connection ------------------------------------------------------------------
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"}
-
-    def _reread_token(self) -> None:
-        """Read `--token-file` again (a rotated token works without a restart); keep the last on error."""
-        path = self.cfg.token_file
-        if path is None:
-            return
-        try:
-            text = path.read_text().strip()
-        except OSError as exc:
-            log.warning("cannot read the token file %s (%s); keeping the last token", path, exc)
-            return
-        if text:
-            self._token = text
-        else:
-            log.warning("the token file %s is empty; keeping the last token", path)
-
-    def _client(self, timeout: httpx.Timeout | None = None) -> httpx.AsyncClient:
-        if self._ssl is None:
-            cacert = self.cfg.cacert
-            self._ssl = ssl.create_default_context(cafile=cacert) if cacert else httpx.create_ssl_context()
-        return httpx.AsyncClient(
-            base_url=self.cfg.manager,
-            verify=self._ssl,
-            timeout=timeout or httpx.Timeout(10.0),
-            transport=self._transport,
-        )
-
     async def _follow_feed(self) -> None:
         url = f"/v1/hosts/{self.cfg.host}/feed"
         async with (
-            self._client(httpx.Timeout(10.0, read=60.0)) as client,
-            client.stream("GET", url, headers=self._auth()) as resp,
+            self.conn.client(httpx.Timeout(10.0, read=60.0)) as client,
+            client.stream("GET", url, headers=self.conn.auth()) as resp,
         ):
             if resp.status_code != 200:
                 body = (await resp.aread()).decode(errors="replace")
@@ -496,7 +380,7 @@ class Agent:
     async def _feed_loop(self) -> None:
         backoff = Backoff(0.1, self.cfg.backoff_max)
         while not self._stopping:
-            self._reread_token()
+            self.conn.reread_token()
             try:
                 await self._follow_feed()
                 log.warning("feed closed by the manager; reconnecting")
@@ -542,12 +426,11 @@ class Agent:
             self._stopping = True
             if watcher is not None:
                 watcher.stop()
-            rest = [*main, *helpers, *([self._status_task] if self._status_task else [])]
+            rest = [*main, *helpers]
             for t in rest:
                 t.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
-            if self._status_client is not None:
-                await self._status_client.aclose()
+            await self.status.close()
             self.kernel.close()  # waits for a kernel transaction in flight
 
     async def _poll_ports(self) -> None:
