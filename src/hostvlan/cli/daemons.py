@@ -89,7 +89,13 @@ def manager(
 @main.command("agent")
 @click.option("--manager", envvar="HOSTVLAN_MANAGER", required=True, help="Manager URL (or HOSTVLAN_MANAGER).")
 @click.option("--host", "host", required=True, help="This end host's name, as registered with `hostvlan host add`.")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding this host's token.")
+@click.option(
+    "--token-file",
+    envvar="HOSTVLAN_HOST_TOKEN_FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding this host's token (or HOSTVLAN_HOST_TOKEN_FILE); read again before every retry, so a "
+    "rotated token needs no restart. Beats --token.",
+)
 @click.option("--token", envvar="HOSTVLAN_HOST_TOKEN", help="This host's token (or HOSTVLAN_HOST_TOKEN).")
 @click.option(
     "--cacert",
@@ -161,6 +167,13 @@ def manager(
     help="Seconds between full read-backs of the data path that repair drift.",
 )
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Written once the agent runs.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as plain text, or as one JSON object per line (time, level, logger, host, message).",
+)
 @click.option("-v", "--verbose", count=True)
 def agent(
     manager: str,
@@ -178,6 +191,7 @@ def agent(
     uplinks: tuple[str, ...],
     audit_interval: float,
     ready_file: str | None,
+    log_format: str,
     verbose: int,
 ) -> None:
     """Run the control daemon: follow this host's feed and program its tenant filter.
@@ -187,17 +201,26 @@ def agent(
     named at registration), binds it, and keeps the
     filter in step with the manager. On restart it keeps what the kernel enforces (never
     flushes) until the manager's snapshot arrives; a host with no filter yet gets it
-    installed closed. If the manager is unreachable, the last view stays enforced.
+    installed closed. If the manager is unreachable or rejects the token, the last view
+    stays enforced; the token file is read again before every retry (rotation needs no
+    restart). A failed apply, repair or audit is retried with backoff, and reported to the
+    manager as out of sync meanwhile.
     """
     from hostvlan.agent.daemon import Agent, AgentConfig, uplinks_from_args
+    from hostvlan.agent.logs import configure as configure_logs
     from hostvlan.datapath.base import DatapathError
     from hostvlan.datapath.factory import BackendSpec, build_backend
 
-    logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(asctime)s agent %(levelname)s %(message)s")
+    configure_logs(log_format, logging.WARNING - 10 * verbose, host)
     if os.geteuid() != 0:
         raise click.ClickException("the agent programs the kernel's virtual switch and needs root")
     if token_file:
-        token = Path(token_file).read_text().strip()
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise click.ClickException(f"cannot read the token file {token_file}: {exc}") from None
+        if not token:
+            raise click.ClickException(f"the token file {token_file} is empty")
     if not token:
         raise click.ClickException("no host token: pass --token-file or set HOSTVLAN_HOST_TOKEN")
     try:
@@ -225,6 +248,7 @@ def agent(
         manager=manager.rstrip("/"),
         host=host_id,
         token=token,
+        token_file=Path(token_file) if token_file else None,
         uplinks=ups,
         cacert=cacert,
         audit_interval=audit_interval,

@@ -193,8 +193,8 @@ class Testbed:
         `base` keeps the MACs of several filled hosts apart.
         """
         assert self.api is not None
-        if self.hosts[host].switch == "bridge":
-            add_idle_ports(self.hosts[host].netns, idle_ports(ports))
+        if self.hosts[host].switch == "bridge":  # each carries its vNIC's MAC as a tap does (the agent checks)
+            add_idle_ports(self.hosts[host].netns, idle_ports(ports, base))
         phantom = fill_phantom(host)
         if phantom not in {h["name"] for h in self.api.hosts()}:
             self.api.add_host(phantom)

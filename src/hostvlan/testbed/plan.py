@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName, int_to_mac
+from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName, int_to_mac, tap_mac
 from hostvlan.testbed.topology import Topology
 
 SUBNET = ipaddress.ip_network("10.200.0.0/16")
@@ -172,8 +172,10 @@ def fill_phantom(host: str) -> str:
     return f"{host}-fill"
 
 
-def idle_ports(ports: int) -> list[str]:
-    return [f"idle{k}" for k in range(ports)]
+def idle_ports(ports: int, base: int = 0) -> dict[str, Mac]:
+    """A fill's idle bridge ports, each with the host-side MAC of its vNIC (libvirt's tap MAC:
+    the agent binds a given port only to the vNIC behind it)."""
+    return {f"idle{k}": tap_mac(int_to_mac(_FILL_PORT + (base << 24) + k)) for k in range(ports)}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from hostvlan.model.ids import Mac
 from hostvlan.testbed import netns
@@ -124,13 +125,15 @@ def wait_up(ns: str, port: str, deadline: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def add_idle_ports(ns: str, names: list[str]) -> None:
+def add_idle_ports(ns: str, ports: Iterable[str] | Mapping[str, Mac]) -> None:
     """Idle bridge ports: veths on br0, up, their peers `<name>p` up beside them (this kernel
-    has no `dummy`; those already there are kept)."""
+    has no `dummy`; those already there are kept); a mapping gives each new port its MAC."""
+    macs = ports if isinstance(ports, Mapping) else {}
     with netns.iproute(ns) as ipr:
         br = ipr.link_lookup(ifname=BRIDGE)[0]
-        for name in names:
+        for name in ports:
             if not ipr.link_lookup(ifname=name):
-                ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
+                kw: dict[str, Any] = {"address": macs[name]} if name in macs else {}
+                ipr.link("add", ifname=name, kind="veth", peer=f"{name}p", **kw)
                 ipr.link("set", index=ipr.link_lookup(ifname=f"{name}p")[0], state="up")
                 ipr.link("set", index=ipr.link_lookup(ifname=name)[0], master=br, state="up")
