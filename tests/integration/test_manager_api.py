@@ -213,7 +213,17 @@ def test_reregistering_is_a_noop(admin: httpx.Client, tokens: dict[str, str]) ->
     top = admin.post("/v1/reg", json=reg(lnid=str(2**63 - 1), mac="52:54:00:10:00:09", host="B")).json()
     assert top["changed"] is True and top["revision"] == first["revision"] + 1
     row = admin.get("/v1/macs", params={"mac": "52:54:00:10:00:09"}).json()
-    assert row == [{"mac": "52:54:00:10:00:09", "lnids": [9, 2**63 - 1], "host": "B", "port": "vp9", "external": False}]
+    assert row == [
+        {
+            "mac": "52:54:00:10:00:09",
+            "lnids": [9, 2**63 - 1],
+            "host": "B",
+            "port": "vp9",
+            "external": False,
+            "state": "host down",  # B's agent is not connected
+            "bound_port": None,
+        }
+    ]
 
 
 def test_host_calls_answer_the_revision(admin: httpx.Client, tokens: dict[str, str]) -> None:

@@ -28,11 +28,12 @@ from typing import Any
 
 import httpx
 
+from hostvlan import wire
 from hostvlan.agent.ports import LinkWatcher, find_ports, guard_macvtaps, link_mac, links
 from hostvlan.datapath.base import ApplyReport, DatapathError, TenantFilter
 from hostvlan.model.datacenter import HostDelta, apply_delta
 from hostvlan.model.hostview import HostView, filter_state
-from hostvlan.model.ids import HostId, Lnid, Mac, PortName, parse_lnid
+from hostvlan.model.ids import HostId, Mac, PortName
 
 log = logging.getLogger("hostvlan.agent")
 
@@ -60,25 +61,6 @@ class AgentState:
     revision: int = 0  # revision of the view the data path enforces
     ports: dict[Mac, PortName] = field(default_factory=dict)
     synced: bool = False
-
-
-def _lnids(raw: list[Any]) -> frozenset[Lnid]:
-    return frozenset(parse_lnid(x) for x in raw)
-
-
-def parse_snapshot(host: HostId, msg: dict[str, Any]) -> HostView:
-    entries = {Mac(m): _lnids(ls) for m, ls in msg.get("entries", {}).items()}
-    local = {Mac(m): (PortName(p) if p else None) for m, p in msg.get("local", {}).items()}
-    return HostView(host, entries, local)
-
-
-def parse_delta(msg: dict[str, Any]) -> HostDelta:
-    return HostDelta(
-        entries={Mac(m): _lnids(ls) for m, ls in msg.get("entries", {}).items()},
-        removed={Mac(m) for m in msg.get("removed", [])},
-        local={Mac(m): (PortName(p) if p else None) for m, p in msg.get("local", {}).items()},
-        unlocal={Mac(m) for m in msg.get("unlocal", [])},
-    )
 
 
 class Agent:
@@ -155,7 +137,7 @@ class Agent:
     async def handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "snapshot":
-            self.state.view = parse_snapshot(self.cfg.host, msg)
+            self.state.view = wire.decode_snapshot(self.cfg.host, msg)
             self.state.revision = int(msg["revision"])
             await self._rescan_ports()
             rep = await self._program_full()
@@ -170,7 +152,7 @@ class Agent:
         elif kind == "delta":
             if self.state.view is None:
                 raise RuntimeError("delta before snapshot")
-            delta = parse_delta(msg)
+            delta = wire.decode_delta(msg)
             self.state.view = apply_delta(self.state.view, delta)
             self.state.revision = int(msg["revision"])
             await self._program_delta(delta)
