@@ -67,7 +67,30 @@ def main() -> None:
     help="Where the admin token is written on first start (default: DB.admin-token, mode 0600).",
 )
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write the bound URLs here once serving.")
-@click.option("--log-level", default="warning", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"], case_sensitive=False),
+    default="warning",
+    show_default=True,
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Logs on stderr as text, or as JSON lines (one object per record).",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False),
+    help="Append one JSON line per accepted or refused change here (default: DB.audit.jsonl).",
+)
+@click.option(
+    "--backup",
+    "backup_to",
+    type=click.Path(dir_okay=False),
+    help="Copy the database (consistent, also while a manager serves it) to this new file, and exit.",
+)
 def manager(
     db: str,
     listens: tuple[str, ...],
@@ -76,6 +99,9 @@ def manager(
     admin_token_file: str | None,
     ready_file: str | None,
     log_level: str,
+    log_format: str,
+    audit_log: str | None,
+    backup_to: str | None,
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -85,8 +111,14 @@ def manager(
     """
     from pathlib import Path
 
-    from hostvlan.manager.server import Listen, run
+    from hostvlan.manager.server import Listen, backup_db, run
 
+    if backup_to:
+        try:
+            backup_db(Path(db), Path(backup_to))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
     if bool(tls_cert) != bool(tls_key):
         raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
     try:
@@ -101,7 +133,9 @@ def manager(
             tls_key=Path(tls_key) if tls_key else None,
             admin_token_file=Path(admin_token_file) if admin_token_file else None,
             ready_file=Path(ready_file) if ready_file else None,
-            log_level=log_level,
+            log_level=log_level.lower(),
+            log_format=log_format,
+            audit_log=Path(audit_log) if audit_log else None,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

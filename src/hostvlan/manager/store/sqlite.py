@@ -49,7 +49,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(ValueError):
     """The database cannot be used by this manager (the message says why and what to do)."""
 
 
