@@ -1,7 +1,10 @@
 """The manager's HTTP edge (FastAPI): authentication, JSON in/out, error mapping.
 
-Thin by design: every decision is in `service.py` / the model. The OpenAPI document
-is served at /openapi.json (interactive docs at /docs).
+Thin by design: every decision is in `service.py` / the model, and the edge asks the
+service for what it needs (`host_calling`/`knows_host`, `open_feed`, `record_status`,
+the commands and the readings), never its feed or calc graph. Feeds are streamed by
+one function, `stream_feed`, for the agents' fast path and the FastAPI route alike.
+The OpenAPI document is served at /openapi.json (interactive docs at /docs).
 """
 
 from __future__ import annotations
