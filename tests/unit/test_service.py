@@ -230,6 +230,14 @@ def test_status_reports_and_what_hosts_and_show_say(svc: Service) -> None:
     svc.move(A, H1, "vnet4")
     rows = {r["mac"]: r["state"] for r in svc.show(host=H1)}
     assert rows[D] == "pending" and rows[A] == "pending" and rows[B] == "bound"
+    # a late report (of a revision before the move) does not bind A where it was
+    late = svc.revision - 1
+    svc.record_status(H1, wire.Status(late, bindings={A: bound("vnet0"), B: bound("vnet1"), D: bound("vnet2")}))
+    rows = {r["mac"]: r["state"] for r in svc.show(host=H1)}
+    assert rows[A] == "pending" and rows[D] == "bound" and rows[B] == "bound"
+    svc.record_status(H1, wire.Status(svc.revision, bindings={A: bound("vnet4"), B: bound("vnet1")}))
+    rows = {r["mac"]: r["state"] for r in svc.show(host=H1)}
+    assert rows[A] == "bound" and rows[D] == "pending"
     # the agent goes: the last report stays, the host is down
     sub.close()
     rows2 = {r["mac"]: r for r in svc.show(host=H1)}

@@ -111,6 +111,7 @@ class HostStatus:
     error: str | None = None
     bindings: dict[Mac, Binding] = field(default_factory=dict)  # vNIC -> how the agent enforces it
     reported: bool = False  # the agent has reported bindings at least once
+    placed: dict[Mac, int] = field(default_factory=dict)  # vNIC -> revision it was (un)placed here, until reported
 
     @property
     def connected(self) -> bool:
@@ -189,9 +190,10 @@ class Feed:
             st = self._st(host)
             st.due = revision
             d = delta.delta
-            if st.bindings and (d.local or d.unlocal):
+            if d.local or d.unlocal:
                 for mac in (*d.local, *d.unlocal):
                     st.bindings.pop(mac, None)
+                    st.placed[mac] = revision
             if st.subscribers:
                 line = encoder.delta(delta, revision)
                 for q in st.subscribers:
@@ -204,8 +206,12 @@ class Feed:
         st.in_sync = status.in_sync
         st.error = status.error
         if status.bindings is not None:
-            st.bindings = dict(status.bindings)
+            # a report of revision R cannot speak for a vNIC placed here after R
+            placed, rev = st.placed, status.revision
+            st.bindings = {m: b for m, b in status.bindings.items() if placed.get(m, -1) <= rev}
             st.reported = True
+            if placed:
+                st.placed = {m: r for m, r in placed.items() if r > rev}
 
     def close(self, host: HostId) -> None:
         """End every open stream of `host` (its token was rotated, or it was removed).
