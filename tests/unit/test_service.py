@@ -292,6 +292,7 @@ def test_trace_uses_the_reported_bindings(svc: Service) -> None:
     assert t["allow"] is True and t["dst_mac"] == A
     t = svc.trace(C, "EHS2:vnet3")
     assert t["allow"] is False and "no vNIC is bound to port EHS2:vnet3" in t["reason"]
+    assert f"{C} is registered on this port (unbound: no such port vnet3)" in t["reason"]
     with pytest.raises(ModelError):
         svc.trace(A, "NOSUCH:vnet0")
     with pytest.raises(InputError) as exc:

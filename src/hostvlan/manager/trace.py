@@ -73,7 +73,16 @@ def trace(
             + ("" if known else "; but the source is unknown, so no host forwards it"),
         )
     if dmac is None:
-        return answer(False, f"no vNIC is bound to port {host}:{port} (fail closed)", host=host, port=port)
+        why = f"no vNIC is bound to port {host}:{port} (fail closed)"
+        meant = sorted(m for m in dc.local_macs(host) if dc.locations[m].port == port)
+        if meant:  # registered there, but the agent bound it elsewhere or not at all
+            b = bindings.get(meant[0])
+            if b is None:
+                got = "not reported bound yet"
+            else:
+                got = f"bound on {b.port}" if b.bound else f"unbound: {b.reason or 'no reason given'}"
+            why += f"; {meant[0]} is registered on this port ({got})"
+        return answer(False, why, host=host, port=port)
     b = bindings.get(dmac)
     if b is None or not b.bound or b.port is None:
         if b is not None:
