@@ -213,11 +213,13 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
     # trace evaluates what the agents reported binding (none yet: fail closed)
     assert ok(hv("trace", B1, "EHS1:vnet0")).startswith("DROP: no vNIC is bound to port EHS1:vnet0")
     bound = {"port": "vnet0", "state": "bound", "reason": None}
+    with mgr.client() as c:
+        now = c.get("/v1/revision").json()["revision"]  # the agents' reports are of the current view
     with mgr.client(token) as c:
-        body = {"revision": 1, "bindings": {A1: bound, A2: {**bound, "port": "vnet1"}}}
+        body = {"revision": now, "bindings": {A1: bound, A2: {**bound, "port": "vnet1"}}}
         assert c.post("/v1/hosts/EHS1/status", json=body).status_code == 200
     with mgr.client(added["token"]) as c:
-        body = {"revision": 1, "bindings": {B1: {**bound, "port": "vnet5"}}}
+        body = {"revision": now, "bindings": {B1: {**bound, "port": "vnet5"}}}
         assert c.post("/v1/hosts/EHS2/status", json=body).status_code == 200
     out = ok(hv("trace", A2, B1))
     assert out.startswith("DROP: ") and "no shared LNID" in out
