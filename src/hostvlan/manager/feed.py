@@ -109,7 +109,8 @@ class HostStatus:
     subscribers: set[asyncio.Queue[Line]] = field(default_factory=set)
     in_sync: bool = True  # the agent's own word (its last apply, repair or audit succeeded)
     error: str | None = None
-    bindings: dict[Mac, Binding] = field(default_factory=dict)  # vNIC -> how the agent enforces it
+    bindings: dict[Mac, Binding] = field(default_factory=dict)  # local vNIC -> how the agent enforces it
+    unbound: int = 0  # of `bindings`, those not bound
     reported: bool = False  # the agent has reported bindings at least once
     placed: dict[Mac, int] = field(default_factory=dict)  # vNIC -> revision it was (un)placed here, until reported
 
@@ -192,14 +193,17 @@ class Feed:
             d = delta.delta
             if d.local or d.unlocal:
                 for mac in (*d.local, *d.unlocal):
-                    st.bindings.pop(mac, None)
+                    gone = st.bindings.pop(mac, None)
+                    if gone is not None and not gone.bound:
+                        st.unbound -= 1
                     st.placed[mac] = revision
             if st.subscribers:
                 line = encoder.delta(delta, revision)
                 for q in st.subscribers:
                     q.put_nowait(line)
 
-    def report(self, host: HostId, status: Status) -> None:
+    def report(self, host: HostId, status: Status, local: Callable[[Mac], bool] = lambda m: True) -> None:
+        """Keep a status report; of its bindings only those of vNICs `local` to the host."""
         st = self._st(host)
         st.applied = max(st.applied, status.revision)
         st.applied_at = time.time()
@@ -208,7 +212,8 @@ class Feed:
         if status.bindings is not None:
             # a report of revision R cannot speak for a vNIC placed here after R
             placed, rev = st.placed, status.revision
-            st.bindings = {m: b for m, b in status.bindings.items() if placed.get(m, -1) <= rev}
+            st.bindings = {m: b for m, b in status.bindings.items() if placed.get(m, -1) <= rev and local(m)}
+            st.unbound = sum(1 for b in st.bindings.values() if not b.bound)
             st.reported = True
             if placed:
                 st.placed = {m: r for m, r in placed.items() if r > rev}

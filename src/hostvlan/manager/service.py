@@ -152,7 +152,13 @@ class Service:
                 raise InputError(exc.field, exc.detail) from None
         st = self.feed.status.get(host)
         before = (st.in_sync, st.error, st.bindings) if st else (True, None, {})
-        self.feed.report(host, body)
+        locations = self.dc.locations
+
+        def local(mac: Mac) -> bool:
+            loc = locations.get(mac)
+            return loc is not None and loc.host == host
+
+        self.feed.report(host, body, local)
         st = self.feed.status[host]
         if (st.in_sync, st.error, st.bindings) != before:
             args: dict[str, Any] = {"revision": body.revision, "in_sync": body.in_sync, "error": body.error}
@@ -401,20 +407,18 @@ class Service:
             due = st.due if st else 0
             applied = st.applied if st else 0
             agent_in_sync = st.in_sync if st else True
-            local = self.dc.local_macs(host)
-            unbound = sum(1 for m, b in st.bindings.items() if not b.bound and m in local) if st else 0
             out.append(
                 {
                     "name": host,
                     "connected": bool(st and st.connected),
-                    "vnics": len(local),
+                    "vnics": len(self.dc.local_macs(host)),
                     "revision_due": due,
                     "revision_applied": applied,
                     "in_sync": bool(st and st.connected and applied >= due and agent_in_sync),
                     "lag": max(0, due - applied),
                     "agent_in_sync": agent_in_sync,
                     "error": st.error if st else None,
-                    "unbound": unbound,
+                    "unbound": st.unbound if st else 0,
                 }
             )
         return out
