@@ -47,6 +47,7 @@ def test_json_logs_and_the_audit_log(tmp_path: Path) -> None:
             assert c.post("/v1/reg", json={"lnid": 1, "mac": MAC1, "host": "NOPE"}).status_code == 404
             assert c.post("/v1/reg", json={"lnid": 0, "mac": MAC2, "host": "EHS1"}).status_code == 400
         with mgr.client(token) as c:
+            assert c.post("/v1/rm", json={"mac": MAC1}).status_code == 403  # a host cannot manage
             body = {"revision": 2, "in_sync": False, "error": "apply failed"}
             assert c.post("/v1/hosts/EHS1/status", json=body).status_code == 200
             assert c.post("/v1/hosts/EHS1/status", json={"revision": "x"}).status_code == 400
@@ -63,12 +64,14 @@ def test_json_logs_and_the_audit_log(tmp_path: Path) -> None:
         ("admin", "reg", "ok"),
         ("admin", "reg", "refused"),
         ("admin", "reg", "refused"),
+        ("host:EHS1", "POST /v1/rm", "refused"),
         ("host:EHS1", "status", "ok"),
         ("host:EHS1", "status", "refused"),
     ], got
     assert audit[2]["revision"] == 2 and audit[3]["error"].startswith("not_found: ")
     assert audit[4]["error"].startswith("lnid: ")
-    assert audit[5]["args"]["error"] == "apply failed"
+    assert audit[5]["error"].startswith("auth: ") and audit[5]["args"] is None
+    assert audit[6]["args"]["error"] == "apply failed"
 
 
 def test_newer_schema_is_refused_and_an_old_one_upgraded(tmp_path: Path) -> None:

@@ -344,7 +344,10 @@ def create_app(service: Service, snapshots: asyncio.Semaphore | None = None) -> 
     # async: a plain `def` dependency would run in a worker thread, a thread hop per call
     async def admin(request: Request) -> None:
         if not service.is_admin(_token(request)):
-            if service.host_of_token(_token(request)) is not None:
+            host = service.host_of_token(_token(request))
+            if request.method != "GET":  # a refused change: in the audit log, by whom
+                service.refused(f"host:{host}" if host else "unknown token", f"{request.method} {request.url.path}")
+            if host is not None:
                 raise ApiError(403, "auth", "a host token cannot make management calls")
             raise ApiError(401, "auth", "invalid token")
 

@@ -4,7 +4,8 @@
      "args": {"lnid": 1, "mac": "52:54:00:00:00:01", "host": "EHS1", "port": null, "external": false},
      "result": "ok", "error": null, "revision": 7}
 
-`who` is `admin` or `host:<H>` (the token that made the call); `result` is `ok`,
+`who` is `admin` or `host:<H>` (the token that made the call; `unknown token` for a
+management call with a token that is neither, refused); `result` is `ok`,
 `refused` (bad input, conflict, not found: `error` says which field and why, nothing
 changed) or `failed` (the store could not make it durable); `revision` is the manager's
 revision after the command. A host's status report is recorded only when it changes

@@ -136,6 +136,10 @@ class Service:
         self.audit.record(who, command, args, "ok", None, self.revision)
         return out
 
+    def refused(self, who: str, command: str) -> None:
+        """Record a change refused before it reached a command (a token not allowed to make it)."""
+        self.audit.record(who, command, None, "refused", "auth: this token cannot make management calls", self.revision)
+
     # ----- agents ----------------------------------------------------------------------------
     def open_feed(self, host: HostId) -> Subscription:
         """Subscribe `host` (registered) to its feed; the first line is its snapshot at `revision`."""
