@@ -209,19 +209,33 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
     shown = json.loads(ok(hv("show", "--json", "--lnid", "3")))
     assert {r["mac"] for r in shown} == {A1, B1}
     assert {r["mac"] for r in json.loads(ok(hv("show", "--json", "--host", "EHS1")))} == {A1, A2}
-    (gw,) = json.loads(ok(hv("show", "--json", "--mac", GW)))
-    assert {k: gw[k] for k in ("mac", "lnids", "host", "port", "external")} == {
-        "mac": GW,
-        "lnids": ["global"],
-        "host": None,
-        "port": None,
-        "external": True,
-    }
+    assert json.loads(ok(hv("show", "--json", "--mac", GW))) == [
+        {
+            "mac": GW,
+            "lnids": ["global"],
+            "host": None,
+            "port": None,
+            "external": True,
+            "state": "external",
+            "bound_port": None,
+        }
+    ]
     assert ok(hv("show", "--mac", "52:54:00:20:aa:aa")).strip() == "no MAC matches"
 
+    # trace evaluates what the agents reported binding (none yet: fail closed)
+    assert ok(hv("trace", B1, "EHS1:vnet0")).startswith("DROP: no vNIC is bound to port EHS1:vnet0")
+    bound = {"port": "vnet0", "state": "bound", "reason": None}
+    with mgr.client() as c:
+        now = c.get("/v1/revision").json()["revision"]  # the agents' reports are of the current view
+    with mgr.client(token) as c:
+        body = {"revision": now, "bindings": {A1: bound, A2: {**bound, "port": "vnet1"}}}
+        assert c.post("/v1/hosts/EHS1/status", json=body).status_code == 200
+    with mgr.client(added["token"]) as c:
+        body = {"revision": now, "bindings": {B1: {**bound, "port": "vnet5"}}}
+        assert c.post("/v1/hosts/EHS2/status", json=body).status_code == 200
     out = ok(hv("trace", A2, B1))
     assert out.startswith("DROP: ") and "no shared LNID" in out
-    assert f"to   {B1} on EHS2:vnic (LNIDs 3,4)" in out
+    assert f"to   {B1} on EHS2:vnet5 (LNIDs 3,4)" in out
     out = ok(hv("trace", B1, "EHS1:vnet0"))
     assert out.startswith("ALLOW: shared LNID 3")
     t = json.loads(ok(hv("trace", GW, A2, "--json")))
@@ -235,14 +249,17 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
     assert "nothing changed" in ok(hv("unreg", "3", A1))
     assert ok(hv("rm", A2)).startswith(f"removed {A2} from every LNID (revision ")
     assert "is not registered: nothing changed" in ok(hv("rm", A2))
-    (b1,) = json.loads(ok(hv("show", "--json", "--host", "EHS2")))
-    assert {k: b1[k] for k in ("mac", "lnids", "host", "port", "external")} == {
-        "mac": B1,
-        "lnids": [3, 4],
-        "host": "EHS2",
-        "port": None,
-        "external": False,
-    }
+    assert json.loads(ok(hv("show", "--json", "--host", "EHS2"))) == [
+        {
+            "mac": B1,
+            "lnids": [3, 4],
+            "host": "EHS2",
+            "port": None,
+            "external": False,
+            "state": "host down",
+            "bound_port": "vnet5",
+        }
+    ]
     assert ok(hv("show", "--host", "EHS2", "--lnid", "9")).strip() == "no MAC matches"  # a known host: exit 0
 
     res = hv("host", "token", "EHS1")

@@ -34,13 +34,14 @@ from typing import Any
 import httpx
 from pyroute2 import NetlinkError
 
+from hostvlan import wire
 from hostvlan.agent.kernel import KernelWorker, Links, Outcome
 from hostvlan.agent.ports import LinkWatcher, link_mac
 from hostvlan.agent.status import Backoff, Connection, Report, StatusReporter
 from hostvlan.datapath.base import DatapathError, TenantFilter
 from hostvlan.model.datacenter import HostDelta, apply_delta, merge_delta
 from hostvlan.model.hostview import HostView, VnicBinding
-from hostvlan.model.ids import HostId, Lnid, Mac, PortName, parse_lnid
+from hostvlan.model.ids import HostId, Mac, PortName
 
 log = logging.getLogger("hostvlan.agent")
 
@@ -109,25 +110,6 @@ class _Work:
     audit: bool = False
 
 
-def _lnids(raw: list[Any]) -> frozenset[Lnid]:
-    return frozenset(parse_lnid(x) for x in raw)
-
-
-def parse_snapshot(host: HostId, msg: dict[str, Any]) -> HostView:
-    entries = {Mac(m): _lnids(ls) for m, ls in msg.get("entries", {}).items()}
-    local = {Mac(m): (PortName(p) if p else None) for m, p in msg.get("local", {}).items()}
-    return HostView(host, entries, local)
-
-
-def parse_delta(msg: dict[str, Any]) -> HostDelta:
-    return HostDelta(
-        entries={Mac(m): _lnids(ls) for m, ls in msg.get("entries", {}).items()},
-        removed={Mac(m) for m in msg.get("removed", [])},
-        local={Mac(m): (PortName(p) if p else None) for m, p in msg.get("local", {}).items()},
-        unlocal={Mac(m) for m in msg.get("unlocal", [])},
-    )
-
-
 class Agent:
     """One host's control daemon: feed → desired view → kernel worker, with retries and reports.
 
@@ -171,7 +153,7 @@ class Agent:
         """Take one feed line into the desired view; the reconciler programs it (never awaited here)."""
         kind = msg.get("type")
         if kind == "snapshot":
-            self.state.view = parse_snapshot(self.cfg.host, msg)
+            self.state.view = wire.decode_snapshot(self.cfg.host, msg)
             self._unfolded = None
             self.state.received = int(msg["revision"])
             self._work.full = self._work.snapshot = True
@@ -182,7 +164,7 @@ class Agent:
         elif kind == "delta":
             if self.state.view is None:
                 raise ProtocolError("delta before snapshot")
-            delta = parse_delta(msg)
+            delta = wire.decode_delta(msg)
             self.state.received = int(msg["revision"])
             if self._unfolded is None:  # folded into the view when the next job takes it: one copy
                 self._unfolded = HostDelta()  # of the view per apply, not per delta

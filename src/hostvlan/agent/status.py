@@ -23,12 +23,11 @@ from typing import Any
 
 import httpx
 
+from hostvlan import wire
 from hostvlan.model.hostview import VnicBinding
 from hostvlan.model.ids import HostId, Mac
 
 log = logging.getLogger("hostvlan.agent")
-
-BindingsJson = dict[str, dict[str, str | None]]
 
 
 class Backoff:
@@ -58,22 +57,13 @@ class Report:
     bindings: Mapping[Mac, VnicBinding] | None = None
 
 
-def status_body(report: Report, bindings: BindingsJson | None) -> dict[str, Any]:
-    """The status report's JSON body (see the module doc for what is left out when)."""
-    body: dict[str, Any] = {"revision": report.revision}
-    if not report.in_sync:
-        body["in_sync"] = False
-        body["error"] = report.error
-    if bindings is not None:
-        body["bindings"] = bindings
-    return body
+def status_body(report: Report, bindings: Mapping[Mac, wire.Binding] | None) -> dict[str, Any]:
+    """The status report's JSON body (`wire.encode_status`; see the module doc for what is left out when)."""
+    return wire.encode_status(wire.Status(report.revision, report.in_sync, report.error, bindings))
 
 
-def bindings_json(bindings: Mapping[Mac, VnicBinding]) -> BindingsJson:
-    return {
-        str(m): {"port": b.port, "state": "bound" if b.bound else "unbound", "reason": b.reason}
-        for m, b in sorted(bindings.items())
-    }
+def wire_bindings(bindings: Mapping[Mac, VnicBinding]) -> dict[Mac, wire.Binding]:
+    return {m: wire.Binding(b.port, "bound" if b.bound else "unbound", b.reason) for m, b in sorted(bindings.items())}
 
 
 class Connection:
@@ -137,7 +127,7 @@ class StatusReporter:
         self._due = False
         self._kick = asyncio.Event()
         self._sent: dict[str, Any] | None = None  # the last report the manager took (without bindings)
-        self._bindings_sent: BindingsJson | None = None
+        self._bindings_sent: dict[Mac, wire.Binding] | None = None
 
     def new_snapshot(self) -> None:
         """The next report carries the bindings, changed or not."""
@@ -165,16 +155,16 @@ class StatusReporter:
         while True:
             now = self._read()
             core = status_body(now, None)
-            wire = bindings_json(now.bindings) if now.bindings is not None else None
-            with_bindings = wire is not None and wire != self._bindings_sent
+            bindings = wire_bindings(now.bindings) if now.bindings is not None else None
+            with_bindings = bindings is not None and bindings != self._bindings_sent
             if not self._due and core == self._sent and not with_bindings:
                 return
             self._due = False
-            problem = await self._post(status_body(now, wire if with_bindings else None))
+            problem = await self._post(status_body(now, bindings if with_bindings else None))
             if problem is None:
                 self._sent = core
                 if with_bindings:
-                    self._bindings_sent = wire
+                    self._bindings_sent = bindings
                 failures = 0
                 backoff.reset()
                 continue
@@ -203,4 +193,4 @@ class StatusReporter:
         return None
 
 
-__all__ = ["Backoff", "Connection", "Report", "StatusReporter", "bindings_json", "status_body"]
+__all__ = ["Backoff", "Connection", "Report", "StatusReporter", "status_body", "wire_bindings"]

@@ -49,6 +49,24 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
     show_default=True,
     help="critical, error, warning, info, debug or trace.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Logs on stderr as text, or as JSON lines (one object per record).",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False),
+    help="Append one JSON line per accepted or refused change here (default: DB.audit.jsonl).",
+)
+@click.option(
+    "--backup",
+    "backup_to",
+    type=click.Path(dir_okay=False),
+    help="Copy the database (consistent, also while a manager serves it) to this new file, and exit.",
+)
 def manager(
     db: str,
     listens: tuple[str, ...],
@@ -57,6 +75,9 @@ def manager(
     admin_token_file: str | None,
     ready_file: str | None,
     log_level: str,
+    log_format: str,
+    audit_log: str | None,
+    backup_to: str | None,
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -64,8 +85,14 @@ def manager(
     an admin token is created and its path printed; give it to the CLI with --token or
     HOSTVLAN_TOKEN.
     """
-    from hostvlan.manager.server import Listen, run
+    from hostvlan.manager.server import Listen, backup_db, run
 
+    if backup_to:
+        try:
+            backup_db(Path(db), Path(backup_to))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        return
     if bool(tls_cert) != bool(tls_key):
         raise click.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
     try:
@@ -81,6 +108,8 @@ def manager(
             admin_token_file=Path(admin_token_file) if admin_token_file else None,
             ready_file=Path(ready_file) if ready_file else None,
             log_level=log_level.lower(),
+            log_format=log_format,
+            audit_log=Path(audit_log) if audit_log else None,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
