@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel.ovs_proc import OvsTools
+from hostvlan.datapath.kernel.ovsdb import OvsDb
 from hostvlan.datapath.ovs import COOKIE_BASE, COOKIE_MASK, UNKNOWN, OvsFilter
-from hostvlan.datapath.ovs_proc import OvsTools
-from hostvlan.datapath.ovsdb import OvsDb
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
@@ -160,7 +161,9 @@ class OvsHost(SwitchHost):
         tools = self.tools
         rec = RecordingTools(tools.rundir, tools.db, tools.vswitchd_ctl)
         object.__setattr__(rec, "calls", [])
-        return OvsFilter(BRIDGE, rec, db)
+        filt = build_backend(BackendSpec(kind="ovs", ovs_bridge=BRIDGE), ovs_tools=rec, ovsdb=db)
+        assert isinstance(filt, OvsFilter)
+        return filt
 
     def calls(self, filt: Any) -> list[tuple[str, int]]:
         tools = filt._tools

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from hostvlan.datapath.base import TenantFilter
-from hostvlan.datapath.nft_facts import NftFactsFilter
-from hostvlan.datapath.nftlib import Nft
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.model import verdict
 from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
@@ -433,19 +433,18 @@ class NftHost(SwitchHost):
     """What the two nftables back ends share: one table `<FAMILY> hostvlan`, read back by `nft`."""
 
     FAMILY: ClassVar[str]
-    FILTER: ClassVar[type[NftFactsFilter]]
+    SPEC: ClassVar[BackendSpec]
     MAX_BATCH: ClassVar[int] = 20  # commands in the one batch of a small change
 
     def new_filter(self) -> Any:
         """A fresh filter bound to the host namespace (an agent (re)start): a new nftables context."""
         with netns.inside(self.ns):
-            nft = RecordingNft()
-        filt = self.FILTER(nft)
+            filt = build_backend(self.SPEC, nft=RecordingNft())
         self._closers.append(filt.close)
         return filt
 
     def calls(self, filt: Any) -> list[tuple[str, int]]:
-        nft = filt._nft
+        nft = filt.table.nft
         assert isinstance(nft, RecordingNft)
         out = list(nft.calls)
         nft.calls.clear()

@@ -95,7 +95,7 @@ class Nft:
 # Could not process rule: Device or resource busy"): the errno is recovered from its strerror
 _KNOWN = (errno.ENOENT, errno.EEXIST, errno.EINVAL, errno.EPERM, errno.EBUSY, errno.ENOSPC, errno.E2BIG, errno.ENOMEM)
 _BY_TEXT = {os.strerror(code): code for code in _KNOWN}
-_CAUSE = re.compile(r"^Error: (?:Could not process rule: )?([^\n;]+)", re.MULTILINE)
+_CAUSE = re.compile(r"Error: (?:Could not process rule: )?([^\n;]+)")
 
 
 def _errno_of(err: str) -> int | None:
