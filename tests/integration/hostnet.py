@@ -75,15 +75,16 @@ class Host(NftHost):
     WORST_CASE_LIMITS: ClassVar[tuple[float, float]] = (2.0, 0.050)
     STALE: ClassVar[tuple[str, ...]] = tuple(STALE)
 
+    def spec(self) -> BackendSpec:
+        """The flavour, with pins of the tc filter's that survive a restart (a new filter), not the host."""
+        return dataclasses.replace(self.SPEC, bpf_pins=BPFFS / f"test-{self.ns}")
+
     def new_filter(self) -> Any:
         """A fresh filter bound to the host namespace (an agent (re)start): new nftables and
         netlink contexts."""
-        spec = self.SPEC
-        if spec.receive == "tc":
-            pins = BPFFS / f"test-{self.ns}"  # survives a restart (a new filter), not the host
-            spec = dataclasses.replace(spec, bpf_pins=pins)
-            if not any(getattr(c, "pins", None) == pins for c in self._closers):
-                self._closers.insert(0, _PinsRemover(pins))
+        spec = self.spec()
+        if spec.receive == "tc" and not any(getattr(c, "pins", None) == spec.bpf_pins for c in self._closers):
+            self._closers.insert(0, _PinsRemover(spec.bpf_pins))
         with netns.inside(self.ns):
             filt = build_backend(spec, nft=RecordingNft())
         self._closers.append(filt.close)

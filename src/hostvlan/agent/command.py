@@ -9,12 +9,17 @@ from pathlib import Path
 
 import click
 
+from hostvlan.datapath.factory import BackendSpec
 from hostvlan.model.ids import InvalidValue, parse_host
 
 
 @click.command("agent")
-@click.option("--manager", envvar="HOSTVLAN_MANAGER", required=True, help="Manager URL (or HOSTVLAN_MANAGER).")
-@click.option("--host", "host", required=True, help="This end host's name, as registered with `hostvlan host add`.")
+@click.option(
+    "--manager", envvar="HOSTVLAN_MANAGER", help="Manager URL (or HOSTVLAN_MANAGER). Required unless --cleanup."
+)
+@click.option(
+    "--host", "host", help="This end host's name, as registered with `hostvlan host add`. Required unless --cleanup."
+)
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), help="File holding this host's token.")
 @click.option("--token", envvar="HOSTVLAN_HOST_TOKEN", help="This host's token (or HOSTVLAN_HOST_TOKEN).")
 @click.option(
@@ -87,10 +92,19 @@ from hostvlan.model.ids import InvalidValue, parse_host
     help="Seconds between full read-backs of the data path that repair drift.",
 )
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Written once the agent runs.")
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="Do not run: remove every piece of kernel state hostvlan created on this host for the back end the "
+    "other options name (the nftables tables `hostvlan` of the bridge and netdev families, hostvlan's tc "
+    "programs and BPF pins, the locked-port flags and sticky FDB entries of --backend bridge, the OVS flows "
+    "in hostvlan's cookie range and its group on --bridge for --backend ovs), print what went, and exit. "
+    "Nothing else is touched; the switch is left open (its defaults): stop the agent first, to uninstall.",
+)
 @click.option("-v", "--verbose", count=True)
 def agent(
-    manager: str,
-    host: str,
+    manager: str | None,
+    host: str | None,
     token_file: str | None,
     token: str | None,
     cacert: str | None,
@@ -104,6 +118,7 @@ def agent(
     uplinks: tuple[str, ...],
     audit_interval: float,
     ready_file: str | None,
+    cleanup: bool,
     verbose: int,
 ) -> None:
     """Run the control daemon: follow this host's feed and program its tenant filter.
@@ -117,20 +132,9 @@ def agent(
     """
     from hostvlan.agent.daemon import Agent, AgentConfig, uplinks_from_args
     from hostvlan.datapath.base import DatapathError
-    from hostvlan.datapath.factory import BackendSpec, build_backend
+    from hostvlan.datapath.factory import build_backend
 
     logging.basicConfig(level=logging.WARNING - 10 * verbose, format="%(asctime)s agent %(levelname)s %(message)s")
-    if os.geteuid() != 0:
-        raise click.ClickException("the agent programs the kernel's virtual switch and needs root")
-    if token_file:
-        token = Path(token_file).read_text().strip()
-    if not token:
-        raise click.ClickException("no host token: pass --token-file or set HOSTVLAN_HOST_TOKEN")
-    try:
-        host_id = parse_host(host)
-        ups = uplinks_from_args(uplinks)
-    except (InvalidValue, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
     try:
         spec = BackendSpec(
             kind=backend,
@@ -143,6 +147,23 @@ def agent(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if not cleanup and (manager is None or host is None):
+        raise click.UsageError("--manager and --host are required (unless --cleanup)")
+    if os.geteuid() != 0:
+        raise click.ClickException("the agent programs the kernel's virtual switch and needs root")
+    if cleanup:
+        _cleanup(spec)
+        return
+    assert manager is not None and host is not None
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    if not token:
+        raise click.ClickException("no host token: pass --token-file or set HOSTVLAN_HOST_TOKEN")
+    try:
+        host_id = parse_host(host)
+        ups = uplinks_from_args(uplinks)
+    except (InvalidValue, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         filt = build_backend(spec)
     except (DatapathError, ValueError) as exc:
@@ -165,3 +186,18 @@ def agent(
         pass
     finally:
         filt.close()
+
+
+def _cleanup(spec: BackendSpec) -> None:
+    """`--cleanup`: remove hostvlan's kernel state for `spec` and say what went."""
+    from hostvlan.datapath.base import DatapathError
+    from hostvlan.datapath.cleanup import clean_host
+
+    try:
+        removed = clean_host(spec)
+    except (DatapathError, ValueError) as exc:
+        raise click.ClickException(f"cleanup of the {spec.kind} back end failed: {exc}") from None
+    for what in removed:
+        click.echo(f"removed {what}")
+    if not removed:
+        click.echo("nothing of hostvlan's was left on this host")
