@@ -110,9 +110,12 @@ def test_cleanup_removes_everything_of_hostvlans_and_nothing_else(make_host: Mak
     assert host.foreign_intact()
 
     # the next agent installs from scratch
-    report = filt.apply()
+    filt.close()
+    fresh = host.new_filter()
+    fresh.sync(lifecycle_state(host))
+    report = fresh.apply()
     assert report.full and report.elements > 0
-    assert filt.read() == filt.desired()
+    assert fresh.read() == fresh.desired()
 
 
 @pytest.fixture
@@ -122,7 +125,7 @@ def make_bridge(prefix: str) -> Iterator[Callable[[int], Host]]:
 
 
 def test_agent_cleanup_flag(make_bridge: Callable[[int], Host]) -> None:
-    host = make_bridge(2)
+    host = make_bridge(3)
     host.boot(lifecycle_state(host))
     pins = host.spec().bpf_pins
     argv = [sys.executable, "-m", "hostvlan.cli", "agent", "--cleanup", "--bpf-pins", str(pins)]

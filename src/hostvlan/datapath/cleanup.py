@@ -70,10 +70,14 @@ def clean_host(
         nft.close()
         ports.close()
     if spec.kind == "ovs":
+        from hostvlan.datapath.ovs import OvsFilter
+
         filt = build_backend(spec, ovs_tools=ovs_tools, ovsdb=ovsdb)
         try:
-            filt.remove()  # one bundle: hostvlan's cookie range and its guard group
-            done.append(f"OVS flows and group of hostvlan on {spec.ovs_bridge}")
+            assert isinstance(filt, OvsFilter)
+            if filt.installed():
+                filt.remove()  # one bundle: hostvlan's cookie range and its guard group
+                done.append(f"OVS flows and group of hostvlan on bridge {spec.ovs_bridge}")
         finally:
             filt.close()
     return done

@@ -565,6 +565,13 @@ class OvsFilter(TenantFilter):
                 rx[names[p]] = packets
         return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
 
+    def installed(self) -> bool:
+        """Whether any flow of hostvlan's cookie range or its guard group is on the bridge."""
+        if self._dump(f"cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}"):
+            return True
+        groups = self._tools.ofctl("dump-groups", self._target, str(GUARD_GROUP))
+        return f"group_id={GUARD_GROUP}," in groups
+
     def _remove(self) -> None:
         self._mirror = None
         self._bundle([f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", f"group delete group_id={GUARD_GROUP}"])
