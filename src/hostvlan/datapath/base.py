@@ -93,14 +93,6 @@ class TenantFilter(abc.ABC):
     def desired(self) -> Facts:
         return self._index.facts()
 
-    def desired_ports(self) -> tuple[frozenset[tuple[PortName, Mac]], frozenset[PortName]]:
-        """The desired `bound` and `uplinks` facts alone (cheap at any table size)."""
-        return self._index.port_facts()
-
-    def desired_port(self, port: PortName) -> tuple[bool, bool, frozenset[Mac]]:
-        """One port's desired facts: (bound or uplink, in `global`, its pairs' sources)."""
-        return self._index.port_view(port)
-
     # ----- apply -------------------------------------------------------------------
     def apply(self) -> ApplyReport:
         delta = self._index.take_delta()

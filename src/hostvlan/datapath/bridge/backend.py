@@ -92,7 +92,7 @@ class BridgeFilter(TenantFilter):
             for undo in reversed(undos):
                 undo()
             raise
-        self.receive.complete(change, self)
+        self.receive.complete(change, self._index)
 
     def _install(self, delta: FactsDelta, digest: int) -> None:
         self._transact(Change(delta, fresh=True), self.table.install_cmds(self._layout_cmds(), delta, digest))
@@ -121,14 +121,14 @@ class BridgeFilter(TenantFilter):
 
     def audit(self) -> ApplyReport:
         report = super().audit()
-        fixed, _ = self.send.refresh(self)  # also locks ports new since
+        fixed, _ = self.send.refresh(self._index)  # also locks ports new since
         return ApplyReport(report.elements + fixed, report.full) if fixed else report
 
     def refresh_ports(self) -> int:
         """A link event: the send check re-reads every port (locks new ones, restores a
         re-created port's entry), the receive filter follows them (programs, map keys)."""
-        messages, links = self.send.refresh(self)
-        return messages + self.receive.follow(links, self)
+        messages, links = self.send.refresh(self._index)
+        return messages + self.receive.follow(links, self._index)
 
     def counters(self) -> dict[str, PortCounters]:
         return self.receive.counters(self.table.counters())

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hostvlan.datapath.bridge.parts import Change, Desired, Layout, Undo
+from hostvlan.datapath.bridge.parts import Change, Layout, Undo
 from hostvlan.datapath.kernel.brports import BridgePorts
-from hostvlan.model.facts import Facts
+from hostvlan.model.facts import Facts, FactsIndex
 from hostvlan.model.ids import PortName
 
 
@@ -71,10 +71,10 @@ class LockedPorts:
 
         return undo_change if added else None
 
-    def refresh(self, want: Desired) -> tuple[int, Mapping[PortName, int] | None]:
+    def refresh(self, want: FactsIndex) -> tuple[int, Mapping[PortName, int] | None]:
         """Lock ports that joined a bridge since (a new VM's port sends nothing until bound),
         restore the entry of a re-created port; returns the messages and every port read."""
-        enforced = self.ports.enforce(*want.desired_ports())
+        enforced = self.ports.enforce(*want.port_facts())
         return enforced.messages, enforced.ports
 
     def remove(self) -> None:

@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hostvlan.datapath.base import PortCounters
-from hostvlan.datapath.bridge.parts import Change, Desired, Layout, Undo
+from hostvlan.datapath.bridge.parts import Change, Layout, Undo
 from hostvlan.datapath.bridge.tc import release_programs
 from hostvlan.datapath.kernel.brports import BridgePorts
 from hostvlan.datapath.nft_table import IIF, OIF, jump, receive_rules, send_rules
-from hostvlan.model.facts import Facts
+from hostvlan.model.facts import Facts, FactsIndex
 from hostvlan.model.ids import PortName
 
 
@@ -45,7 +45,7 @@ class NftSendCheck:
     def prepare(self, change: Change) -> Undo | None:
         return None
 
-    def refresh(self, want: Desired) -> tuple[int, Mapping[PortName, int] | None]:
+    def refresh(self, want: FactsIndex) -> tuple[int, Mapping[PortName, int] | None]:
         return 0, None  # matches port names: nothing follows links
 
     def remove(self) -> None:
@@ -82,11 +82,11 @@ class NftReceiveFilter:
     def prepare(self, change: Change) -> Undo | None:
         return None
 
-    def complete(self, change: Change, want: Desired) -> None:
+    def complete(self, change: Change, want: FactsIndex) -> None:
         if change.fresh and self._ports is not None:  # the receive filter is ours now
             release_programs(self._ports)
 
-    def follow(self, links: Mapping[PortName, int] | None, want: Desired) -> int:
+    def follow(self, links: Mapping[PortName, int] | None, want: FactsIndex) -> int:
         return 0  # nftables matches port names
 
     def counters(self, table: dict[str, PortCounters]) -> dict[str, PortCounters]:

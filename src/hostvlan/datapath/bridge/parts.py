@@ -15,7 +15,8 @@ two-phase interface per transaction:
 and, besides: `layout` (its chains in the table, at install), `ready` (its own kernel
 objects are there, so the table's digest may be trusted), `check` (read-back: the facts it
 enforces), `refresh`/`follow` (a link event, a first apply, an audit), `counters`, `remove`
-and `close`. A part does nothing it does not own. May import `hostvlan.datapath` and
+and `close`. Parts read the desired facts from the back end's `FactsIndex` (`want`). A part
+does nothing it does not own. May import `hostvlan.datapath` and
 `hostvlan.model` only.
 """
 
@@ -26,21 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hostvlan.datapath.base import PortCounters
-from hostvlan.model.facts import Facts, FactsDelta
-from hostvlan.model.ids import Mac, PortName
+from hostvlan.model.facts import Facts, FactsDelta, FactsIndex
+from hostvlan.model.ids import PortName
 
 Rule = list[dict[str, Any]]
 Undo = Callable[[], None]
-
-
-class Desired(Protocol):
-    """The back end's desired facts, as its parts read them."""
-
-    def desired(self) -> Facts: ...
-
-    def desired_ports(self) -> tuple[frozenset[tuple[PortName, Mac]], frozenset[PortName]]: ...
-
-    def desired_port(self, port: PortName) -> tuple[bool, bool, frozenset[Mac]]: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ class SendCheck(Protocol):
 
     def prepare(self, change: Change) -> Undo | None: ...
 
-    def refresh(self, want: Desired) -> tuple[int, Mapping[PortName, int] | None]: ...
+    def refresh(self, want: FactsIndex) -> tuple[int, Mapping[PortName, int] | None]: ...
 
     def remove(self) -> None: ...
 
@@ -105,9 +96,9 @@ class ReceiveFilter(Protocol):
 
     def prepare(self, change: Change) -> Undo | None: ...
 
-    def complete(self, change: Change, want: Desired) -> None: ...
+    def complete(self, change: Change, want: FactsIndex) -> None: ...
 
-    def follow(self, links: Mapping[PortName, int] | None, want: Desired) -> int: ...
+    def follow(self, links: Mapping[PortName, int] | None, want: FactsIndex) -> int: ...
 
     def counters(self, table: dict[str, PortCounters]) -> dict[str, PortCounters]: ...
 

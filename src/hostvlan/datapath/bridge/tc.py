@@ -46,10 +46,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hostvlan.datapath.base import DatapathError, PortCounters
-from hostvlan.datapath.bridge.parts import Change, Desired, Layout, Undo
+from hostvlan.datapath.bridge.parts import Change, Layout, Undo
 from hostvlan.datapath.kernel import bpf as bpflib
 from hostvlan.datapath.kernel.brports import BridgePorts
-from hostvlan.model.facts import Facts, FactsDelta
+from hostvlan.model.facts import Facts, FactsDelta, FactsIndex
 from hostvlan.model.ids import Mac, PortName
 
 OBJECT = Path(__file__).parent.parent / "bpf" / "hv_rx.o"
@@ -230,13 +230,13 @@ class TcReceiveFilter:
         bpflib.update(fd["ports"], b"".join(ports), values, PORT, PORT_VALUE.size)
         bpflib.update(fd["pairs"], b"".join(pairs), bytes(len(pairs)), PAIR, 1)
 
-    def _attach_all(self, links: Mapping[PortName, int], desired: Desired) -> int:
+    def _attach_all(self, links: Mapping[PortName, int], want: FactsIndex) -> int:
         """Every bridge port runs exactly one of our programs, the right one; returns the changes."""
         ours = {name: bpflib.prog_info(self.fd[name])[0] for name in PROGS}
         changed = 0
         for port, ifindex in links.items():
-            want = PROG_GLOBAL if desired.desired_port(port)[1] else PROG
-            changed += self._ports.call(self._attach, ifindex, want, ours)
+            prog = PROG_GLOBAL if want.port_view(port)[1] else PROG
+            changed += self._ports.call(self._attach, ifindex, prog, ours)
         return changed
 
     def _attach(self, ifindex: int, want: str, ours: dict[str, int]) -> int:
@@ -287,7 +287,7 @@ class TcReceiveFilter:
         self._shrink(delta)
         return None
 
-    def complete(self, change: Change, want: Desired) -> None:
+    def complete(self, change: Change, want: FactsIndex) -> None:
         """After the batch: the additions (a map outgrown: fresh maps twice the size)."""
         if change.fresh:
             self._fill(change.added(), want)
@@ -298,9 +298,9 @@ class TcReceiveFilter:
         except DatapathError as exc:
             if exc.errno != errno.E2BIG:
                 raise
-            self._fill(want.desired(), want)
+            self._fill(want.facts(), want)
 
-    def _fill(self, facts: Facts, want: Desired) -> None:
+    def _fill(self, facts: Facts, want: FactsIndex) -> None:
         links = self._links()
         try:
             self._sync_maps(facts, links)
@@ -327,7 +327,7 @@ class TcReceiveFilter:
             if p in at:  # still bound: no longer global
                 self._put({}, {_u32(at[p]): (0, p)}, set())
 
-    def _grow(self, delta: FactsDelta, links: dict[PortName, int] | None, want: Desired) -> None:
+    def _grow(self, delta: FactsDelta, links: dict[PortName, int] | None, want: FactsIndex) -> None:
         """The additions of a change, then program swaps of ports whose `global` flag changed."""
         at = self._at
         if links is not None:
@@ -336,7 +336,7 @@ class TcReceiveFilter:
                     at[p] = links[p]
         srcs = {src_key(m): _u32(SRC_KNOWN | (SRC_GLOBAL if m in delta.global_src.add else 0)) for m in delta.known.add}
         srcs.update({src_key(m): _u32(SRC_KNOWN | SRC_GLOBAL) for m in delta.global_src.add})
-        ports = {_u32(at[p]): (PORT_GLOBAL if want.desired_port(p)[1] else 0, p) for p in delta.ports.add if p in at}
+        ports = {_u32(at[p]): (PORT_GLOBAL if want.port_view(p)[1] else 0, p) for p in delta.ports.add if p in at}
         ports.update({_u32(at[p]): (PORT_GLOBAL, p) for p in delta.global_ports.add if p in at})
         pairs = {pair_key(at[p], m) for m, p in delta.pairs.add if p in at}
         self._put(srcs, ports, pairs)
@@ -344,19 +344,19 @@ class TcReceiveFilter:
         if swap and links is not None:
             self._attach_all({p: links[p] for p in swap if p in links}, want)
 
-    def follow(self, links: Mapping[PortName, int] | None, want: Desired) -> int:
+    def follow(self, links: Mapping[PortName, int] | None, want: FactsIndex) -> int:
         """After the locks (link event, first apply): attach the program to every port, and move
         the keys of bound ports whose ifindex changed (or drop those of ports gone: their
         ifindex may be reused), from the one read of the ports the locks took (`links`)."""
         if not self._open():
             return 0
         links = dict(links) if links is not None else self._links()
-        bound, uplinks = want.desired_ports()
+        bound, uplinks = want.port_facts()
         names = {p for p, _ in bound} | set(uplinks)
         moved = [p for p in names if links.get(p) != self._at.get(p)] + [p for p in self._at if p not in names]
         for p in moved:
             old, new = self._at.pop(p, None), links.get(p)
-            is_bound, is_global, macs = want.desired_port(p)
+            is_bound, is_global, macs = want.port_view(p)
             if old is not None:
                 bpflib.delete(self.fd["pairs"], b"".join(pair_key(old, m) for m in macs), PAIR)
                 bpflib.delete(self.fd["ports"], _u32(old), PORT)
