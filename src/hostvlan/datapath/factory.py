@@ -137,8 +137,7 @@ def open_ovsdb(remote: str) -> OvsDb:
     try:
         return OvsDb(remote)
     except DatapathError as exc:
-        path = remote.removeprefix("unix:") if remote.startswith("unix:") else None
-        code = exc.errno or (errno.ENOENT if path and not os.path.exists(path) else errno.ECONNREFUSED)
+        code = exc.errno or errno.ECONNREFUSED
         raise DatapathError(
             f"no OVSDB answers at {remote} ({os.strerror(code)}): is Open vSwitch running (e.g. `systemctl start "
             "openvswitch-switch`)? Else name its socket (--ovs-db, --ovs-rundir)",
