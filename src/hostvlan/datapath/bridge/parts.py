@@ -10,14 +10,14 @@ two-phase interface per transaction:
   prepare(change)   before the nftables batch: what must be in force first (never looser
                     than the facts about to be); returns how to undo its additions
   (the batch)       one nftables transaction: facts, digest, the parts' chains
-  complete(change)  after the batch succeeded: what may only follow it
+  complete(change)  after the batch succeeded: what may only follow it (the receive
+                    filter's; the send checks have nothing to do after the batch)
 
 and, besides: `layout` (its chains in the table, at install), `ready` (its own kernel
 objects are there, so the table's digest may be trusted), `check` (read-back: the facts it
 enforces), `refresh`/`follow` (a link event, a first apply, an audit), `counters`, `remove`
 and `close`. Parts read the desired facts from the back end's `FactsIndex` (`want`). A part
-does nothing it does not own. May import `hostvlan.datapath` and
-`hostvlan.model` only.
+does nothing it does not own. May import `hostvlan.datapath` and `hostvlan.model` only.
 """
 
 from __future__ import annotations
