@@ -90,7 +90,7 @@ def filter_factory(backend: str, ns: str, stack: ExitStack) -> Callable[[], Tena
     each built by the factory inside `ns` and closed with `stack`."""
     spec = BackendSpec(kind=backend, bpf_pins=BPFFS / ns)
     if backend == "ovs":
-        from hostvlan.datapath.ovsdb import OvsDb
+        from hostvlan.datapath.kernel.ovsdb import OvsDb
         from hostvlan.testbed.ovsd import OvsDaemons
 
         daemons = OvsDaemons(ns, Path(f"/tmp/hvbench-{ns}"))

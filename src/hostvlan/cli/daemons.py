@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from hostvlan.cli.common import main
+from hostvlan.datapath.factory import BackendSpec
 from hostvlan.model.ids import InvalidValue, parse_host
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -116,8 +117,12 @@ def manager(
 
 
 @main.command("agent")
-@click.option("--manager", envvar="HOSTVLAN_MANAGER", required=True, help="Manager URL (or HOSTVLAN_MANAGER).")
-@click.option("--host", "host", required=True, help="This end host's name, as registered with `hostvlan host add`.")
+@click.option(
+    "--manager", envvar="HOSTVLAN_MANAGER", help="Manager URL (or HOSTVLAN_MANAGER). Required unless --cleanup."
+)
+@click.option(
+    "--host", "host", help="This end host's name, as registered with `hostvlan host add`. Required unless --cleanup."
+)
 @click.option(
     "--token-file",
     envvar="HOSTVLAN_HOST_TOKEN_FILE",
@@ -203,10 +208,19 @@ def manager(
     show_default=True,
     help="Log lines as plain text, or as one JSON object per line (time, level, logger, host, message).",
 )
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="Do not run: remove every piece of kernel state hostvlan created on this host for the back end the "
+    "other options name (the nftables tables `hostvlan` of the bridge and netdev families, hostvlan's tc "
+    "programs and BPF pins, the locked-port flags and sticky FDB entries of --backend bridge, the OVS flows "
+    "in hostvlan's cookie range and its group on --bridge for --backend ovs), print what went, and exit. "
+    "Nothing else is touched; the switch is left open (its defaults): stop the agent first, to uninstall.",
+)
 @click.option("-v", "--verbose", count=True)
 def agent(
-    manager: str,
-    host: str,
+    manager: str | None,
+    host: str | None,
     token_file: str | None,
     token: str | None,
     cacert: str | None,
@@ -221,6 +235,7 @@ def agent(
     audit_interval: float,
     ready_file: str | None,
     log_format: str,
+    cleanup: bool,
     verbose: int,
 ) -> None:
     """Run the control daemon: follow this host's feed and program its tenant filter.
@@ -238,11 +253,29 @@ def agent(
     from hostvlan.agent.daemon import Agent, AgentConfig, uplinks_from_args
     from hostvlan.agent.logs import configure as configure_logs
     from hostvlan.datapath.base import DatapathError
-    from hostvlan.datapath.factory import BackendSpec, build_backend
+    from hostvlan.datapath.factory import build_backend
 
-    configure_logs(log_format, logging.WARNING - 10 * verbose, host)
+    configure_logs(log_format, logging.WARNING - 10 * verbose, host or "-")
+    try:
+        spec = BackendSpec(
+            kind=backend,
+            send_check=send_check,
+            receive_filter=receive_filter,
+            bpf_pins=Path(bpf_pins) if bpf_pins else None,
+            ovs_bridge=bridge_name,
+            ovs_db=ovs_db,
+            ovs_rundir=ovs_rundir,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not cleanup and (manager is None or host is None):
+        raise click.UsageError("--manager and --host are required (unless --cleanup)")
     if os.geteuid() != 0:
         raise click.ClickException("the agent programs the kernel's virtual switch and needs root")
+    if cleanup:
+        _cleanup(spec)
+        return
+    assert manager is not None and host is not None
     if token_file:
         try:
             token = Path(token_file).read_text().strip()
@@ -257,18 +290,6 @@ def agent(
         ups = uplinks_from_args(uplinks)
     except (InvalidValue, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        spec = BackendSpec(
-            kind=backend,
-            send_check=send_check,
-            receive_filter=receive_filter,
-            bpf_pins=Path(bpf_pins) if bpf_pins else None,
-            ovs_bridge=bridge_name,
-            ovs_db=ovs_db,
-            ovs_rundir=ovs_rundir,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
     try:
         filt = build_backend(spec)
     except (DatapathError, ValueError) as exc:
@@ -292,3 +313,18 @@ def agent(
         pass
     finally:
         filt.close()
+
+
+def _cleanup(spec: BackendSpec) -> None:
+    """`--cleanup`: remove hostvlan's kernel state for `spec` and say what went."""
+    from hostvlan.datapath.base import DatapathError
+    from hostvlan.datapath.cleanup import clean_host
+
+    try:
+        removed = clean_host(spec)
+    except (DatapathError, ValueError) as exc:
+        raise click.ClickException(f"cleanup of the {spec.kind} back end failed: {exc}") from None
+    for what in removed:
+        click.echo(f"removed {what}")
+    if not removed:
+        click.echo("nothing of hostvlan's was left on this host")

@@ -42,7 +42,7 @@ import yaml
 from hostvlan.client import Client
 from hostvlan.datapath.base import PortCounters, TenantFilter
 from hostvlan.datapath.factory import BackendSpec, build_backend
-from hostvlan.datapath.ovsdb import OvsDb
+from hostvlan.datapath.kernel.ovsdb import OvsDb
 from hostvlan.model.hostview import Location, filter_state, host_view
 from hostvlan.model.ids import HostId, Lnid, Mac, PortName, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
