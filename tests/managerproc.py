@@ -31,7 +31,7 @@ class Manager:
 
     def __init__(self, workdir: Path, args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
-        self.args = args  # more `hostvlan manager` options
+        self.args = list(args)  # more `hostvlan manager` options
         self.db = workdir / "m.db"
         self.ready = workdir / "ready"
         self.log = workdir / "manager.log"
@@ -60,9 +60,13 @@ class Manager:
                 self.stop(kill=True)
                 raise AssertionError(f"the manager did not get ready in {START_TIMEOUT}s:\n{self.log.read_text()}")
             time.sleep(0.02)
-        ready = json.loads(self.ready.read_text())
-        self.url = ready["listen"][0]["url"]
-        self.token = Path(ready["token_file"]).read_text().strip()
+        try:
+            ready = json.loads(self.ready.read_text())
+            self.url = ready["listen"][0]["url"]
+            self.token = Path(ready["token_file"]).read_text().strip()
+        except BaseException:
+            self.stop(kill=True)  # never leave a manager behind a failed start
+            raise
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (graceful) or SIGKILL, and reap the process."""

@@ -170,6 +170,9 @@ def install_openapi(app: FastAPI, max_body: int, max_batch_body: int, batch_path
         for path, ops in doc.get("paths", {}).items():
             for op in ops.values():
                 op.get("responses", {}).pop("422", None)
+                for code, resp in op.get("responses", {}).items():
+                    if code >= "400":  # errors are JSON, also on a route that streams JSON lines
+                        resp["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
                 if "requestBody" in op:
                     limit = max_batch_body if path in batch_paths else max_body
                     op["x-max-body-bytes"] = limit

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictInt, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt, Tag
 
 from hostvlan.model.ids import (
     HOST_PATTERN,
@@ -131,9 +131,6 @@ def _strict_bool(value: Any) -> Any:
     if type(value) is not bool:
         raise InvalidValue(f"must be true or false, got {value!r}")
     return value
-
-
-JsonInt = Annotated[StrictInt, BeforeValidator(_json_int)]
 
 
 def _field(pattern: str, description: str, example: str) -> Any:
@@ -300,21 +297,6 @@ class BatchIn(_In):
     ops: list[Op] = Field(description="commands, applied in order in one durable transaction (all or nothing)")
 
 
-class BindingIn(_In):
-    port: str | None = None
-    state: Literal["bound", "unbound"]
-    reason: str | None = None
-
-
-class StatusIn(_In):
-    revision: JsonInt = Field(description="the revision the agent's data path enforces")
-    in_sync: StrictBool = Field(True, description="false: the agent's last apply, repair or audit failed")
-    error: str | None = Field(None, description="why it is not in sync")
-    bindings: dict[str, BindingIn] | None = Field(
-        None, description="every vNIC of the host's view by MAC; absent: unchanged since the last report"
-    )
-
-
 # ----- answers ------------------------------------------------------------------------------------
 class _Out(BaseModel):
     """Answers: members may be added in later versions (clients ignore what they do not know)."""
@@ -424,7 +406,6 @@ __all__ = [
     "Removed",
     "RevisionOut",
     "RmIn",
-    "StatusIn",
     "TraceDst",
     "TraceOut",
     "UnregIn",

@@ -1,0 +1,17 @@
+"""`hostvlan …`: the command line, one module per command group.
+
+  common    the root group `main`, exit codes, the manager connection, output helpers
+  manage    reg, unreg, rm, move, show, hosts, trace, host … (the manager's HTTP API only)
+  testbed   testbed up/down/list/check, demo (the emulated data center; root)
+  bench     bench data-path, bench control-plane
+  daemons   manager, agent
+
+Entry point: `hostvlan = hostvlan.cli:main`; `python -m hostvlan.cli` runs it too.
+"""
+
+from __future__ import annotations
+
+from hostvlan.cli import bench, daemons, manage, testbed
+from hostvlan.cli.common import main
+
+__all__ = ["bench", "daemons", "main", "manage", "testbed"]
