@@ -56,6 +56,7 @@ HEARTBEAT_S = 15.0
 SNAPSHOTS_IN_FLIGHT = 512
 
 
+_REASON: dict[str, Any] = {"type": ["string", "null"], "description": "why the vNIC is unbound"}
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["revision"],
@@ -64,16 +65,29 @@ STATUS_SCHEMA: dict[str, Any] = {
         "in_sync": {"type": "boolean", "default": True},
         "error": {"type": ["string", "null"], "default": None},
         "bindings": {
-            "type": "object",
-            "description": "every vNIC of the host's view: MAC -> binding; absent = unchanged",
+            "type": ["object", "null"],
+            "description": "every vNIC of the host's view: MAC -> binding; absent or null = unchanged",
             "additionalProperties": {
-                "type": "object",
-                "required": ["state"],
-                "properties": {
-                    "port": {"type": ["string", "null"]},
-                    "state": {"enum": ["bound", "unbound"]},
-                    "reason": {"type": ["string", "null"]},
-                },
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["state", "port"],
+                        "properties": {
+                            "state": {"const": "bound"},
+                            "port": {"type": "string", "minLength": 1},
+                            "reason": _REASON,
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["state"],
+                        "properties": {
+                            "state": {"const": "unbound"},
+                            "port": {"type": ["string", "null"]},
+                            "reason": _REASON,
+                        },
+                    },
+                ]
             },
         },
     },
@@ -268,6 +282,11 @@ def _status_body(body: bytes) -> Status | None:
         return decode_status(json.loads(body))
     except ValueError:  # malformed JSON, or WireError
         return None
+
+
+def _json_number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) <= 2**53 else value
 
 
 def _replay(chunks: list[bytes], receive: Receive) -> Receive:
@@ -517,8 +536,8 @@ def create_app(
         request: Request,
         host: HostId = Depends(host_auth),  # noqa: B008
     ) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body())
+        try:  # 7.0 is the integer 7 (as JSON Schema counts it); the body has no other number
+            body = json.loads(await request.body(), parse_float=_json_number)
         except ValueError:
             raise InputError("body", "malformed JSON") from None
         who = "admin" if service.is_admin(_token(request)) else f"host:{host}"
