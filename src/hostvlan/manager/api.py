@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hostvlan.manager.audit import batch_args
 from hostvlan.manager.contract import ApiError, errors, install_docs, install_error_handlers, install_openapi
 from hostvlan.manager.feed import Subscription
 from hostvlan.manager.schemas import (
@@ -284,6 +285,33 @@ def _status_body(body: bytes) -> Status | None:
         return None
 
 
+# the audit log's name of each change a route makes (as the service names them)
+_COMMANDS = {
+    ("POST", "/v1/hosts"): "host add",
+    ("POST", "/v1/hosts/batch"): "host add",
+    ("POST", "/v1/hosts/{name}/token"): "host token",
+    ("DELETE", "/v1/hosts/{name}"): "host rm",
+    ("POST", "/v1/reg"): "reg",
+    ("POST", "/v1/unreg"): "unreg",
+    ("POST", "/v1/rm"): "rm",
+    ("POST", "/v1/move"): "move",
+    ("POST", "/v1/batch"): "batch",
+}
+
+
+def _refused(service: Service, request: Request, field: str, detail: str, body: Any) -> None:
+    """A change the API's types refused before the service saw it: in the audit log too."""
+    command = _COMMANDS.get((request.method, getattr(request.scope.get("route"), "path", "")))
+    if command is None:
+        return
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    host = None if service.is_admin(token) else service.host_of_token(token)
+    who = f"host:{host}" if host else "admin"
+    args = batch_args(body.get("ops")) if command == "batch" and isinstance(body, dict) else body
+    service.audit.record(who, command, args, "refused", f"{field}: {detail}", service.revision)
+
+
 def _json_number(text: str) -> int | float:
     value = float(text)
     return int(value) if value.is_integer() and abs(value) <= 2**53 else value
@@ -334,7 +362,7 @@ def create_app(
     )
     lock = asyncio.Lock()
     snapshot_gate = snapshots or asyncio.Semaphore(SNAPSHOTS_IN_FLIGHT)
-    install_error_handlers(app)
+    install_error_handlers(app, lambda request, field, detail, body: _refused(service, request, field, detail, body))
 
     def _token(request: Request) -> str:
         auth = request.headers.get("authorization", "")

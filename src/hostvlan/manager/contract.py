@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,11 @@ def _allowed(app: FastAPI, scope: dict[str, Any]) -> list[str]:
     return sorted(fixed or templated)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+Refused = Callable[[Request, str, str, Any], None]
+"""Told of every change the framework's validation refused: (request, field, detail, body)."""
+
+
+def install_error_handlers(app: FastAPI, refused: Refused | None = None) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.error, exc.detail, exc.headers)
@@ -135,7 +140,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, *validation_error(exc))
+        field, detail = validation_error(exc)
+        if refused is not None and request.method != "GET":
+            refused(request, field, detail, exc.body)
+        return error_response(400, field, detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
