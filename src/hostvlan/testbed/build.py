@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from hostvlan.model.hostview import Location, filter_state, host_view
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, int_to_mac, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
-from hostvlan.testbed import control, netns
+from hostvlan.testbed import control, guestvms, netns
 from hostvlan.testbed.ovsd import OvsDaemons
 from hostvlan.testbed.topology import Endpoint, Topology, parse_topology
 from hostvlan.testbed.vmtap import private_tap_node
@@ -74,6 +74,8 @@ class VmInfo:
     ip: str
     host: str
     port: PortName
+    domain: str | None = None  # a libvirt guest (`guests: libvirt`): its domain, its daemon
+    libvirt_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class HostInfo:
     bridge: str
     uplink: PortName
     uplink_mac: Mac
+    guests: str = "namespaces"  # or libvirt: its VMs are QEMU domains of its own libvirtd
 
     @property
     def switch(self) -> str:
@@ -138,6 +141,7 @@ class Testbed:
         self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
         self._readers: dict[str, TenantFilter] = {}
         self._ovs: dict[str, OvsDaemons] = {}  # the private Open vSwitch of each `ovs` host
+        self.guests = guestvms.GuestFleet(self.prefix, self.workdir)  # `guests: libvirt` hosts
         self._plan()
 
     # ----- plan (pure) ---------------------------------------------------------------
@@ -146,9 +150,17 @@ class Testbed:
         taken = {e.mac for e in self.topology.endpoints()}
         for i, h in enumerate(self.topology.hosts):
             uplink_mac = self._uplink_mac(i, taken)
-            self.hosts[h.name] = HostInfo(h.name, f"{self.prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac)
+            self.hosts[h.name] = HostInfo(
+                h.name, f"{self.prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac, h.guests
+            )
             for k, vm in enumerate(h.vms):
                 port = PortName(f"macvtap{k}" if h.backend.startswith("macvtap") else f"vnet{k}")
+                if h.guests == "libvirt":  # libvirt's own names, in creation order (guestvms)
+                    uri = guestvms.uri_for(guestvms.daemon_dir(self.workdir, i))
+                    self.vms[vm.name] = VmInfo(
+                        vm.name, "", "eth0", vm.mac, str(next(ips)), h.name, port, f"{self.prefix}-{vm.name}", uri
+                    )
+                    continue
                 self.vms[vm.name] = VmInfo(
                     vm.name, f"{self.prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, port
                 )
@@ -333,6 +345,10 @@ class Testbed:
         if self.api is not None:
             self.api.close()
             self.api = None
+        try:  # domains first (libvirt removes their ports), then the daemons
+            self.guests.stop()
+        except guestvms.LibvirtdError:
+            pass  # what is left is killed below, inside the namespaces
         control.stop_pids(list(self.pids.values()))
         for daemons in self._ovs.values():
             daemons.stop(remove_dir=False)
@@ -373,12 +389,17 @@ class Testbed:
             sw.link("set", index=sw.link_lookup(ifname=SWITCH)[0], state="up")
         for i, h in enumerate(self.hosts.values()):
             self._build_host(i, h)
+            if h.guests == "libvirt":  # its libvirtd probes QEMU (~8 s) while the rest is built
+                ovs_rundir = self._ovs[h.name].tools.rundir if h.switch == "ovs" else None
+                source = h.uplink if h.switch == "macvtap" else BRIDGE
+                self.pids[f"libvirtd:{h.name}"] = self.guests.spawn(h.name, i, h.netns, h.switch, source, ovs_rundir)
         self._start_agents()
         for j, e in enumerate(self.external.values()):
             self._build_endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
-        macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].switch == "macvtap"]
+        guest_vms = [vm for vm in self.vms.values() if vm.domain]
+        macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].switch == "macvtap" and not vm.domain]
         for vm in self.vms.values():
-            if vm not in macvtap_vms:
+            if vm not in macvtap_vms and vm not in guest_vms:
                 self._build_endpoint(
                     vm.netns,
                     vm.mac,
@@ -390,7 +411,7 @@ class Testbed:
                     ovs=self.hosts[vm.host].switch == "ovs",
                 )
         if self._ovs:  # the userspace datapath takes frames as AF_PACKET hands them: no offloads
-            for ns in [vm.netns for vm in self.vms.values() if vm not in macvtap_vms] + [
+            for ns in [vm.netns for vm in self.vms.values() if vm not in macvtap_vms and not vm.domain] + [
                 e.netns for e in self.external.values()
             ]:
                 subprocess.run(
@@ -412,7 +433,52 @@ class Testbed:
         for vm in macvtap_vms:  # the macvtap contract: the port is bound before the device comes up
             self._build_macvtap_vm(vm)
         self._wait_macvtaps(macvtap_vms)
+        if guest_vms:
+            self._start_guests(guest_vms)
         netns.wait_operstate_up(netns.owned(self.prefix))
+
+    def _start_guests(self, vms: list[VmInfo]) -> None:
+        """Boot the libvirt guests (their ports registered already where the macvtap contract
+        needs it), then wait until each agent has found its guests' ports."""
+        self.guests.wait()
+        for vm in vms:
+            dom = self.guests.start(vm.name, vm.host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+            self.vms[vm.name] = replace(vm, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
+        self._save(status="building")
+        self.guests.wait_booted([vm.name for vm in vms])
+        self.wait_guest_ports([vm.name for vm in vms])
+
+    def wait_guest_ports(self, vms: list[str], timeout: float = 20.0) -> None:
+        """Wait until each filtered host's agent has bound the ports libvirt made (its log)."""
+        end = time.monotonic() + timeout
+        for name in vms:
+            vm = self.vms[name]
+            if not self.hosts[vm.host].filtered or not self.endpoint(name).lnids:
+                continue
+            log = self.workdir / f"{vm.host}.agent.log"
+            want = f"'{vm.mac}': '{vm.port}'"
+            while want not in _read_from(log, 0).rsplit("ports now:", 1)[-1]:
+                if time.monotonic() > end:
+                    raise TimeoutError(f"the agent of {vm.host} did not bind {vm.port} of guest {name}")
+                time.sleep(0.05)
+
+    def migrate_guest(self, name: str, host: str) -> VmInfo:
+        """Live-less migration as an operator does it: destroy the domain, `move` its MAC to
+        `host` (with the port libvirt will make there when the macvtap contract needs it),
+        start it on `host`'s libvirtd; returns once it booted and the agent bound its port."""
+        assert self.api is not None
+        vm = self.vms[name]
+        self.guests.destroy(name)
+        dst = self.hosts[host]
+        port = self.guests.predict_port(host) if dst.switch == "macvtap" else None
+        self.api.move(vm.mac, host, port)
+        self.program()
+        dom = self.guests.start(name, host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+        self.vms[name] = replace(vm, host=host, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
+        self._save(status="up")
+        self.guests.wait_booted([name])
+        self.wait_guest_ports([name])
+        return self.vms[name]
 
     def _start_manager(self) -> None:
         self._new_ns(self.mgmt_ns)
@@ -780,6 +846,8 @@ def down_recorded(prefix: str | None = None) -> list[str]:
         p = str(st.get("prefix", ""))
         if not p or (prefix and p != prefix):
             continue
+        if st.get("workdir"):  # libvirt guests: their domains, while their daemons still answer
+            guestvms.destroy_recorded(Path(str(st["workdir"])))
         control.stop_pids([int(x) for x in st.get("pids", {}).values()])
         if st.get("workdir"):  # also what a killed `up` started but did not record
             control.stop_pids(control.pids_naming(str(st["workdir"])))

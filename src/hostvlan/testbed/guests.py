@@ -87,7 +87,12 @@ def domain_xml(g: GuestSpec, image: GuestImage) -> str:
         nic = f"<interface type='bridge'><source bridge={quoteattr(g.source)}/>"
     else:
         raise ValueError(f"no guest NIC for switch {g.switch!r}")
-    nic += f"<mac address='{g.mac}'/><model type='virtio'/><driver name='qemu'/></interface>"
+    # OVS's userspace datapath takes frames as AF_PACKET hands them: no offloads on its ports
+    driver = "<driver name='qemu'/>"
+    if g.switch == "ovs":
+        off = "csum='off' tso4='off' tso6='off'"
+        driver = f"<driver name='qemu'><host {off} gso='off'/><guest {off}/></driver>"
+    nic += f"<mac address='{g.mac}'/><model type='virtio'/>{driver}</interface>"
     return f"""<domain type='qemu'>
   <name>{escape(g.domain)}</name>
   <memory unit='MiB'>{MEMORY_MIB}</memory>
