@@ -500,10 +500,11 @@ def testbed_up(topology: str, as_json: bool, prefix: str | None) -> None:
     for h in tb.hosts.values():
         click.echo(f"  host {h.name:<12} backend {h.backend:<7} netns {h.netns}")
     for vm in tb.vms.values():
-        click.echo(f"  vm   {vm.name:<12} {vm.mac}  {vm.ip:<14} netns {vm.netns}")
+        where = f"netns {vm.netns}" if vm.netns else f"domain {vm.domain}"  # a libvirt guest: no netns
+        click.echo(f"  vm   {vm.name:<12} {vm.mac}  {vm.ip:<14} {where}")
     for e in tb.external.values():
         click.echo(f"  ext  {e.name:<12} {e.mac}  {e.ip:<14} netns {e.netns}")
-    click.echo("try: ip netns exec NETNS ping IP   |   remove: hostvlan testbed down")
+    click.echo("try: hostvlan testbed exec VM -- ping IP   |   remove: hostvlan testbed down")
 
 
 @testbed.command("down")
@@ -531,6 +532,40 @@ def testbed_list(as_json: bool) -> None:
         click.echo(f"{r.get('prefix')}: {len(r.get('hosts', {}))} hosts, {len(r.get('vms', {}))} VMs")
     if not recs:
         click.echo("no testbed is up")
+
+
+# ----- testbed exec (libvirt guests: hostvlan.testbed.guestvms) -----
+@testbed.command("exec")
+@click.option("--prefix", help="Which testbed (default: the only one up).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds the command may run.")
+@click.argument("name")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def testbed_exec(prefix: str | None, timeout: float, name: str, argv: tuple[str, ...]) -> None:
+    """Run ARGV inside VM (or external endpoint, or host) NAME: `testbed exec vm1 -- ping -c1 IP`.
+
+    A libvirt guest runs it through its virtio-serial exec channel, anything else in its
+    network namespace. Prints its output; exits with its status (3: no such NAME).
+    """
+    import subprocess
+
+    from hostvlan.testbed.build import recorded
+    from hostvlan.testbed.guestvms import GuestError, NoSuchTarget, exec_in
+
+    _need_root()
+    recs = [r for r in recorded() if "vms" in r and (prefix is None or r["prefix"] == prefix)]
+    if len(recs) != 1:
+        raise click.ClickException(f"{len(recs)} testbeds match; pass --prefix" if recs else "no such testbed is up")
+    try:
+        status, out, err = exec_in(recs[0], name, list(argv), timeout)
+    except NoSuchTarget as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(3)
+    except (GuestError, OSError, subprocess.TimeoutExpired) as exc:
+        raise click.ClickException(f"{name}: {exc}") from None
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(err)
+    sys.exit(status)
 
 
 @testbed.command("check")

@@ -30,6 +30,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -37,7 +38,16 @@ from hostvlan.model.ids import Mac, PortName
 from hostvlan.testbed.guests import GuestError, GuestImage, GuestSpec, domain_xml, guest_exec, wait_ready
 from hostvlan.testbed.libvirtd import Libvirtd, LibvirtdError, destroy_all, virsh
 
-__all__ = ["GUEST_KINDS", "GuestFleet", "LibvirtdError", "destroy_recorded", "uri_for"]
+__all__ = [
+    "GUEST_KINDS",
+    "GuestError",
+    "GuestFleet",
+    "LibvirtdError",
+    "NoSuchTarget",
+    "destroy_recorded",
+    "exec_in",
+    "uri_for",
+]
 
 GUEST_KINDS = ("namespaces", "libvirt")
 BOOT_TIMEOUT = float(os.environ.get("HOSTVLAN_GUEST_BOOT_TIMEOUT", "120"))
@@ -226,6 +236,22 @@ def check_tap_node(ns: str, port: str) -> None:
         raise GuestError(f"/dev/{lines[1]} is another namespace's macvtap, not {port} of {ns}")
 
 
-def exec_guest(channel: Path, argv: list[str], timeout: float = 60.0) -> tuple[int, bytes, bytes]:
-    res = guest_exec(channel, argv, timeout)
-    return res.status, res.stdout, res.stderr
+class NoSuchTarget(LookupError):
+    """`testbed exec` names nothing of the testbed."""
+
+
+def exec_in(record: dict[str, Any], name: str, argv: list[str], timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+    """Run `argv` inside endpoint or host `name` of a recorded testbed (`Testbed.to_json()`):
+    a libvirt guest through its exec channel, anything else in its network namespace.
+    Returns (status, stdout, stderr)."""
+    vm = record.get("vms", {}).get(name)
+    if vm is not None and vm.get("domain"):
+        res = guest_exec(channel_path(Path(record["workdir"]), name), argv, timeout)
+        return res.status, res.stdout, res.stderr
+    place = vm or record.get("external", {}).get(name) or record.get("hosts", {}).get(name)
+    if place is None or not place.get("netns"):
+        raise NoSuchTarget(f"testbed {record.get('prefix')} has no VM, external endpoint or host {name!r}")
+    proc = subprocess.run(
+        ["ip", "netns", "exec", place["netns"], *argv], capture_output=True, timeout=timeout, check=False
+    )
+    return proc.returncode, proc.stdout, proc.stderr

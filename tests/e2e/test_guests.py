@@ -1,0 +1,185 @@
+"""Real guests: QEMU domains started by libvirt on a Linux bridge, an Open vSwitch and a
+macvtap host, isolation checked from inside the guests against the model, and a
+migration (domain destroyed on one host, `hostvlan move`, started on another).
+
+libvirt makes every port (vnetN taps on br0, OVS ports tagged external_ids:attached-mac,
+macvtapN on the uplink); the agents find them with no hint from the testbed. Guests are
+TCG (nested KVM guests do not boot here): the whole module takes ~2-3 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from hostvlan.model.ids import tap_mac
+from hostvlan.testbed import guestvms
+from hostvlan.testbed.build import Testbed
+from hostvlan.testbed.check import expected
+
+from .support import running, topology_from_text
+
+TOPOLOGY = """
+hosts:
+  - name: hb
+    backend: bridge
+    guests: libvirt
+    vms:
+      - {name: b1, mac: "52:54:00:1b:00:01", lnids: [1]}
+      - {name: b2, mac: "52:54:00:1b:00:02", lnids: [2]}
+  - name: ho
+    backend: ovs
+    guests: libvirt
+    vms:
+      - {name: o1, mac: "52:54:00:1d:00:01", lnids: [1]}
+      - {name: o2, mac: "52:54:00:1d:00:02", lnids: [3]}
+  - name: hm
+    backend: macvtap
+    guests: libvirt
+    vms:
+      - {name: m1, mac: "52:54:00:1c:00:01", lnids: [2]}
+      - {name: m2, mac: "52:54:00:1c:00:02", lnids: [1, 3]}
+external:
+  - {name: gw, mac: "52:54:00:ff:00:21", lnids: [global]}
+"""
+
+
+@pytest.fixture(scope="module")
+def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    topo = topology_from_text(Path(tmp_path_factory.mktemp("guests")), TOPOLOGY)
+    with running(topo) as bed:
+        bed.record = True  # a state file, for `hostvlan testbed exec` (removed by `down`)
+        bed._save(status="up")
+        yield bed
+    assert not bed.guests.domains
+
+
+def _exec(tb: Testbed, name: str, *argv: str, timeout: float = 60.0) -> tuple[int, str]:
+    status, out, err = guestvms.exec_in(tb.to_json(), name, list(argv), timeout)
+    return status, out.decode() + err.decode()
+
+
+def _probe(tb: Testbed, src: str, dsts: list[str]) -> dict[str, tuple[bool, bool]]:
+    """From inside `src`: (answers ARP, answers ping) for each destination."""
+    ips = {d: (tb.vms[d].ip if d in tb.vms else tb.external[d].ip) for d in dsts}
+    script = "; ".join(
+        f"arping -q -c1 -w1 -I eth0 {ip} && echo arp {d}; ping -q -c1 -W1 {ip} >/dev/null && echo ping {d}"
+        for d, ip in ips.items()
+    )
+    status, out = _exec(tb, src, "sh", "-c", script + "; true")
+    assert status == 0, out
+    words = out.split()
+    got = {(words[i], words[i + 1]) for i in range(0, len(words) - 1, 2)}
+    return {d: (("arp", d) in got, ("ping", d) in got) for d in dsts}
+
+
+def _model(tb: Testbed, a: str, b: str) -> bool:
+    """The model's answer for a request/answer exchange between a and b (both ways)."""
+    states = tb.states()
+    mac = {n: tb.endpoint(n).mac for n in (a, b)}
+    return expected(tb, states, a, mac[a], b) and expected(tb, states, b, mac[b], a)
+
+
+def _check_isolation(tb: Testbed, sources: list[str]) -> list[str]:
+    everyone = [*tb.vms, *tb.external]
+    with ThreadPoolExecutor(max_workers=len(sources)) as pool:
+        rows = dict(
+            zip(sources, pool.map(lambda s: _probe(tb, s, [d for d in everyone if d != s]), sources), strict=True)
+        )
+    wrong = []
+    for src, row in rows.items():
+        for dst, (arp, ping) in row.items():
+            want = _model(tb, src, dst)
+            if arp != want or ping != want:
+                wrong.append(f"{src} -> {dst}: arp={arp} ping={ping}, the model says {want}")
+    return wrong
+
+
+def test_domains_run_on_ports_libvirt_made(tb: Testbed) -> None:
+    for name, vm in tb.vms.items():
+        assert vm.domain and vm.libvirt_uri, name
+        assert tb.guests.running(name), f"domain {vm.domain} not running"
+        state = subprocess.run(
+            ["virsh", "-c", vm.libvirt_uri, "domstate", vm.domain], capture_output=True, text=True, check=True
+        )
+        assert state.stdout.strip() == "running"
+    # the bridge host: libvirt's vnetN taps, MAC fe:…, enslaved to br0
+    links = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-n", tb.hosts["hb"].netns, "link", "show", "master", "br0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    taps = {ln["ifname"]: ln["address"] for ln in links if ln["ifname"].startswith("vnet")}
+    assert taps == {"vnet0": tap_mac(tb.vms["b1"].mac), "vnet1": tap_mac(tb.vms["b2"].mac)}
+    # the OVS host: libvirt added its ports and tagged them itself
+    ovs = tb._ovs["ho"].tools
+    for name in ("o1", "o2"):
+        port = tb.vms[name].port
+        ids = ovs.vsctl("get", "Interface", port, "external_ids:attached-mac").strip().strip('"')
+        assert ids == tb.vms[name].mac
+        assert ovs.vsctl("get", "Interface", port, "external_ids:vm-id").strip()  # libvirt's, not ours
+    # the macvtap host: macvtapN on the uplink, MAC = the vNIC's, up (bound before it came up)
+    for name in ("m1", "m2"):
+        vm = tb.vms[name]
+        link = json.loads(
+            subprocess.run(
+                ["ip", "-j", "-d", "-n", tb.hosts["hm"].netns, "link", "show", vm.port],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )[0]
+        assert link["address"] == vm.mac and link["linkinfo"]["info_kind"] == "macvtap"
+        assert "UP" in link["flags"] and "ALLMULTI" in link["flags"], link["flags"]
+
+
+def test_exec_reports_output_and_status(tb: Testbed) -> None:
+    status, out = _exec(tb, "b1", "sh", "-c", "cat /sys/class/net/eth0/address; ip -4 -o addr show eth0; exit 7")
+    assert status == 7
+    assert tb.vms["b1"].mac in out and f"{tb.vms['b1'].ip}/" in out
+    status, out = _exec(tb, "gw", "true")  # a namespace endpoint: the same command
+    assert status == 0
+
+
+def test_cli_exec(tb: Testbed) -> None:
+    cli = [str(Path(sys.executable).parent / "hostvlan"), "testbed", "exec", "--prefix", tb.prefix]
+    res = subprocess.run([*cli, "m2", "--", "ping", "-c1", "-W2", tb.vms["o1"].ip], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert b"1 packets received" in res.stdout
+    res = subprocess.run([*cli, "m1", "--", "sh", "-c", "echo out; echo err >&2; exit 5"], capture_output=True)
+    assert (res.returncode, res.stdout, res.stderr) == (5, b"out\n", b"err\n")
+    res = subprocess.run([*cli, "nobody", "--", "true"], capture_output=True, timeout=60)
+    assert res.returncode == 3
+
+
+def test_isolation_from_inside_the_guests(tb: Testbed) -> None:
+    wrong = _check_isolation(tb, list(tb.vms))
+    assert not wrong, "\n".join(wrong)
+    # the topology makes both outcomes happen on every switch
+    assert _model(tb, "b1", "m2") and _model(tb, "o2", "m2") and _model(tb, "b2", "m1")
+    assert not _model(tb, "b1", "b2") and not _model(tb, "o1", "o2") and not _model(tb, "m1", "m2")
+
+
+def test_migration_bridge_to_macvtap(tb: Testbed) -> None:
+    """b1 leaves hb: its domain is destroyed there, its MAC moved, started on hm (macvtap)."""
+    before = tb.vms["b1"]
+    after = tb.migrate_guest("b1", "hm")
+    assert after.host == "hm" and after.port.startswith("macvtap") and tb.guests.running("b1")
+    links = subprocess.run(
+        ["ip", "-n", tb.hosts["hb"].netns, "-o", "link"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"{before.port}:" not in links, "libvirt left the old tap behind"
+    rows = {r["mac"]: r for r in tb.api.macs()} if tb.api else {}
+    assert rows[after.mac]["host"] == "hm"
+    wrong = _check_isolation(tb, ["b1", "b2", "m1"])
+    assert not wrong, "\n".join(wrong)
+    assert _model(tb, "b1", "o1") and _model(tb, "b1", "m2") and not _model(tb, "b1", "m1")
