@@ -586,13 +586,23 @@ def testbed_check(prefix: str | None, as_json: bool) -> None:
         raise click.ClickException(f"{len(recs)} testbeds match; pass --prefix" if recs else "no such testbed is up")
     tb = from_record(recs[0])
     rep = run_check(tb)
+    from hostvlan.testbed.guestcheck import check_guests  # libvirt guests, from inside
+
+    grep = check_guests(tb, forged=True)
     if as_json:
-        _emit({**rep.summary(), "leaks": rep.leaks, "misses": rep.misses, "forged": rep.forged_delivered})
+        out = {**rep.summary(), "leaks": rep.leaks, "misses": rep.misses, "forged": rep.forged_delivered}
+        if grep.reach:
+            out["guests"] = {**grep.summary(), "wrong": grep.wrong, "forged": grep.forged_answered}
+        _emit(out)
     else:
         click.echo(" ".join(f"{k}={v}" for k, v in rep.summary().items()))
         for line in rep.leaks + rep.misses + rep.forged_delivered:
             click.echo("  " + line)
-    sys.exit(0 if rep.ok else 1)
+        if grep.reach:
+            click.echo("guests: " + " ".join(f"{k}={v}" for k, v in grep.summary().items()))
+            for line in grep.wrong + grep.forged_answered:
+                click.echo("  " + line)
+    sys.exit(0 if rep.ok and grep.ok else 1)
 
 
 # ----- demo -----------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from hostvlan.model.ids import tap_mac
 from hostvlan.testbed import guestvms
 from hostvlan.testbed.build import Testbed
-from hostvlan.testbed.check import expected
+from hostvlan.testbed.guestcheck import check_guests, model_exchange
 
 from .support import running, topology_from_text
 
@@ -65,40 +64,8 @@ def _exec(tb: Testbed, name: str, *argv: str, timeout: float = 60.0) -> tuple[in
     return status, out.decode() + err.decode()
 
 
-def _probe(tb: Testbed, src: str, dsts: list[str]) -> dict[str, tuple[bool, bool]]:
-    """From inside `src`: (answers ARP, answers ping) for each destination."""
-    ips = {d: (tb.vms[d].ip if d in tb.vms else tb.external[d].ip) for d in dsts}
-    script = "; ".join(
-        f"arping -q -c1 -w1 -I eth0 {ip} && echo arp {d}; ping -q -c1 -W1 {ip} >/dev/null && echo ping {d}"
-        for d, ip in ips.items()
-    )
-    status, out = _exec(tb, src, "sh", "-c", script + "; true")
-    assert status == 0, out
-    words = out.split()
-    got = {(words[i], words[i + 1]) for i in range(0, len(words) - 1, 2)}
-    return {d: (("arp", d) in got, ("ping", d) in got) for d in dsts}
-
-
-def _model(tb: Testbed, a: str, b: str) -> bool:
-    """The model's answer for a request/answer exchange between a and b (both ways)."""
-    states = tb.states()
-    mac = {n: tb.endpoint(n).mac for n in (a, b)}
-    return expected(tb, states, a, mac[a], b) and expected(tb, states, b, mac[b], a)
-
-
-def _check_isolation(tb: Testbed, sources: list[str]) -> list[str]:
-    everyone = [*tb.vms, *tb.external]
-    with ThreadPoolExecutor(max_workers=len(sources)) as pool:
-        rows = dict(
-            zip(sources, pool.map(lambda s: _probe(tb, s, [d for d in everyone if d != s]), sources), strict=True)
-        )
-    wrong = []
-    for src, row in rows.items():
-        for dst, (arp, ping) in row.items():
-            want = _model(tb, src, dst)
-            if arp != want or ping != want:
-                wrong.append(f"{src} -> {dst}: arp={arp} ping={ping}, the model says {want}")
-    return wrong
+def _cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(Path(sys.executable).parent / "hostvlan"), *args], capture_output=True, timeout=timeout)
 
 
 def test_domains_run_on_ports_libvirt_made(tb: Testbed) -> None:
@@ -109,6 +76,15 @@ def test_domains_run_on_ports_libvirt_made(tb: Testbed) -> None:
             ["virsh", "-c", vm.libvirt_uri, "domstate", vm.domain], capture_output=True, text=True, check=True
         )
         assert state.stdout.strip() == "running"
+    for h in ("hb", "ho", "hm"):  # libvirt's `default` network (virbr0, dnsmasq) never came up
+        nets = subprocess.run(
+            ["virsh", "-c", tb.guests.uri(h), "net-list", "--all", "--name"], capture_output=True, text=True, check=True
+        )
+        assert not nets.stdout.strip(), nets.stdout
+        assert (
+            "virbr"
+            not in subprocess.run(["ip", "-n", tb.hosts[h].netns, "-o", "link"], capture_output=True, text=True).stdout
+        )
     # the bridge host: libvirt's vnetN taps, MAC fe:…, enslaved to br0
     links = json.loads(
         subprocess.run(
@@ -151,22 +127,29 @@ def test_exec_reports_output_and_status(tb: Testbed) -> None:
 
 
 def test_cli_exec(tb: Testbed) -> None:
-    cli = [str(Path(sys.executable).parent / "hostvlan"), "testbed", "exec", "--prefix", tb.prefix]
-    res = subprocess.run([*cli, "m2", "--", "ping", "-c1", "-W2", tb.vms["o1"].ip], capture_output=True, timeout=60)
+    cli = ["testbed", "exec", "--prefix", tb.prefix]
+    res = _cli(*cli, "m2", "--", "ping", "-c1", "-W2", tb.vms["o1"].ip)
     assert res.returncode == 0, res.stderr
     assert b"1 packets received" in res.stdout
-    res = subprocess.run([*cli, "m1", "--", "sh", "-c", "echo out; echo err >&2; exit 5"], capture_output=True)
+    res = _cli(*cli, "m1", "--", "sh", "-c", "echo out; echo err >&2; exit 5")
     assert (res.returncode, res.stdout, res.stderr) == (5, b"out\n", b"err\n")
-    res = subprocess.run([*cli, "nobody", "--", "true"], capture_output=True, timeout=60)
-    assert res.returncode == 3
+    assert _cli(*cli, "nobody", "--", "true").returncode == 3
 
 
-def test_isolation_from_inside_the_guests(tb: Testbed) -> None:
-    wrong = _check_isolation(tb, list(tb.vms))
-    assert not wrong, "\n".join(wrong)
+def test_cli_check_from_inside_the_guests(tb: Testbed) -> None:
+    """`hostvlan testbed check`: every guest arpings and pings every endpoint, forges MACs."""
+    res = _cli("testbed", "check", "--prefix", tb.prefix, "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0, out.get("guests", out)
+    guests = out["guests"]
+    assert guests["wrong"] == [] and guests["forged"] == [], guests
+    assert (
+        guests["pairs"] == 6 * 6 and guests["answered"] == 10 + 6
+    )  # 5 same-LNID VM pairs both ways, every VM to gw (global)
     # the topology makes both outcomes happen on every switch
-    assert _model(tb, "b1", "m2") and _model(tb, "o2", "m2") and _model(tb, "b2", "m1")
-    assert not _model(tb, "b1", "b2") and not _model(tb, "o1", "o2") and not _model(tb, "m1", "m2")
+    assert model_exchange(tb, "b1", "m2") and model_exchange(tb, "o2", "m2") and model_exchange(tb, "b2", "m1")
+    assert not model_exchange(tb, "b1", "b2") and not model_exchange(tb, "o1", "o2")
+    assert not model_exchange(tb, "m1", "m2")
 
 
 def test_migration_bridge_to_macvtap(tb: Testbed) -> None:
@@ -178,8 +161,9 @@ def test_migration_bridge_to_macvtap(tb: Testbed) -> None:
         ["ip", "-n", tb.hosts["hb"].netns, "-o", "link"], capture_output=True, text=True, check=True
     ).stdout
     assert f"{before.port}:" not in links, "libvirt left the old tap behind"
-    rows = {r["mac"]: r for r in tb.api.macs()} if tb.api else {}
-    assert rows[after.mac]["host"] == "hm"
-    wrong = _check_isolation(tb, ["b1", "b2", "m1"])
-    assert not wrong, "\n".join(wrong)
-    assert _model(tb, "b1", "o1") and _model(tb, "b1", "m2") and not _model(tb, "b1", "m1")
+    assert tb.api is not None
+    assert {r["mac"]: r for r in tb.api.macs()}[after.mac]["host"] == "hm"
+    rep = check_guests(tb, ["b1", "b2", "m1"])
+    assert rep.ok, "\n".join(rep.wrong)
+    assert model_exchange(tb, "b1", "o1") and model_exchange(tb, "b1", "m2")
+    assert not model_exchange(tb, "b1", "m1")

@@ -823,6 +823,8 @@ def from_record(data: dict[str, Any]) -> Testbed:
     tb.manager_token = data["manager"]["token"]
     tb.api = Client(tb.manager_url, tb.manager_token)
     tb.pids = {k: int(v) for k, v in data.get("pids", {}).items()}
+    if data.get("vms"):  # where the VMs are now (libvirt's ports, migrated guests)
+        tb.vms = {n: VmInfo(**v) for n, v in data["vms"].items()}
     tb.refresh()
     return tb
 
