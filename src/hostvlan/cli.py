@@ -608,13 +608,21 @@ def testbed_check(prefix: str | None, as_json: bool) -> None:
 # ----- demo -----------------------------------------------------------------------------------
 @main.command(short_help="Run the paper's Fig. 7 scenario end to end on real namespaces.")
 @click.option("--topology", type=click.Path(dir_okay=False), help="Another topology (default: the paper's Fig. 7).")
-def demo(topology: str | None) -> None:
+@click.option(
+    "--guests",
+    type=click.Choice(["namespaces", "libvirt"]),
+    default="namespaces",
+    show_default=True,
+    help="VMs as network namespaces, or real QEMU guests started by libvirt (slower: TCG).",
+)
+def demo(topology: str | None, guests: str) -> None:
     """Run the paper's Fig. 7 scenario end to end on real namespaces, explain it, tear down."""
     from hostvlan.demo import run_demo
+    from hostvlan.demo_guests import run_demo_guests
 
     _need_root()
     try:
-        ok = run_demo(topology)
+        ok = run_demo_guests(topology) if guests == "libvirt" else run_demo(topology)
     except InvalidValue as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if ok else 1)

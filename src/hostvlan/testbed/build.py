@@ -448,7 +448,7 @@ class Testbed:
         self.guests.wait_booted([vm.name for vm in vms])
         self.wait_guest_ports([vm.name for vm in vms])
 
-    def wait_guest_ports(self, vms: list[str], timeout: float = 20.0) -> None:
+    def wait_guest_ports(self, vms: list[str], timeout: float = 60.0) -> None:
         """Wait until each filtered host's agent has bound the ports libvirt made (its log)."""
         end = time.monotonic() + timeout
         for name in vms:

@@ -138,7 +138,7 @@ class GuestFleet:
         spec = GuestSpec(f"{self.prefix}-{vm}", mac, ip, h.switch, h.source, console, channel)
         xml = gdir / f"{vm}.{host}.xml"
         xml.write_text(domain_xml(spec, self._image))
-        h.daemon.virsh("create", str(xml))
+        h.daemon.virsh("create", str(xml), timeout=120.0)
         kind = "macvtap" if h.switch == "macvtap" else "vnet"
         h.next_index[kind] += 1
         port = self._port_of(h, spec.domain)
