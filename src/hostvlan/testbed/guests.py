@@ -26,6 +26,7 @@ the guest answers `OUT ID`, base64 lines of stdout, `ERR ID`, base64 of stderr,
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import shlex
 import socket
@@ -37,7 +38,7 @@ from xml.sax.saxutils import escape, quoteattr
 from hostvlan.model.ids import Mac
 
 REPO = Path(__file__).resolve().parents[3]
-IMAGE_DIR = REPO / ".cache" / "guest"
+IMAGE_DIR = Path(os.environ.get("HOSTVLAN_GUEST_DIR", REPO / ".cache" / "guest"))  # as scripts/guest-image.sh
 CHANNEL = "org.hostvlan.exec"
 READY = "hostvlan-guest: ready"
 MEMORY_MIB = 160
