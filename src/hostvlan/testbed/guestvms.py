@@ -15,10 +15,12 @@ libvirt's, and `start` checks what libvirt chose (`virsh domiflist`).
 
 /dev/tapN: libvirt opens the macvtap's character device by its ifindex N, which is per
 network namespace, while devtmpfs is global: a macvtap of another namespace with the same
-ifindex would own /dev/tapN (see `vmtap.py`). Before the first domain of a macvtap host
-starts, `spread_ifindex` moves that namespace's next ifindex to a random value in
-200..1200 (veths made, then deleted in one call), far from the small numbers every other
-namespace uses; `start` then checks that /dev/tapN is this macvtap's device.
+ifindex would own /dev/tapN (see `vmtap.py`). When a macvtap host's daemon is started
+(before its agent and any domain), `spread_ifindex` moves that namespace's next ifindex
+to a random value in 200..1200 (veths made, then deleted in one call), far from the small
+numbers every other namespace uses; `start` then checks that /dev/tapN is this
+macvtap's device. (libvirt creates the macvtap DOWN and brings it up ~0.7 s later, when
+the guest's CPUs start; the VM's port is bound before either.)
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class GuestFleet:
         self._image = self._image or GuestImage.find()
         daemon = Libvirtd(ns, daemon_dir(self.workdir, index), ovs_rundir=ovs_rundir)
         self.hosts[host] = GuestHost(host, ns, switch, source, daemon)
+        if switch == "macvtap":  # before its agent starts: no burst of link events for it
+            spread_ifindex(ns)
         daemon.spawn()
         assert daemon.proc is not None
         return daemon.proc.pid
@@ -126,8 +130,6 @@ class GuestFleet:
         """Define nothing persistent: `virsh create` a transient domain for `vm` on `host`."""
         assert self._image is not None
         h = self.hosts[host]
-        if h.switch == "macvtap" and h.next_index["macvtap"] == 0:
-            spread_ifindex(h.netns)
         want = self.predict_port(host)
         gdir = self.workdir / "g"
         gdir.mkdir(exist_ok=True)
