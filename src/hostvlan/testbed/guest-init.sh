@@ -41,17 +41,24 @@ while [ -z "$dev" ] && [ $i -lt 200 ]; do
 done
 echo "hostvlan-guest: ready eth0=$(cat /sys/class/net/eth0/address) ip=$ip4 channel=$dev"
 [ -n "$dev" ] || { echo "hostvlan-guest: no virtio-serial port $port"; exec sh; }
+# The port is opened once and never closed: closing it discards what the host already
+# sent (a command of the next connection). While no host end is connected, read
+# returns EOF at once: wait and read again, every 0.1 s for 5 s after a command, then
+# every second (each wake-up costs a TCG guest a fork: idle, it stays at a few % of a core).
+exec 3<>"$dev"
+idle=0
 while :; do
-  # the port reads EOF while no host end is connected: reopen and wait
-  if exec 3<>"$dev"; then
-    while read -r id b64 <&3; do
-      [ -n "$id" ] || continue
-      echo "$b64" | base64 -d > /tmp/cmd
-      sh /tmp/cmd < /dev/null > /tmp/out 2> /tmp/err
-      rc=$?
-      { echo "OUT $id"; base64 /tmp/out; echo "ERR $id"; base64 /tmp/err; echo "END $id $rc"; } >&3
-    done
-    exec 3>&-
+  if read -r id b64 <&3; then
+    [ -n "$id" ] || continue
+    echo "$b64" | base64 -d > /tmp/cmd
+    sh /tmp/cmd < /dev/null > /tmp/out 2> /tmp/err
+    rc=$?
+    { echo "OUT $id"; base64 /tmp/out; echo "ERR $id"; base64 /tmp/err; echo "END $id $rc"; } >&3
+    idle=0
+  elif [ $idle -lt 50 ]; then
+    idle=$((idle + 1))
+    sleep 0.1
+  else
+    sleep 1
   fi
-  sleep 0.2
 done
