@@ -47,5 +47,5 @@ bench-control-plane: setup
 	  $(foreach h,$(BENCH_SIZES),docs/benchmarks/control-plane-$(h).json)
 
 clean:
-	-$(VENV)/bin/hostvlan testbed down
+	-$(VENV)/bin/hostvlan testbed down --all
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,10 +12,10 @@ Configurations, alternating every round (order flipped each round):
            configuration, so no configuration floods)
   hook     an empty accepting nftables chain on the bridge's forward hook: the floor of
            any netfilter design
-  tc       TcBridgeFilter, the default back end (send check by locked ports, receive filter
-           a tc/eBPF program on each port's egress: no netfilter hook)
-  locked   LockedBridgeFilter (locked ports, receive filter in nftables: one hook)
-  nft      NftBridgeFilter, the send check in nftables too (a second hook)
+  tc       the default bridge back end (send check by locked ports, receive filter a
+           tc/eBPF program on each port's egress: no netfilter hook)
+  locked   locked ports, receive filter in nftables (one hook)
+  nft      the send check in nftables too (a second hook)
   lockonly only the locked ports and sticky entries, no nftables: the send check's cost
 
     sudo .venv/bin/python bench/frame_cost.py [--rounds 9] [--frames 300000] [--len 64]
@@ -38,10 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hostvlan.bench.datapath import worst_case
-from hostvlan.datapath.brports import BridgePorts
-from hostvlan.datapath.nft_bridge import LockedBridgeFilter, NftBridgeFilter
-from hostvlan.datapath.nftlib import Nft
-from hostvlan.datapath.tc_bridge import BPFFS, TcBridgeFilter
+from hostvlan.datapath.bridge.tc import BPFFS
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel.brports import BridgePorts
+from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.model.ids import Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
 from hostvlan.testbed import netns
@@ -111,8 +111,11 @@ def main() -> int:
         st = state(args.macs, args.lnids, args.ports)
         with netns.inside(ns):
             nft, ports = Nft(), BridgePorts()
-        locked, counted = LockedBridgeFilter(nft, ports), NftBridgeFilter(nft)
-        tc = TcBridgeFilter(nft, ports, BPFFS / ns)
+        locked = build_backend(BackendSpec(send_check="locked", receive_filter="nft"), nft=nft, ports=ports)
+        counted = build_backend(BackendSpec(send_check="nft", receive_filter="nft"), nft=nft)
+        tc = build_backend(
+            BackendSpec(send_check="locked", receive_filter="tc", bpf_pins=BPFFS / ns), nft=nft, ports=ports
+        )
         for f in (locked, counted, tc):
             f.sync(st)
 

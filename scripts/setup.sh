@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl
+APT_PACKAGES=(systemd nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl  # systemd: systemd-analyze verifies the service units (tests)
   wrk apache2-utils lighttpd  # `hostvlan bench` (web server per VM, ab, wrk)
   gcc libc6-dev  # the testbed's macvtap VM stand-in and bench/frame_cost compile a page of C
   clang libbpf-dev libbpf1  # the bridge's tc/eBPF receive filter: built below, loaded by the agent

@@ -29,8 +29,9 @@ START_TIMEOUT = 20.0
 class Manager:
     """One `hostvlan manager` subprocess over a database in `workdir` (restartable)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = list(args)  # more `hostvlan manager` options
         self.db = workdir / "m.db"
         self.ready = workdir / "ready"
         self.log = workdir / "manager.log"
@@ -42,7 +43,7 @@ class Manager:
         assert self.proc is None, "already running"
         self.ready.unlink(missing_ok=True)
         argv = [str(HOSTVLAN), "manager", "--db", str(self.db), "--listen", "127.0.0.1:0"]
-        argv += ["--ready-file", str(self.ready)]
+        argv += ["--ready-file", str(self.ready), *self.args]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -59,9 +60,13 @@ class Manager:
                 self.stop(kill=True)
                 raise AssertionError(f"the manager did not get ready in {START_TIMEOUT}s:\n{self.log.read_text()}")
             time.sleep(0.02)
-        ready = json.loads(self.ready.read_text())
-        self.url = ready["listen"][0]["url"]
-        self.token = Path(ready["token_file"]).read_text().strip()
+        try:
+            ready = json.loads(self.ready.read_text())
+            self.url = ready["listen"][0]["url"]
+            self.token = Path(ready["token_file"]).read_text().strip()
+        except BaseException:
+            self.stop(kill=True)  # never leave a manager behind a failed start
+            raise
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM (graceful) or SIGKILL, and reap the process."""
@@ -99,8 +104,8 @@ class Manager:
 
 
 @contextmanager
-def running_manager(workdir: Path) -> Iterator[Manager]:
-    mgr = Manager(workdir)
+def running_manager(workdir: Path, args: tuple[str, ...] = ()) -> Iterator[Manager]:
+    mgr = Manager(workdir, args)
     mgr.start()
     try:
         yield mgr

@@ -1,14 +1,15 @@
 """A small typed client of the manager's HTTP API (docs/control-plane.md).
 
-Used by the CLI and by agents. It knows the calls, their JSON shapes and the error
-format, nothing of the model: the manager validates every value and names the field
-that is wrong. Every failure surfaces as one exception class, `ManagerError`:
-an error answer keeps the manager's status, field and detail; a manager that cannot be
-reached (refused, DNS, TLS, timeout) raises its subclass `ManagerUnreachable`.
+The admin side of the API: used by the CLI and the testbed. It knows the calls, their
+JSON shapes and the error format, nothing of the model: the manager validates every
+value and names the field that is wrong. Every failure surfaces as one exception class,
+`ManagerError`: an error answer keeps the manager's status, field and detail; a manager
+that cannot be reached (refused, DNS, TLS, timeout) raises its subclass
+`ManagerUnreachable`.
 
-The agent's feed (`GET /v1/hosts/{H}/feed`, a long-lived stream) is not here; the
-underlying `httpx.Client` is available as `Client.http` with the same base URL, token
-and TLS settings for whoever streams it.
+The agents' two calls (the feed, a long-lived stream, and the status report) are not
+here: the agent speaks them itself over an asynchronous HTTP client
+(`hostvlan.agent.daemon`), with the lines and bodies of `hostvlan.wire`.
 
 May import: httpx and the standard library only (no `hostvlan.model`, no manager code).
 """
@@ -71,16 +72,21 @@ class HostInfo(TypedDict):
     vnics: int
     revision_due: int
     revision_applied: int
-    in_sync: bool
+    in_sync: bool  # connected, applied >= due, and the agent says it is in sync
     lag: int
+    agent_in_sync: bool  # the agent's last report (true if it never reported)
+    error: str | None  # why the agent is not in sync
+    unbound: int  # local vNICs its agent reported unbound
 
 
 class MacRow(TypedDict):
     mac: str
     lnids: list[int | str]
     host: str | None
-    port: str | None
+    port: str | None  # as registered
     external: bool
+    state: str  # "bound", "unbound: <reason>", "host down", "pending" or "external"
+    bound_port: str | None  # the kernel port the host's agent reported binding it to
 
 
 class Trace(TypedDict):
@@ -90,8 +96,9 @@ class Trace(TypedDict):
     reason: str
     src_lnids: list[int | str]
     host: NotRequired[str]
-    port: NotRequired[str]
+    port: NotRequired[str]  # the port the destination's agent bound it to
     dst_mac: NotRequired[str]
+    state: NotRequired[str]  # the destination's binding: "bound", "unbound" or "pending"
     dst_lnids: NotRequired[list[int | str]]
 
 
@@ -109,7 +116,7 @@ def _reason(exc: httpx.TransportError) -> str:
 
 
 class Client:
-    """The manager API. `token` is the admin token, or a host token for `status`.
+    """The manager's admin API. `token` is the admin token.
 
     `cacert` is a CA bundle (PEM) to verify an HTTPS manager with; `verify=False`
     disables verification (tests only). Use as a context manager, or call `close()`.
@@ -194,10 +201,6 @@ class Client:
         out = self.call("DELETE", f"/v1/hosts/{_seg(name)}")
         return int(out["revision"])
 
-    def status(self, host: str, revision: int) -> None:
-        """(Agent, host token) report the revision this host's data path enforces."""
-        self.call("POST", f"/v1/hosts/{_seg(host)}/status", body={"revision": revision})
-
     # ----- the paper's commands ------------------------------------------------------------------
     def reg(
         self, lnid: LnidArg, mac: str, host: str | None = None, port: str | None = None, *, external: bool = False
@@ -235,9 +238,6 @@ class Client:
         """The model's verdict for a frame from MAC `src` to `dst` (a MAC or HOST:PORT)."""
         out: Trace = self.call("GET", "/v1/trace", params={"src": src, "dst": dst})
         return out
-
-    def revision(self) -> int:
-        return int(self.call("GET", "/v1/revision")["revision"])
 
 
 def _seg(name: str) -> str:

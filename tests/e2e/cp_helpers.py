@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from hostvlan.datapath.nftlib import Nft
+from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.model.facts import Facts
 from hostvlan.model.ids import Mac, PortName, tap_mac
 from hostvlan.testbed import netns

@@ -337,3 +337,77 @@ def test_down_cleans_up_after_up_is_killed_mid_build(cli: Cli, prefix: str, tmp_
     res = cli.run("testbed", "down", "--prefix", prefix)
     assert res.returncode == 0, _out(res)
     assert "nothing to remove" in res.stdout, _out(res)
+
+
+# ----- prefixes in use, several testbeds, exit codes ---------------------------------------------
+def _manager_env(cli: Cli, data: dict[str, object]) -> dict[str, str]:
+    mgr = data["manager"]
+    assert isinstance(mgr, dict)
+    return {**cli.env, "HOSTVLAN_MANAGER": str(mgr["url"]), "HOSTVLAN_TOKEN": str(mgr["token"])}
+
+
+def test_prefix_in_use_is_refused_and_down_needs_a_choice(cli: Cli, prefix: str, tmp_path: Path) -> None:
+    topo = tmp_path / "ok.yaml"
+    topo.write_text("\n".join(VALID_LINES) + "\n")
+    res = cli.run("testbed", "up", str(topo), "--json", "--prefix", prefix)
+    assert res.returncode == 0, _out(res)
+    first = json.loads(res.stdout)
+    before = sorted(netns.owned(prefix))
+
+    # a second `up` on the same prefix: refused (conflict), the running testbed untouched
+    res = cli.run("testbed", "up", str(topo), "--prefix", prefix)
+    assert res.returncode == 4, _out(res)
+    assert f"prefix {prefix} is in use" in res.stderr and res.stdout == "", _out(res)
+    assert sorted(netns.owned(prefix)) == before
+    assert json.loads((cli.state_dir / f"{prefix}.json").read_text())["pids"] == first["pids"]
+    res = cli.run("testbed", "check", "--prefix", prefix)
+    assert res.returncode == 0 and "leaks=0 misses=0 forged_delivered=0" in res.stdout, _out(res)
+
+    # the exit codes of the management commands, against this testbed's manager
+    env = _manager_env(cli, first)
+    hv = [str(HOSTVLAN)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*hv, *args], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+    assert run("show", "--host", "h1").returncode == 0
+    res = run("show", "--host", "nosuch")
+    assert res.returncode == 3 and "unknown host 'nosuch'" in res.stderr, _out(res)
+    assert run("move", "52:54:00:3a:00:99", "h2").returncode == 3  # an unknown MAC
+    res = run("host", "add", "h1")
+    assert res.returncode == 4 and "already exists" in res.stderr, _out(res)
+    assert run("reg", "1", "52:54:00:3a:00:01", "h2").returncode == 4  # registered on h1: `move` it
+    assert run("host", "rm", "h1").returncode == 4  # it still has vNICs
+    assert run("reg", "1").returncode == 2
+    assert run("reg", "0", "52:54:00:3a:00:55", "h1").returncode == 1  # a bad value: refused
+    assert run("trace", "52:54:00:3a:00:01", "52:54:00:3a:00:02").returncode == 0  # DROP is an answer
+
+    # namespaces of a prefix with no record are in use too
+    stray = new_prefix("c")
+    netns.create(f"{stray}-x")
+    try:
+        res = cli.run("testbed", "up", str(topo), "--prefix", stray)
+        assert res.returncode == 4 and "network namespaces" in res.stderr, _out(res)
+        assert netns.owned(stray) == [f"{stray}-x"]
+    finally:
+        netns.sweep(stray)
+
+    # two testbeds up: `down` without --prefix refuses and lists them; --all removes both
+    second = new_prefix("c")
+    try:
+        res = cli.run("testbed", "up", str(topo), "--prefix", second)
+        assert res.returncode == 0, _out(res)
+        res = cli.run("testbed", "down")
+        assert res.returncode == 2, _out(res)
+        assert prefix in res.stderr and second in res.stderr and "--all" in res.stderr, _out(res)
+        assert sorted(netns.owned(prefix)) == before and netns.owned(second)
+        res = cli.run("testbed", "down", "--prefix", prefix, "--all")
+        assert res.returncode == 2, _out(res)
+        res = cli.run("testbed", "down", "--all")
+        assert res.returncode == 0 and "removed" in res.stdout, _out(res)
+        assert netns.owned(prefix) == [] and netns.owned(second) == []
+        assert cli.state_files() == [] and cli.processes() == []
+    finally:
+        if netns.owned(second):
+            cli.run("testbed", "down", "--prefix", second)
+            netns.sweep(second)

@@ -1,7 +1,7 @@
 """A throw-away end host on a Linux bridge, for the integration tier: `Host` runs the default
-`TcBridgeFilter` (send check by the bridge's locked ports, receive filter in tc/eBPF),
-`LockedHost` the `LockedBridgeFilter` (receive filter in nftables), `NftSendHost` the
-`NftBridgeFilter` (send check in nftables too, counted per port).
+flavour (send check by the bridge's locked ports, receive filter in tc/eBPF), `LockedHost`
+the locked ports with the receive filter in nftables, `NftSendHost` the send check in
+nftables too, counted per port (all built by `datapath.factory.build_backend`).
 
 Topology built by `make(n)` of `bridge_hosts` (see `switchhost` for what all back ends share):
 
@@ -19,6 +19,7 @@ which the model does not know: `expect` covers floods only here.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections import Counter
@@ -27,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from hostvlan.datapath.brports import BridgePorts
-from hostvlan.datapath.nft_bridge import LockedBridgeFilter, NftBridgeFilter
-from hostvlan.datapath.tc_bridge import BPFFS, TcBridgeFilter
+from hostvlan.datapath.bridge.backend import BridgeFilter
+from hostvlan.datapath.bridge.tc import BPFFS
+from hostvlan.datapath.factory import BackendSpec, build_backend
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
@@ -68,26 +69,24 @@ STALE = {
 class Host(NftHost):
     KIND: ClassVar[str] = "bridge"
     FAMILY: ClassVar[str] = "bridge"
-    FILTER: ClassVar[type[NftBridgeFilter]] = TcBridgeFilter
+    SPEC: ClassVar[BackendSpec] = BackendSpec(kind="bridge", send_check="locked", receive_filter="tc")
     MODELS_UNICAST: ClassVar[bool] = False  # unicast follows the FDB the bridge learned
     COUNTS_SEND: ClassVar[bool] = False  # locked ports drop forged frames uncounted
     WORST_CASE_LIMITS: ClassVar[tuple[float, float]] = (2.0, 0.050)
     STALE: ClassVar[tuple[str, ...]] = tuple(STALE)
 
+    def spec(self) -> BackendSpec:
+        """The flavour, with pins of the tc filter's that survive a restart (a new filter), not the host."""
+        return dataclasses.replace(self.SPEC, bpf_pins=BPFFS / f"test-{self.ns}")
+
     def new_filter(self) -> Any:
         """A fresh filter bound to the host namespace (an agent (re)start): new nftables and
         netlink contexts."""
+        spec = self.spec()
+        if spec.receive == "tc" and not any(getattr(c, "pins", None) == spec.bpf_pins for c in self._closers):
+            self._closers.insert(0, _PinsRemover(spec.bpf_pins))
         with netns.inside(self.ns):
-            nft = RecordingNft()
-            ports = BridgePorts() if issubclass(self.FILTER, LockedBridgeFilter) else None
-        filt: Any
-        if issubclass(self.FILTER, TcBridgeFilter):
-            pins = BPFFS / f"test-{self.ns}"  # survives a restart (a new filter), not the host
-            filt = self.FILTER(nft, ports, pins)
-            if not any(getattr(c, "pins", None) == pins for c in self._closers):
-                self._closers.insert(0, _PinsRemover(pins))
-        else:
-            filt = self.FILTER(nft, ports) if ports is not None else self.FILTER(nft)  # type: ignore[call-arg]
+            filt = build_backend(spec, nft=RecordingNft())
         self._closers.append(filt.close)
         return filt
 
@@ -112,9 +111,9 @@ class Host(NftHost):
                     raise AssertionError(f"bridge ports not forwarding after {timeout}s: {pending}")
                 time.sleep(0.02)
 
-    def boot(self, state: FilterState | None = None) -> NftBridgeFilter:
+    def boot(self, state: FilterState | None = None) -> BridgeFilter:
         """Install the filter (fail closed: empty unless `state`), then bring links up."""
-        filt: NftBridgeFilter = self.new_filter()
+        filt: BridgeFilter = self.new_filter()
         filt.sync(state or FilterState())
         filt.apply()
         self.up()
@@ -140,7 +139,7 @@ class Host(NftHost):
     def layout_numbers(self, n_ports: int) -> dict[str, float]:
         hooks = self.hooked_chains()
         # [prerouting,] forward, output, input: none per port (tc: the input chain alone)
-        assert hooks == len(self.FILTER.HOOKS), hooks
+        assert hooks == len(self.new_filter().hooks()), hooks
         return {"hooked_chains": hooks}
 
 
@@ -166,13 +165,13 @@ class _PinsRemover:
 @dataclass
 class LockedHost(Host):
     KIND: ClassVar[str] = "bridge-locked"
-    FILTER: ClassVar[type[NftBridgeFilter]] = LockedBridgeFilter
+    SPEC: ClassVar[BackendSpec] = BackendSpec(kind="bridge", send_check="locked", receive_filter="nft")
 
 
 @dataclass
 class NftSendHost(Host):
     KIND: ClassVar[str] = "bridge-nft"
-    FILTER: ClassVar[type[NftBridgeFilter]] = NftBridgeFilter
+    SPEC: ClassVar[BackendSpec] = BackendSpec(kind="bridge", send_check="nft", receive_filter="nft")
     COUNTS_SEND: ClassVar[bool] = True
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hostvlan.datapath.factory import BackendSpec
 from hostvlan.datapath.macvtap import MacvtapFilter
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
@@ -91,7 +92,7 @@ class Host(NftHost):
 
     KIND: ClassVar[str] = "macvtap"
     FAMILY: ClassVar[str] = "netdev"
-    FILTER: ClassVar[type[MacvtapFilter]] = MacvtapFilter
+    SPEC: ClassVar[BackendSpec] = BackendSpec(kind="macvtap")
     UNBOUND_UP: ClassVar[bool] = False  # the contract: an unbound macvtap stays down
     FLOODS_UNKNOWN_UNICAST: ClassVar[bool] = False  # macvlan: unicast no macvtap owns goes to the wire
     PACE: ClassVar[float] = 0.0005  # the stand-ins are Python: no queue may overflow

@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hostvlan.datapath.cleanup import clean_host
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel.ovs_proc import OvsTools
+from hostvlan.datapath.kernel.ovsdb import OvsDb
 from hostvlan.datapath.ovs import COOKIE_BASE, COOKIE_MASK, UNKNOWN, OvsFilter
-from hostvlan.datapath.ovs_proc import OvsTools
-from hostvlan.datapath.ovsdb import OvsDb
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
@@ -118,6 +120,7 @@ class RecordingTools(OvsTools):
         return super().ofctl(*args, stdin=stdin)
 
 
+SPEC = BackendSpec(kind="ovs", ovs_bridge=BRIDGE)
 FOREIGN_FLOW = "table=100,priority=1,cookie=0x1234,actions=drop"  # someone else's flow
 STALE_FLOWS = [
     f"table=4,priority=999,cookie={COOKIE_BASE | 0x77:#x},actions=goto_table:5",  # would allow everything
@@ -160,7 +163,14 @@ class OvsHost(SwitchHost):
         tools = self.tools
         rec = RecordingTools(tools.rundir, tools.db, tools.vswitchd_ctl)
         object.__setattr__(rec, "calls", [])
-        return OvsFilter(BRIDGE, rec, db)
+        filt = build_backend(SPEC, ovs_tools=rec, ovsdb=db)
+        assert isinstance(filt, OvsFilter)
+        return filt
+
+    def clean(self) -> list[str]:
+        """`hostvlan agent --cleanup --backend ovs` in the host namespace."""
+        with netns.inside(self.ns):
+            return clean_host(SPEC, ovs_tools=self.tools, ovsdb=self.db)
 
     def calls(self, filt: Any) -> list[tuple[str, int]]:
         tools = filt._tools

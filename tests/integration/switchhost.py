@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from hostvlan.datapath.base import TenantFilter
-from hostvlan.datapath.nft_facts import NftFactsFilter
-from hostvlan.datapath.nftlib import Nft
+from hostvlan.datapath.cleanup import clean_host
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.model import verdict
 from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
@@ -318,6 +319,10 @@ class SwitchHost(abc.ABC):
         """Whether any object of hostvlan's is on the switch."""
 
     @abc.abstractmethod
+    def clean(self) -> list[str]:
+        """Remove hostvlan's kernel state from the host (`datapath.cleanup.clean_host`)."""
+
+    @abc.abstractmethod
     def leftovers(self) -> list[str]:
         """Anything on the switch but the foreign objects of `plant_foreign`, after a removal."""
 
@@ -433,19 +438,27 @@ class NftHost(SwitchHost):
     """What the two nftables back ends share: one table `<FAMILY> hostvlan`, read back by `nft`."""
 
     FAMILY: ClassVar[str]
-    FILTER: ClassVar[type[NftFactsFilter]]
+    SPEC: ClassVar[BackendSpec]
     MAX_BATCH: ClassVar[int] = 20  # commands in the one batch of a small change
+
+    def spec(self) -> BackendSpec:
+        """The back end this host runs, as an agent's options name it."""
+        return self.SPEC
 
     def new_filter(self) -> Any:
         """A fresh filter bound to the host namespace (an agent (re)start): a new nftables context."""
         with netns.inside(self.ns):
-            nft = RecordingNft()
-        filt = self.FILTER(nft)
+            filt = build_backend(self.spec(), nft=RecordingNft())
         self._closers.append(filt.close)
         return filt
 
+    def clean(self) -> list[str]:
+        """`hostvlan agent --cleanup` in the host namespace."""
+        with netns.inside(self.ns):
+            return clean_host(self.spec())
+
     def calls(self, filt: Any) -> list[tuple[str, int]]:
-        nft = filt._nft
+        nft = filt.table.nft
         assert isinstance(nft, RecordingNft)
         out = list(nft.calls)
         nft.calls.clear()

@@ -1,8 +1,7 @@
-"""The Linux bridge's send check by locked ports (`LockedBridgeFilter`, and the default
-`TcBridgeFilter` these hosts run, which keeps it): what the
-shared verdict tests cannot see — the FDB cannot be poisoned, a port that joins later sends
-nothing until bound, drift in the bridge's port state is found and repaired, and removal
-hands the bridge back as it was.
+"""The Linux bridge's send check by locked ports (`bridge.locked.LockedPorts`, here with the
+default tc receive filter): what the shared verdict tests cannot see — the FDB cannot be
+poisoned, a port that joins later sends nothing until bound, drift in the bridge's port state
+is found and repaired, and removal hands the bridge back as it was.
 """
 
 from __future__ import annotations

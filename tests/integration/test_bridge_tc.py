@@ -1,4 +1,4 @@
-"""The Linux bridge's tc/eBPF receive filter (`TcBridgeFilter`, the default): what the shared
+"""The Linux bridge's tc/eBPF receive filter (`bridge.tc.TcReceiveFilter`, the default): what the shared
 verdict tests cannot see — no netfilter hook on the forward path, one program per port, a
 port that joins or is re-created is followed, drift in programs or maps is repaired, maps
 that outgrow their size are swapped in, a restart changes nothing, removal leaves nothing.
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hostvlan.datapath import bpflib, tc_bridge
-from hostvlan.datapath.brports import BridgePorts
-from hostvlan.datapath.nft_bridge import LockedBridgeFilter
-from hostvlan.datapath.tc_bridge import PROG, PROG_GLOBAL, TcBridgeFilter, pair_key
+from hostvlan.datapath.bridge import tc as tc_bridge
+from hostvlan.datapath.bridge.backend import BridgeFilter
+from hostvlan.datapath.bridge.tc import PROG, PROG_GLOBAL, TcReceiveFilter, pair_key
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel import bpf as bpflib
 from hostvlan.model.ids import Lnid, Mac
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
@@ -50,8 +51,13 @@ def _programs(host: Host, port: str) -> list[str]:
         return [name for _, name, _ in bpflib.tcx_egress_programs(ifindex)]
 
 
-def _pins(filt: TcBridgeFilter) -> Path:
-    return filt._pins
+def _tc(filt: BridgeFilter) -> TcReceiveFilter:
+    assert isinstance(filt.receive, TcReceiveFilter)
+    return filt.receive
+
+
+def _pins(filt: BridgeFilter) -> Path:
+    return _tc(filt).pins
 
 
 def _add_late_port(host: Host) -> None:
@@ -73,7 +79,7 @@ def _wait_forwarding(host: Host, port: str, timeout: float = 10.0) -> None:
 def test_no_netfilter_hook_on_the_forward_path_one_program_per_port(make_host: Callable[[int], Host]) -> None:
     host = make_host(3)
     filt = host.boot(_state(host, 2))
-    assert isinstance(filt, TcBridgeFilter)
+    assert isinstance(filt, BridgeFilter) and isinstance(filt.receive, TcReceiveFilter)
     assert host.hooked_chains() == 1  # input alone (the host's own stack)
     assert "forward" not in host.chains() and "output" not in host.chains()
     for vm in host.vms:  # bound or not
@@ -113,7 +119,7 @@ def test_a_recreated_port_gets_its_keys_moved(make_host: Callable[[int], Host]) 
     assert _ifindex(host, b.port) != old
     assert filt.refresh_ports() >= 1
     assert filt.read() == filt.desired()  # no key of the old ifindex is left
-    pairs = {k for k, _ in bpflib.dump(filt._fd["pairs"], tc_bridge.PAIR, 1)}
+    pairs = {k for k, _ in bpflib.dump(_tc(filt).fd["pairs"], tc_bridge.PAIR, 1)}
     assert pair_key(old, a.mac) not in pairs and pair_key(_ifindex(host, b.port), a.mac) in pairs
     probe = host.probe()
     probe.send(a.name, frame(BROADCAST, a.mac, "a-to-b"))
@@ -126,8 +132,8 @@ def test_audit_repairs_a_detached_program_and_a_deleted_pair(make_host: Callable
     filt = host.boot(_state(host, 2))
     ifindex = _ifindex(host, a.port)
     with netns.inside(host.ns):
-        bpflib.tcx_detach(filt._fd[PROG], ifindex)  # a's port: open, behind the agent's back
-    bpflib.delete(filt._fd["pairs"], pair_key(_ifindex(host, b.port), a.mac), tc_bridge.PAIR)
+        bpflib.tcx_detach(_tc(filt).fd[PROG], ifindex)  # a's port: open, behind the agent's back
+    bpflib.delete(_tc(filt).fd["pairs"], pair_key(_ifindex(host, b.port), a.mac), tc_bridge.PAIR)
     assert _programs(host, a.port) == []
     assert filt.read() is None  # the read-back sees it: a reinstall is due
     assert filt.audit().full
@@ -147,11 +153,11 @@ def test_maps_that_outgrow_their_size_are_swapped_in(
     host = make_host(2)
     a, b = host.vms
     filt = host.boot(_state(host, 2))
-    first = bpflib.prog_info(filt._fd[PROG])[0]
+    first = bpflib.prog_info(_tc(filt).fd[PROG])[0]
     for i in range(40):  # 40 more sources in LNID 1: pairs and sources far past 4 (or 8) slots
         filt.set_entry(Mac(f"02:aa:00:00:00:{i:02x}"), [Lnid(1)])
     filt.apply()
-    assert bpflib.prog_info(filt._fd[PROG])[0] != first  # reloaded, bigger
+    assert bpflib.prog_info(_tc(filt).fd[PROG])[0] != first  # reloaded, bigger
     assert _programs(host, a.port) == [PROG] and _programs(host, UPLINK) == [PROG_GLOBAL]
     assert filt.read() == filt.desired()
     probe = host.probe()
@@ -166,12 +172,12 @@ def test_a_restart_changes_nothing_and_removal_leaves_nothing(make_host: Callabl
     a, b = host.vms
     state = _state(host, 2)
     filt = host.boot(state)
-    prog_id = bpflib.prog_info(filt._fd[PROG])[0]
+    prog_id = bpflib.prog_info(_tc(filt).fd[PROG])[0]
     restarted = host.new_filter()
     restarted.sync(state)
     report = restarted.apply()
     assert report.full and report.elements == 0
-    assert bpflib.prog_info(restarted._fd[PROG])[0] == prog_id  # the pinned program, not a new one
+    assert bpflib.prog_info(_tc(restarted).fd[PROG])[0] == prog_id  # the pinned program, not a new one
     assert _programs(host, a.port) == [PROG]
     restarted.remove()
     for port in (a.port, b.port, UPLINK):
@@ -187,8 +193,7 @@ def test_moving_to_the_nftables_flavour_detaches_the_programs(make_host: Callabl
     state = _state(host, 2)
     host.boot(state)
     with netns.inside(host.ns):
-        nft, ports = RecordingNft(), BridgePorts()
-    locked = LockedBridgeFilter(nft, ports)
+        locked = build_backend(BackendSpec(send_check="locked", receive_filter="nft"), nft=RecordingNft())
     try:
         locked.sync(state)
         locked.apply()  # another layout in the table: reinstalled as the nftables flavour

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hostvlan.datapath.macvtap import own_mac_rule, port_chains
-from hostvlan.datapath.nft_facts import jump
+from hostvlan.datapath.nft_table import jump
 from hostvlan.model.ids import Lnid, Mac
 from hostvlan.model.ports import PortBinding
 from hostvlan.testbed.traffic import BROADCAST, frame

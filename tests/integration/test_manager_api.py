@@ -86,6 +86,8 @@ def test_host_token_reads_only_its_own_feed(mgr: Manager, tokens: dict[str, str]
         assert c.post("/v1/hosts/B/status", json={"revision": 1}).status_code == 403
     snap = mgr.snapshot("A", tokens["A"])
     assert snap["entries"] == {VM1: [1]} and snap["local"] == {VM1: None}
+    # the admin token streams through the FastAPI route (same function, same lines)
+    assert mgr.snapshot("A") == snap
 
 
 # ----- bad input never changes anything ----------------------------------------------------------
@@ -213,7 +215,17 @@ def test_reregistering_is_a_noop(admin: httpx.Client, tokens: dict[str, str]) ->
     top = admin.post("/v1/reg", json=reg(lnid=str(2**63 - 1), mac="52:54:00:10:00:09", host="B")).json()
     assert top["changed"] is True and top["revision"] == first["revision"] + 1
     row = admin.get("/v1/macs", params={"mac": "52:54:00:10:00:09"}).json()
-    assert row == [{"mac": "52:54:00:10:00:09", "lnids": [9, 2**63 - 1], "host": "B", "port": "vp9", "external": False}]
+    assert row == [
+        {
+            "mac": "52:54:00:10:00:09",
+            "lnids": [9, 2**63 - 1],
+            "host": "B",
+            "port": "vp9",
+            "external": False,
+            "state": "host down",  # B's agent is not connected
+            "bound_port": None,
+        }
+    ]
 
 
 def test_host_calls_answer_the_revision(admin: httpx.Client, tokens: dict[str, str]) -> None:
@@ -227,3 +239,42 @@ def test_host_calls_answer_the_revision(admin: httpx.Client, tokens: dict[str, s
     assert admin.delete("/v1/hosts/TMP").status_code == 404
     r = admin.delete("/v1/hosts/A")
     assert r.status_code == 409 and r.json()["error"] == "conflict"
+
+
+# ----- the agents' status reports (fast path and FastAPI route) ----------------------------------
+def test_status_reports_through_both_paths(mgr: Manager, admin: httpx.Client, tokens: dict[str, str]) -> None:
+    """A well-formed report with the host's token takes the fast path; the admin token,
+    and any odd body, the FastAPI route: same answers, same effect."""
+    rev = admin.get("/v1/revision").json()["revision"]
+    unbound = {VM1: {"port": None, "state": "unbound", "reason": "no such port vnet7"}}
+    with mgr.client(tokens["A"]) as c:
+        r = c.post("/v1/hosts/A/status", json={"revision": rev, "in_sync": True, "bindings": unbound})
+        assert (r.status_code, r.json()) == (200, {"ok": True})
+        hosts = {h["name"]: h for h in admin.get("/v1/hosts").json()}
+        assert (hosts["A"]["unbound"], hosts["A"]["agent_in_sync"], hosts["A"]["error"]) == (1, True, None)
+        row = admin.get("/v1/macs", params={"mac": VM1}).json()[0]
+        assert (row["state"], row["bound_port"]) == ("host down", None)  # A's feed is not connected
+        t = admin.get("/v1/trace", params={"src": VM2, "dst": VM1}).json()
+        assert t["allow"] is False and "no such port vnet7" in t["reason"]
+        for body, field in (
+            ({"revision": "x"}, "revision"),
+            ({"revision": rev, "bindings": {VM1: {"state": "gone"}}}, f"bindings.{VM1}.state"),
+            ({"revision": rev, "in_sync": 1}, "in_sync"),
+        ):
+            r = c.post("/v1/hosts/A/status", json=body)
+            assert r.status_code == 400 and r.json()["error"] == field, r.text
+        r = c.post("/v1/hosts/A/status", content=b"{", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == "body"
+    # the route (admin token): in_sync false with its error
+    r = admin.post("/v1/hosts/A/status", json={"revision": rev, "in_sync": False, "error": "apply failed"})
+    assert r.status_code == 200
+    hosts = {h["name"]: h for h in admin.get("/v1/hosts").json()}
+    assert (hosts["A"]["agent_in_sync"], hosts["A"]["error"], hosts["A"]["in_sync"]) == (False, "apply failed", False)
+    bound = {VM1: {"port": "vnet1", "state": "bound", "reason": None}}
+    with mgr.client(tokens["A"]) as c:
+        assert c.post("/v1/hosts/A/status", json={"revision": rev, "bindings": bound}).status_code == 200
+    hosts = {h["name"]: h for h in admin.get("/v1/hosts").json()}
+    assert (hosts["A"]["agent_in_sync"], hosts["A"]["error"], hosts["A"]["unbound"]) == (True, None, 0)
+    assert admin.get("/v1/macs", params={"mac": VM1}).json()[0]["bound_port"] == "vnet1"
+    t = admin.get("/v1/trace", params={"src": VM1, "dst": "A:vnet1"}).json()
+    assert t["allow"] is True and t["dst_mac"] == VM1 and t["port"] == "vnet1"

@@ -105,6 +105,13 @@ class Mirror:
             assert snap["entries"] == {m: lnids_json(ls) for m, ls in view.entries.items()}, h
             assert snap["local"] == dict(view.local), h
 
+    def report_bound(self, host: str, ports: dict[str, str]) -> None:
+        """`host`'s agent reports these vNICs bound (MAC -> port), as the real agent does."""
+        bindings = {m: {"port": p, "state": "bound", "reason": None} for m, p in ports.items()}
+        with self.mgr.client(self.tokens[host]) as c:
+            r = c.post(f"/v1/hosts/{host}/status", json={"revision": self.revision(), "bindings": bindings})
+            assert r.status_code == 200, r.text
+
     def barrier(self) -> None:
         """A global external MAC concerns every host: each feed's NEXT delta must be this one.
 
@@ -172,6 +179,7 @@ def test_lnid_added_to_running_vnic_and_removed(mirror: Mirror) -> None:
     mirror.command("/v1/reg", {"lnid": 3, "mac": MAC2, "host": "EHS2"})
     mirror.command("/v1/reg", {"lnid": 2, "mac": MAC3, "host": "EHS3"})
     mirror.open_feeds()
+    mirror.report_bound("EHS2", {MAC2: "vnet0"})
     trace = mirror.http.get("/v1/trace", params={"src": MAC1, "dst": MAC2}).json()
     assert trace["allow"] is False
 

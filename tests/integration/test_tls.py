@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hostvlan.datapath.tc_bridge import BPFFS
+from hostvlan.datapath.bridge.tc import BPFFS
 from hostvlan.testbed import netns
 
 

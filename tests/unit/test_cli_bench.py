@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from hostvlan import cli
-from hostvlan.bench import datapath
+from hostvlan.bench import datapath, options
 
 
 @pytest.fixture
@@ -21,8 +23,8 @@ def captured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[datapath.O
         return {"kind": "hostvlan-bench-datapath", "started_utc": "2026-01-01T00:00:00Z", "main": {"paths": {}}}
 
     monkeypatch.setattr(datapath, "run", fake_run)
-    monkeypatch.setattr(datapath.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(options.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.chdir(tmp_path)
     return seen
 
@@ -32,6 +34,7 @@ def test_bench_without_subcommand_runs_the_default_data_path_set(captured: list[
     assert res.exit_code == 0, res.output
     (opts,) = captured
     assert (opts.rounds, opts.seconds) == (7, 1)
+    assert dataclasses.replace(opts, command="") == options.DEFAULTS  # the CLI takes the bench's defaults
     assert opts.configs == datapath.CONFIGS and opts.ext_configs == datapath.EXT_CONFIGS
     assert opts.sizes == (8192, 81920, 819200) and opts.port_lnids == (1, 16)
     assert (Path("bench/results") / "latest.json").exists()
@@ -69,3 +72,19 @@ def test_plan_fits_the_default_grid() -> None:
     assert main.loads("vm") == ["lat_us", "udp_gbps", "tcp_gbps"]
     assert [(c.macs, c.port_lnids) for c in cells] == [(81920, 1), (819200, 1), (8192, 16), (81920, 16)]
     assert [(s["macs"], s["port_lnids"]) for s in skipped] == [(819200, 16)]
+
+
+def test_bench_topology_is_data_that_validates() -> None:
+    """The bench's cells are built from the topology module's types; they pass its parser's checks."""
+    import yaml
+
+    from hostvlan.bench import benchnet
+    from hostvlan.testbed.topology import parse_topology
+
+    topo = benchnet.topology(list(datapath.CONFIGS), 8192, 16, external=True)
+    assert parse_topology(yaml.safe_dump(topo.to_dict())) == topo
+    assert [h.name for h in topo.hosts] == list(datapath.CONFIGS)
+    assert [e.name for e in topo.external] == ["ext", "vtep"]
+    bridge = next(h for h in topo.hosts if h.name == "bridge")
+    assert bridge.fill is not None and (bridge.fill.lnids, bridge.fill.ports, bridge.fill.port_lnids) == (128, 126, 16)
+    assert [v.name for v in next(h for h in topo.hosts if h.name == "vxlan").vms] == ["vxlan-2"]

@@ -2,7 +2,7 @@
 
 Run in-process with click's CliRunner against a real manager subprocess: what the
 operator sees (tables, messages, revisions), what scripts see (--json), and every way a
-command can fail (usage errors exit 2, refusals and an unreachable manager exit 1).
+command can fail (usage errors exit 2, not found 3, conflict 4, other refusals and an unreachable manager 1).
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def ok(res: Result) -> str:
     return res.stdout
 
 
-def refused(res: Result) -> str:
-    """A refusal: exit 1, nothing on stdout, one `error: FIELD: DETAIL` line on stderr."""
-    assert res.exit_code == 1, (res.exit_code, res.stdout, res.stderr)
+def refused(res: Result, code: int = 1) -> str:
+    """A refusal: exit `code`, nothing on stdout, one `error: FIELD: DETAIL` line on stderr."""
+    assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr)
     assert res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
@@ -59,7 +59,9 @@ def table(text: str) -> list[dict[str, str]]:
     """Parse a whitespace-aligned table (header line, then rows)."""
     head, *rows = text.strip().splitlines()
     cols = head.split()
-    return [dict(zip(cols, r.split(), strict=True)) for r in rows]
+    starts = [head.index(c) for c in cols]  # a cell may hold spaces ("no (lag 3)"): cut at the header's columns
+    ends = [*starts[1:], None]
+    return [{c: r[a:b].strip() for c, a, b in zip(cols, starts, ends, strict=True)} for r in rows]
 
 
 # ----- connection and usage errors ------------------------------------------------------------
@@ -155,14 +157,17 @@ def test_bad_input_is_refused_with_the_field(hv: Any) -> None:
     assert refused(hv("reg", "1", "52:54:00", "R1")).startswith("error: mac: malformed MAC")
     assert refused(hv("reg", "1", "01:00:5e:00:00:01", "R1")).startswith("error: mac: ")
     assert refused(hv("reg", "1", "00:00:00:00:00:00", "R1")).startswith("error: mac: ")
-    assert refused(hv("reg", "1", R_B, "NOPE")).startswith("error: not_found: unknown host 'NOPE'")
+    assert refused(hv("reg", "1", R_B, "NOPE"), 3).startswith("error: not_found: unknown host 'NOPE'")
     assert refused(hv("reg", "1", R_B, "R1", "--port", "x" * 16)).startswith("error: port: ")
-    line = refused(hv("reg", "1", R_A, "R2"))
+    line = refused(hv("reg", "1", R_A, "R2"), 4)
     assert line.startswith(f"error: conflict: MAC {R_A} is already registered on host R1") and "move" in line
-    assert refused(hv("move", R_B, "R2")).startswith(f"error: not_found: MAC {R_B} is not registered")
-    assert refused(hv("host", "add", "R1")).startswith("error: conflict: host R1 already exists")
-    assert refused(hv("host", "rm", "R1")).startswith("error: conflict: host R1 still has 1 registered vNIC")
-    assert refused(hv("host", "token", "NOPE")).startswith("error: not_found: ")
+    assert refused(hv("move", R_B, "R2"), 3).startswith(f"error: not_found: MAC {R_B} is not registered")
+    assert refused(hv("host", "add", "R1"), 4).startswith("error: conflict: host R1 already exists")
+    assert refused(hv("host", "rm", "R1"), 4).startswith("error: conflict: host R1 still has 1 registered vNIC")
+    assert refused(hv("host", "token", "NOPE"), 3).startswith("error: not_found: ")
+    assert refused(hv("host", "token", "NOPE", "--rotate"), 3).startswith("error: not_found: ")
+    assert refused(hv("show", "--host", "NOPE"), 3) == "error: not_found: unknown host 'NOPE'"
+    assert refused(hv("show", "--host", "NOPE", "--json"), 3) == "error: not_found: unknown host 'NOPE'"
     assert refused(hv("show", "--lnid", "x")).startswith("error: lnid: ")
     assert refused(hv("trace", "zz", R_A)).startswith("error: src: ")
     assert json.loads(ok(hv("show", "--json"))) == before  # nothing changed
@@ -190,21 +195,47 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
     assert js["changed"] is True and js["revision"] > rev
 
     rows = {r["MAC"]: r for r in table(ok(hv("show")))}
-    assert rows[A1] == {"MAC": A1, "LNIDS": "1,3", "HOST": "EHS1", "PORT": "vnet0"}
-    assert rows[A2] == {"MAC": A2, "LNIDS": "2", "HOST": "EHS1", "PORT": "-"}
-    assert rows[GW] == {"MAC": GW, "LNIDS": "global", "HOST": "external", "PORT": "-"}
+    # STATE: what the manager says of the binding (`-` from a manager that does not say yet)
+    assert {k: v for k, v in rows[A1].items() if k != "STATE"} == {
+        "MAC": A1,
+        "LNIDS": "1,3",
+        "HOST": "EHS1",
+        "PORT": "vnet0",
+    }
+    assert {k: v for k, v in rows[A2].items() if k != "STATE"} == {"MAC": A2, "LNIDS": "2", "HOST": "EHS1", "PORT": "-"}
+    assert rows[GW]["HOST"] == "external" and rows[GW]["PORT"] == "-"
+    assert rows[A1]["STATE"] in ("-", "host down") and rows[GW]["STATE"] in ("-", "external")
     assert set(rows) >= {A1, A2, B1, GW}
     shown = json.loads(ok(hv("show", "--json", "--lnid", "3")))
     assert {r["mac"] for r in shown} == {A1, B1}
     assert {r["mac"] for r in json.loads(ok(hv("show", "--json", "--host", "EHS1")))} == {A1, A2}
     assert json.loads(ok(hv("show", "--json", "--mac", GW))) == [
-        {"mac": GW, "lnids": ["global"], "host": None, "port": None, "external": True}
+        {
+            "mac": GW,
+            "lnids": ["global"],
+            "host": None,
+            "port": None,
+            "external": True,
+            "state": "external",
+            "bound_port": None,
+        }
     ]
     assert ok(hv("show", "--mac", "52:54:00:20:aa:aa")).strip() == "no MAC matches"
 
+    # trace evaluates what the agents reported binding (none yet: fail closed)
+    assert ok(hv("trace", B1, "EHS1:vnet0")).startswith("DROP: no vNIC is bound to port EHS1:vnet0")
+    bound = {"port": "vnet0", "state": "bound", "reason": None}
+    with mgr.client() as c:
+        now = c.get("/v1/revision").json()["revision"]  # the agents' reports are of the current view
+    with mgr.client(token) as c:
+        body = {"revision": now, "bindings": {A1: bound, A2: {**bound, "port": "vnet1"}}}
+        assert c.post("/v1/hosts/EHS1/status", json=body).status_code == 200
+    with mgr.client(added["token"]) as c:
+        body = {"revision": now, "bindings": {B1: {**bound, "port": "vnet5"}}}
+        assert c.post("/v1/hosts/EHS2/status", json=body).status_code == 200
     out = ok(hv("trace", A2, B1))
     assert out.startswith("DROP: ") and "no shared LNID" in out
-    assert f"to   {B1} on EHS2:vnic (LNIDs 3,4)" in out
+    assert f"to   {B1} on EHS2:vnet5 (LNIDs 3,4)" in out
     out = ok(hv("trace", B1, "EHS1:vnet0"))
     assert out.startswith("ALLOW: shared LNID 3")
     t = json.loads(ok(hv("trace", GW, A2, "--json")))
@@ -219,11 +250,26 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
     assert ok(hv("rm", A2)).startswith(f"removed {A2} from every LNID (revision ")
     assert "is not registered: nothing changed" in ok(hv("rm", A2))
     assert json.loads(ok(hv("show", "--json", "--host", "EHS2"))) == [
-        {"mac": B1, "lnids": [3, 4], "host": "EHS2", "port": None, "external": False}
+        {
+            "mac": B1,
+            "lnids": [3, 4],
+            "host": "EHS2",
+            "port": None,
+            "external": False,
+            "state": "host down",
+            "bound_port": "vnet5",
+        }
     ]
+    assert ok(hv("show", "--host", "EHS2", "--lnid", "9")).strip() == "no MAC matches"  # a known host: exit 0
 
-    rotated = ok(hv("host", "token", "EHS1")).strip().splitlines()[-1]
-    assert rotated != token
+    res = hv("host", "token", "EHS1")
+    rotated = ok(res).strip().splitlines()[-1]
+    assert rotated != token and "was rotated" in res.stderr
+    res = hv("host", "token", "EHS1", "--rotate")
+    again = ok(res).strip().splitlines()[-1]
+    assert again != rotated and res.stderr == ""
+    with mgr.client(rotated) as c:
+        assert c.get("/v1/hosts/EHS1/feed").status_code == 401
     with mgr.client(token) as c:
         assert c.get("/v1/hosts/EHS1/feed").status_code == 401
     ok(hv("rm", A1))
@@ -248,7 +294,7 @@ def test_hosts_table_and_json(hv: Any, mgr: Manager) -> None:
         "APPLIED": "1",
         "DUE": str(js["revision_due"]),
         "LAG": str(js["lag"]),
-        "IN-SYNC": "no",
+        "IN-SYNC": f"no (lag {js['lag']})",
     }
 
 

@@ -9,8 +9,18 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hostvlan.model.hostview import HostView, Location, filter_state, host_lnids, host_view
-from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName
+from hostvlan.model.hostview import (
+    HostView,
+    Location,
+    PortSeen,
+    VnicBinding,
+    bind_ports,
+    bound_state,
+    filter_state,
+    host_lnids,
+    host_view,
+)
+from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, tap_mac
 from hostvlan.model.ports import PortBinding
 from hostvlan.model.table import LnidTable
 from hostvlan.model.verdict import receive, send
@@ -164,6 +174,112 @@ def test_filter_state_does_not_mutate_the_view() -> None:
     view = HostView(H1, entries=entries, local={MAC_A: None})
     filter_state(view, {}, {PortName("eth0"): nic})
     assert entries == {MAC_A: {L1}}
+
+
+# ----- bind_ports: where each local vNIC is enforced, or why not ------------------------------
+NIC = Mac("0c:00:00:00:00:01")
+UPLINK = {PortName("eth0"): NIC}
+
+
+def _view(local: dict[Mac, str | None]) -> HostView:
+    return HostView(
+        H1,
+        entries={m: frozenset({L1}) for m in local},
+        local={m: (PortName(p) if p else None) for m, p in local.items()},
+    )
+
+
+def test_bind_ports_given_port_whose_device_carries_the_vnic() -> None:
+    seen = {PortName("vnet0"): PortSeen(tap_mac(MAC_A)), PortName("mvt0"): PortSeen(MAC_B, "same")}
+    got = bind_ports(_view({MAC_A: "vnet0", MAC_B: "mvt0"}), {}, seen, UPLINK)
+    assert got.report == {MAC_A: VnicBinding(PortName("vnet0")), MAC_B: VnicBinding(PortName("mvt0"))}
+    assert got.enforce == {MAC_A: PortName("vnet0"), MAC_B: PortName("mvt0")}
+    assert got.unbound() == {}
+
+
+def test_bind_ports_given_port_that_does_not_exist_is_unbound_but_prebound() -> None:
+    got = bind_ports(_view({MAC_A: "vnet7"}), {}, {}, UPLINK)
+    assert got.report[MAC_A] == VnicBinding(None, "no such port vnet7")
+    assert got.enforce == {MAC_A: PortName("vnet7")}  # its filter is there before its device (macvtap)
+
+
+def test_bind_ports_mac_mismatch_is_not_bound() -> None:
+    """A mistyped --port: the device carries another vNIC, so the vNIC stays unbound (fail closed);
+    the other vNIC, discovered on that port, gets it."""
+    seen = {PortName("vnet1"): PortSeen(tap_mac(MAC_B))}
+    got = bind_ports(_view({MAC_A: "vnet1", MAC_B: None}), {MAC_B: PortName("vnet1")}, seen, UPLINK)
+    assert got.report[MAC_A] == VnicBinding(None, f"port vnet1 carries MAC {tap_mac(MAC_B)}, not this vNIC's")
+    assert got.report[MAC_B] == VnicBinding(PortName("vnet1"))
+    assert got.enforce == {MAC_B: PortName("vnet1")}
+    state = bound_state(_view({MAC_A: "vnet1", MAC_B: None}), got, UPLINK)
+    assert {p: b.mac for p, b in state.bindings.items()} == {PortName("vnet1"): MAC_B, PortName("eth0"): NIC}
+
+
+def test_bind_ports_macvtap_and_tap_conventions_differ() -> None:
+    """A macvtap carries the vNIC MAC itself; a tap with the vNIC MAC (not fe:…) is not the vNIC's."""
+    got = bind_ports(
+        _view({MAC_A: "v0", MAC_B: "m0"}),
+        {},
+        {PortName("v0"): PortSeen(MAC_A, "tap"), PortName("m0"): PortSeen(tap_mac(MAC_B), "same")},
+        UPLINK,
+    )
+    assert not got.report[MAC_A].bound and not got.report[MAC_B].bound
+    assert got.enforce == {}
+
+
+def test_bind_ports_ovs_attached_mac() -> None:
+    seen = {PortName("p1"): PortSeen(MAC_B, "attached"), PortName("p2"): PortSeen(None, "attached")}
+    got = bind_ports(_view({MAC_A: "p1", MAC_C: "p2"}), {}, seen, UPLINK)
+    assert got.report[MAC_A] == VnicBinding(None, f"port p1 carries attached-mac {MAC_B}, not this vNIC's")
+    assert got.report[MAC_C] == VnicBinding(PortName("p2"))  # no attached-mac: says nothing against it
+
+
+def test_bind_ports_one_port_one_vnic() -> None:
+    """Two vNICs given the same --port: the first (MAC order) has it, the other is told who."""
+    seen = {PortName("vnet1"): PortSeen(None, "attached")}
+    got = bind_ports(_view({MAC_B: "vnet1", MAC_A: "vnet1"}), {}, seen, UPLINK)
+    assert got.report[MAC_A] == VnicBinding(PortName("vnet1"))
+    assert got.report[MAC_B] == VnicBinding(None, f"port vnet1 is bound to {MAC_A}")
+    assert got.enforce == {MAC_A: PortName("vnet1")}
+
+
+def test_bind_ports_given_port_wins_over_a_discovered_one() -> None:
+    seen = {PortName("given"): PortSeen(tap_mac(MAC_A)), PortName("found"): PortSeen(tap_mac(MAC_A))}
+    got = bind_ports(_view({MAC_A: "given"}), {MAC_A: PortName("found")}, seen, UPLINK)
+    assert got.enforce == {MAC_A: PortName("given")}
+
+
+def test_bind_ports_discovery_and_uplinks() -> None:
+    got = bind_ports(_view({MAC_A: None, MAC_B: None, MAC_C: "eth0"}), {MAC_A: PortName("vnet0")}, {}, UPLINK)
+    assert got.report[MAC_A] == VnicBinding(PortName("vnet0"))
+    assert got.report[MAC_B] == VnicBinding(None, "no port carries this vNIC")
+    assert got.report[MAC_C] == VnicBinding(None, "port eth0 is the host's uplink")
+    assert got.enforce == {MAC_A: PortName("vnet0")}
+
+
+@PROPERTY
+@given(dc=data_centers())
+def test_bind_ports_agrees_with_filter_state_where_nothing_conflicts(dc: DataCenter) -> None:
+    """With every found port carrying its vNIC and no given port shown by another vNIC, the
+    bindings are those `filter_state` makes; every local vNIC is reported, bound or not."""
+    for host in HOSTS:
+        view = host_view(dc.table, dc.locations, host)
+        found = dc.found_ports[host]
+        seen = {p: PortSeen(tap_mac(m)) for m, p in found.items()}
+        got = bind_ports(view, found, seen, dc.uplinks[host])
+        assert set(got.report) == set(view.local)
+        want = filter_state(view, found, dc.uplinks[host])
+        have = bound_state(view, got, dc.uplinks[host])
+        claims = [view.local[m] or found.get(m) for m in view.local]
+        ports = [p for p in claims if p is not None]
+        if len(ports) == len(set(ports)) and not set(ports) & set(dc.uplinks[host]):
+            assert have == want
+        else:
+            assert set(have.bindings) <= set(want.bindings)
+        for mac, b in got.report.items():
+            assert b.bound == (b.port is not None)
+            if b.bound:
+                assert have.bindings[b.port].mac == mac  # type: ignore[index]
 
 
 # ----- the key property -------------------------------------------------------------------

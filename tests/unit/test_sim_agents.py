@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from hostvlan import wire
 from hostvlan.model.ids import parse_host, parse_mac, parse_port
 from hostvlan.sim.agents import ProtocolError, SimView, intern_entries
 from hostvlan.sim.layout import Layout
@@ -49,29 +52,45 @@ def test_layout_refuses_what_cannot_be_the_worst_case() -> None:
 M1, M2, M3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
 
 
+def _msg(line: dict[str, Any]) -> Any:
+    """A feed line as the simulator reads it (`wire.decode_feed`)."""
+    return wire.decode_feed(line)
+
+
 def test_view_applies_snapshot_then_deltas() -> None:
     v = SimView()
     with pytest.raises(ProtocolError, match="before snapshot"):
-        v.delta({"type": "delta", "revision": 1, "entries": {M1: [1]}})
-    v.snapshot({"type": "snapshot", "revision": 3, "entries": {M1: [1], M2: [1, "global"]}, "local": {M1: "vp1"}})
+        v.delta(_msg({"type": "delta", "revision": 1, "entries": {M1: [1]}}))
+    v.snapshot(_msg({"type": "snapshot", "revision": 3, "entries": {M1: [1], M2: [1, "global"]}, "local": {M1: "vp1"}}))
     assert v.revision == 3 and v.entries == {M1: [1], M2: [1, "global"]} and v.local == {M1: "vp1"}
-    v.delta({"type": "delta", "revision": 5, "entries": {M3: [1]}, "removed": [M2], "local": {M3: None}})
+    v.delta(_msg({"type": "delta", "revision": 5, "entries": {M3: [1]}, "removed": [M2], "local": {M3: None}}))
     assert v.entries == {M1: [1], M3: [1]} and v.local == {M1: "vp1", M3: None}
-    v.delta({"type": "delta", "revision": 6, "unlocal": [M1]})
+    v.delta(_msg({"type": "delta", "revision": 6, "unlocal": [M1]}))
     assert v.local == {M3: None} and v.revision == 6
     with pytest.raises(ProtocolError, match="after"):
-        v.delta({"type": "delta", "revision": 6, "entries": {M1: [2]}})
+        v.delta(_msg({"type": "delta", "revision": 6, "entries": {M1: [2]}}))
 
 
 def test_equal_snapshot_keeps_the_view_and_entries_are_shared() -> None:
     v, w = SimView(), SimView()
     snap = {"type": "snapshot", "revision": 1, "entries": {M1: [7], M2: [7]}, "local": {}}
-    v.snapshot(snap)
+    v.snapshot(_msg(snap))
     held = v.entries
-    v.snapshot({**snap, "revision": 2, "entries": {M1: [7], M2: [7]}})
+    v.snapshot(_msg({**snap, "revision": 2, "entries": {M1: [7], M2: [7]}}))
     assert v.entries is held and v.revision == 2, "a resync that changes nothing rebuilds nothing"
-    w.snapshot({**snap, "entries": {M1: [7], M2: [7]}})
+    w.snapshot(_msg({**snap, "entries": {M1: [7], M2: [7]}}))
     assert w.entries[M1] is v.entries[M2], "equal LNID lists are one object"
     a = intern_entries({M3: [1]})
     b = intern_entries({M3: [1]})
     assert next(iter(a)) is next(iter(b)), "MACs received close together are one object"
+
+
+def test_bindings_follow_the_local_vnics() -> None:
+    v = SimView()
+    v.snapshot(_msg({"type": "snapshot", "revision": 1, "entries": {M1: [1]}, "local": {M1: "vp1", M2: None}}))
+    first = v.local_version
+    assert {m: (b.port, b.state) for m, b in v.bindings().items()} == {M1: ("vp1", "bound"), M2: ("sim-1", "bound")}
+    v.delta(_msg({"type": "delta", "revision": 2, "entries": {M3: [1]}}))
+    assert v.local_version == first, "entries alone leave the bindings as reported"
+    v.delta(_msg({"type": "delta", "revision": 3, "unlocal": [M2]}))
+    assert v.local_version > first and set(v.bindings()) == {M1}

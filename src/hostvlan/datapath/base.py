@@ -1,27 +1,29 @@
 """The back-end contract: queue changes, then one `apply()`.
 
-A back end enforces one host's FilterState in its virtual switch. Callers queue
-desired changes (`sync` a whole state, or `set_entry`/`del_entry`/`bind`/`unbind`),
-then call `apply()`, which pushes everything queued as ONE kernel transaction:
+A back end enforces one host's FilterState in its virtual switch. Callers queue desired
+changes (`sync` a whole state, or `set_entry`/`del_entry`/`bind`/`unbind`), then call
+`apply()`, which pushes everything queued as ONE kernel transaction. Back ends never
+re-derive the semantics: they enforce `hostvlan.model.facts.Facts`.
 
-- the first `apply()` of a process reconciles with what the kernel already enforces and
-  applies only the difference (an agent restart never flushes, never opens the filter);
-  a back end that keeps a digest of its facts in the kernel (`_kernel_digest`) skips the
-  element read-back when the digests agree;
-- `audit()` always reads every element back and repairs drift made behind its back;
-- later `apply()`s push just the element changes the model computed (`FactsIndex`);
-- a failed `apply()` raises `DatapathError` and changes nothing in the kernel (each back
-  end documents why); the next `apply()` reconciles from a fresh read-back.
+What every back end guarantees:
+- restart without a gap: the first `apply()` of a process reconciles with what the kernel
+  already enforces and applies only the difference (never flushes, never opens); where a
+  digest of the facts is kept beside them (`_kernel_digest`), agreeing digests skip the
+  read-back; later `apply()`s push only the model's element changes (`FactsIndex`);
+- atomic or stricter: a failed `apply()` raises `DatapathError` and leaves the kernel with
+  the facts it had, or with a stricter filter; the next `apply()` reconciles from a fresh
+  read-back. `audit()` always reads everything back and repairs drift;
+- fail closed: `install_if_absent()` installs hostvlan's objects EMPTY, dropping everything,
+  and any subset of hostvlan's objects is at most as permissive as the whole.
 
-Back ends never re-derive the semantics: they enforce `hostvlan.model.facts.Facts`.
-Atomicity per back end:
-- `nft_bridge`: one nftables batch (libnftables JSON) = one netlink transaction;
-  `LockedBridgeFilter` also sets port locks and sticky FDB entries over netlink before
-  it, rolling back the entries it added if the batch fails (`brports`).
-- `tc_bridge` (the bridge default): `LockedBridgeFilter`'s batch with its receive filter
-  in BPF maps instead, removals before the batch and additions after it (never looser
-  than the facts in force); a read-back that finds maps or programs off reinstalls.
-- `macvtap`: the same, in the netdev family (chains per macvtap, shared sets).
+How each back end keeps them:
+- `bridge` (Linux bridge, `bridge.backend.BridgeFilter`): one nftables batch (libnftables
+  JSON = one netlink transaction) holds the facts, their digest and the chains of the parts
+  it is composed of, a send check (`locked`: the bridge's locked ports and sticky FDB
+  entries over netlink; or `nft`) and a receive filter (`tc`: eBPF maps and programs; or
+  `nft`). Netlink and BPF writes have no transaction: a part writes what tightens before the
+  batch and what loosens after it, and undoes its additions if the batch fails.
+- `macvtap`: one nftables batch in the netdev family (chains per macvtap, shared sets).
 - `ovs`: one OpenFlow bundle (`ovs-ofctl bundle`, atomic and ordered) per apply.
 - `memory`: a reference in Python, for tests.
 """
@@ -38,7 +40,15 @@ from hostvlan.model.ports import FilterState, PortBinding
 
 
 class DatapathError(RuntimeError):
-    """Programming the data path failed; the kernel kept its previous state."""
+    """Programming the data path failed; the kernel kept its previous state (or a stricter one).
+
+    `errno` is the kernel's (or libc's) error number where the cause has one, so callers match
+    on it (`exc.errno == errno.ENOENT`), never on the message text.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 @dataclass(frozen=True)
@@ -82,14 +92,6 @@ class TenantFilter(abc.ABC):
 
     def desired(self) -> Facts:
         return self._index.facts()
-
-    def desired_ports(self) -> tuple[frozenset[tuple[PortName, Mac]], frozenset[PortName]]:
-        """The desired `bound` and `uplinks` facts alone (cheap at any table size)."""
-        return self._index.port_facts()
-
-    def desired_port(self, port: PortName) -> tuple[bool, bool, frozenset[Mac]]:
-        """One port's desired facts: (bound or uplink, in `global`, its pairs' sources)."""
-        return self._index.port_view(port)
 
     # ----- apply -------------------------------------------------------------------
     def apply(self) -> ApplyReport:

@@ -4,15 +4,32 @@ The agent, the testbed, the bench and the integration tests all call `build_back
 module outside `hostvlan.datapath` constructs a back-end class (the in-memory reference
 filter of the tests aside). Call it inside the host's network namespace: the back ends bind
 their kernel contexts (nftables, netlink, the namespace's BPF pins) when they are built.
-May import `hostvlan.datapath` and `hostvlan.model` only.
+
+A Linux bridge back end is composed here (`bridge.backend`): the table, a send check
+(`locked` | `nft`) and a receive filter (`tc` | `nft`). Callers that share or record kernel
+contexts (tests, the bench) pass them as keyword options: `nft` (a libnftables context),
+`ports` (the bridge's netlink ports), `ovs_tools`, `ovsdb` (an OVSDB connection the caller
+keeps and closes; the factory then skips its open-time check of the bridge, the caller set
+it up). The bridge and macvtap back ends own and close the `nft` and `ports` they are given.
+`clean_host` (in `cleanup`) takes the same options. May import `hostvlan.datapath` and
+`hostvlan.model` only.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hostvlan.datapath.base import TenantFilter
+from hostvlan.datapath.base import DatapathError, TenantFilter
+
+if TYPE_CHECKING:  # the kernel libraries load native code: imported where a back end needs them
+    from hostvlan.datapath.kernel.brports import BridgePorts
+    from hostvlan.datapath.kernel.nft import Nft
+    from hostvlan.datapath.kernel.ovs_proc import OvsTools
+    from hostvlan.datapath.kernel.ovsdb import OvsDb
 
 KINDS = ("bridge", "ovs", "macvtap")
 SEND_CHECKS = ("locked", "nft")
@@ -49,20 +66,80 @@ class BackendSpec:
         if self.send_check == "nft" and self.receive_filter == "tc":
             raise ValueError("--receive-filter tc needs --send-check locked (the tc filter has no send check)")
 
+    @property
+    def receive(self) -> str:
+        """The receive filter in force: given, or the send check's default."""
+        return self.receive_filter or ("tc" if self.send_check == "locked" else "nft")
 
-def build_backend(spec: BackendSpec) -> TenantFilter:
+
+def build_backend(
+    spec: BackendSpec,
+    *,
+    nft: Nft | None = None,
+    ports: BridgePorts | None = None,
+    ovs_tools: OvsTools | None = None,
+    ovsdb: OvsDb | None = None,
+) -> TenantFilter:
     """A back end for `spec`, built in the calling thread's network namespace (see module doc)."""
     if spec.kind == "ovs":
-        from hostvlan.datapath.ovs import OvsFilter
-        from hostvlan.datapath.ovs_proc import OvsTools
-        from hostvlan.datapath.ovsdb import OvsDb
+        return _ovs(spec, ovs_tools, ovsdb)
+    from hostvlan.datapath.kernel.nft import Nft
 
-        tools = OvsTools(rundir=spec.ovs_rundir, db=spec.ovs_db)
-        return OvsFilter(spec.ovs_bridge, tools, OvsDb(tools.db_remote), own_db=True)
     if spec.kind == "macvtap":
         from hostvlan.datapath.macvtap import MacvtapFilter
 
-        return MacvtapFilter()
-    from hostvlan.datapath.nft_bridge import bridge_filter
+        return MacvtapFilter(nft or Nft())
+    return _bridge(spec, nft or Nft(), ports)
 
-    return bridge_filter(spec.send_check, spec.receive_filter, spec.bpf_pins)
+
+def _bridge(spec: BackendSpec, nft: Nft, ports: BridgePorts | None) -> TenantFilter:
+    from hostvlan.datapath.bridge.backend import BridgeFilter
+    from hostvlan.datapath.bridge.locked import LockedPorts
+    from hostvlan.datapath.bridge.nft import NftReceiveFilter, NftSendCheck
+    from hostvlan.datapath.bridge.parts import ReceiveFilter, SendCheck
+    from hostvlan.datapath.bridge.tc import TcReceiveFilter
+    from hostvlan.datapath.kernel.brports import BridgePorts
+
+    send: SendCheck
+    receive: ReceiveFilter
+    if spec.send_check == "nft":
+        send, receive = NftSendCheck(), NftReceiveFilter(inline=False)  # layout_v1 jumps to a chain rx
+    else:
+        ports = ports or BridgePorts()
+        send = LockedPorts(ports)
+        if spec.receive == "tc":
+            receive = TcReceiveFilter(ports, spec.bpf_pins)
+        else:
+            receive = NftReceiveFilter(inline=True, ports=ports)
+    return BridgeFilter(nft, send, receive)
+
+
+def _ovs(spec: BackendSpec, tools: OvsTools | None, db: OvsDb | None) -> TenantFilter:
+    from hostvlan.datapath.kernel.ovs_proc import OvsTools
+    from hostvlan.datapath.ovs import OvsFilter
+
+    tools = tools or OvsTools(rundir=spec.ovs_rundir, db=spec.ovs_db)
+    if db is not None:
+        return OvsFilter(spec.ovs_bridge, tools, db)
+    filt = OvsFilter(spec.ovs_bridge, tools, open_ovsdb(tools.db_remote), own_db=True)
+    try:
+        filt.check_bridge()
+    except BaseException:
+        filt.close()
+        raise
+    return filt
+
+
+def open_ovsdb(remote: str) -> OvsDb:
+    """A connection to the OVSDB at `remote`; a one-line DatapathError saying what to do if none."""
+    from hostvlan.datapath.kernel.ovsdb import OvsDb
+
+    try:
+        return OvsDb(remote)
+    except DatapathError as exc:
+        code = exc.errno or errno.ECONNREFUSED
+        raise DatapathError(
+            f"no OVSDB answers at {remote} ({os.strerror(code)}): is Open vSwitch running (e.g. `systemctl start "
+            "openvswitch-switch`)? Else name its socket (--ovs-db, --ovs-rundir)",
+            errno=code,
+        ) from exc

@@ -33,7 +33,7 @@ the uplink). It holds exactly the model's verdict for the uplink port: a frame t
 passed its VM's send check reaches the wire iff its source is known (in the table).
 
 Layout of the one table `netdev hostvlan` (sets, digest and counters as in every
-nftables back end, `nft_facts`):
+nftables back end, `nft_table.NftTable`, which this back end holds):
 
   rx (regular; at a VM port's ingress)  the receive filter, output port = iifname
   wire_rx (regular; at the uplink's egress) the same on oifname, its `global_ports` rule first
@@ -45,7 +45,7 @@ nftables back end, `nft_facts`):
   per bound uplink U:    chain rx_U  hook egress  device U policy drop { jump wire_rx }
 
 (Per-port chains start with `rx_`/`tx_`, shared ones never do: no port name collides.
-Drop counters are named `rx:P`/`tx:P` as in nft_bridge.)
+Drop counters are named `rx:P`/`tx:P` as on the bridge.)
 
 Per-frame cost. A frame from VM to VM passes two hooks: its port's egress, its peer's
 ingress; each hook's tenant traffic is accepted by the first rule. The egress chain
@@ -108,16 +108,19 @@ kernel commits as one transaction or not at all; chain hooks registered by a bat
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from hostvlan.datapath.nft_facts import (
+from hostvlan.datapath.base import PortCounters, TenantFilter
+from hostvlan.datapath.kernel.nft import Nft
+from hostvlan.datapath.nft_table import (
     ACCEPT,
     IIF,
     OIF,
     PRIORITY,
     SADDR,
+    ChainCmds,
     Cmd,
-    NftFactsFilter,
+    NftTable,
     Rule,
     jump,
     receive_rules,
@@ -182,12 +185,42 @@ def _kind_after(port: PortName, delta: FactsDelta) -> Kind | None:
     return "vm"  # newly bound VM port, or an uplink turned into a VM port
 
 
-class MacvtapFilter(NftFactsFilter):
-    """HostVLAN on macvtap devices. Create it inside the host's network namespace."""
+VERSION = "layout_macvtap_v2"
 
-    FAMILY: ClassVar[str] = "netdev"
-    VERSION: ClassVar[str] = "layout_macvtap_v2"
 
+class MacvtapFilter(TenantFilter):
+    """HostVLAN on macvtap devices. Create it inside the host's network namespace (the factory
+    does); it owns and closes `nft`."""
+
+    def __init__(self, nft: Nft | None = None) -> None:
+        super().__init__()
+        self.table = NftTable(nft or Nft(), "netdev", VERSION)
+        self._t = self.table.ref
+
+    # ----- the back-end contract, on the table ------------------------------------------------
+    def _kernel_digest(self) -> int | None:
+        return self.table.digest()
+
+    def read(self) -> Facts | None:
+        return self.table.read(self._layout_matches)
+
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        chains = self._port_chain_cmds(delta, fresh=True)
+        self.table.run(self.table.install_cmds(self._layout_cmds(), delta, digest, chains))
+
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        self.table.run(self.table.element_cmds(delta, digest, self._port_chain_cmds(delta, fresh=False)))
+
+    def counters(self) -> dict[str, PortCounters]:
+        return self.table.counters()
+
+    def _remove(self) -> None:
+        self.table.remove()
+
+    def close(self) -> None:
+        self.table.close()
+
+    # ----- the layout ---------------------------------------------------------------------------
     def _layout_cmds(self) -> list[Cmd]:
         wire = receive_rules(OIF)
         # the uplink is `global`: its `global_ports` rule accepts what leaves for the wire, so it
@@ -218,7 +251,7 @@ class MacvtapFilter(NftFactsFilter):
             cmds += [{"add": {"rule": {**self._t, "chain": name, "expr": expr}}} for expr in rules]
         return cmds
 
-    def _port_chain_cmds(self, delta: FactsDelta, fresh: bool) -> tuple[list[Cmd], list[Cmd]]:
+    def _port_chain_cmds(self, delta: FactsDelta, fresh: bool) -> ChainCmds:
         """Per-port base chains follow the bindings, in the same transaction; so do the own-MAC
         rules of a VM port's egress chain when its `bound` MACs change (flush and rewrite:
         a MAC that left `bound` never stays accepted past the commit)."""

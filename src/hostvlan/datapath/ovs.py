@@ -64,14 +64,15 @@ forwarding flows (tables 3 and 6) only through the changes that touch them.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from hostvlan.datapath.base import ApplyReport, DatapathError, PortCounters, TenantFilter
-from hostvlan.datapath.ovs_proc import OvsTools
-from hostvlan.datapath.ovsdb import OvsDb
+from hostvlan.datapath.kernel.ovs_proc import OvsTools
+from hostvlan.datapath.kernel.ovsdb import OvsDb
 from hostvlan.model.facts import FACT_NAMES, Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
 
@@ -453,12 +454,26 @@ class OvsFilter(TenantFilter):
         adds.append(meta_flow(digest).add())
         return dels + port_lines + adds, after
 
-    def _install(self, delta: FactsDelta, digest: int) -> None:
+    def check_bridge(self) -> None:
+        """Raise a one-line DatapathError saying what to do unless the bridge exists fail-closed."""
         config = self._db.bridge_config(self.bridge)
+        b = self.bridge
         if config is None:
-            raise DatapathError(f"OVS bridge {self.bridge} does not exist")
+            raise DatapathError(
+                f"OVS bridge {b} does not exist in OVSDB at {self._db.remote}: create it fail-closed "
+                f"(ovs-vsctl add-br {b} -- set-fail-mode {b} secure) or name another one",
+                errno=errno.ENODEV,
+            )
         if config["fail_mode"] != "secure":
-            raise DatapathError(f"OVS bridge {self.bridge} must be fail-mode=secure (fail closed), not {config}")
+            mode = config["fail_mode"] or "unset (standalone)"
+            raise DatapathError(
+                f"OVS bridge {b} has fail mode {mode}; hostvlan needs fail-mode=secure (without flows it "
+                f"must forward nothing): ovs-vsctl set-fail-mode {b} secure",
+                errno=errno.EINVAL,
+            )
+
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        self.check_bridge()
         self._mirror = None
         fresh = _Mirror()
         lines, after = self._plan(fresh, delta, digest)
@@ -549,6 +564,13 @@ class OvsFilter(TenantFilter):
             if p in names:
                 rx[names[p]] = packets
         return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
+
+    def installed(self) -> bool:
+        """Whether any flow of hostvlan's cookie range or its guard group is on the bridge."""
+        if self._dump(f"cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}"):
+            return True
+        groups = self._tools.ofctl("dump-groups", self._target, str(GUARD_GROUP))
+        return f"group_id={GUARD_GROUP}," in groups
 
     def _remove(self) -> None:
         self._mirror = None

@@ -1,25 +1,29 @@
 """The manager's HTTP edge (FastAPI): authentication, JSON in/out, error mapping.
 
-Thin by design: every decision is in `service.py` / the model. The OpenAPI document
-is served at /openapi.json (interactive docs at /docs).
+Thin by design: every decision is in `service.py` / the model, and the edge asks the
+service for what it needs (`host_calling`/`knows_host`, `open_feed`, `record_status`,
+the commands and the readings), never its feed or calc graph. Feeds are streamed by
+one function, `stream_feed`, for the agents' fast path and the FastAPI route alike.
+The OpenAPI document is served at /openapi.json (interactive docs at /docs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hostvlan.manager.feed import Subscription
 from hostvlan.manager.service import InputError, Service
 from hostvlan.model.datacenter import ModelError
 from hostvlan.model.ids import HostId
+from hostvlan.wire import Status, decode_status
 
 MAX_BODY = 1 << 20  # 1 MiB for single commands
 MAX_BATCH_BODY = 256 << 20  # bulk registration
@@ -67,8 +71,29 @@ class BatchIn(BaseModel):
     ops: list[dict[str, Any]] = Field(description="commands: {op: reg|unreg|rm|move, …fields of that command}")
 
 
-class StatusIn(BaseModel):
-    revision: int
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["revision"],
+    "properties": {
+        "revision": {"type": "integer", "minimum": 0},
+        "in_sync": {"type": "boolean", "default": True},
+        "error": {"type": ["string", "null"], "default": None},
+        "bindings": {
+            "type": "object",
+            "description": "every vNIC of the host's view: MAC -> binding; absent = unchanged",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["state"],
+                "properties": {
+                    "port": {"type": ["string", "null"]},
+                    "state": {"enum": ["bound", "unbound"]},
+                    "reason": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
+"""The status body (`hostvlan.wire.decode_status` is the parser; this documents it)."""
 
 
 class ApiError(Exception):
@@ -125,6 +150,56 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def stream_feed(sub: Subscription, receive: Receive, send: Send, snapshots: asyncio.Semaphore) -> None:
+    """Stream one host's feed as an ASGI response until the feed ends or the agent goes.
+
+    The one streaming function, for the fast path and the FastAPI route alike. The first
+    line (the snapshot) is sent under `snapshots`, and until the transport has handed it
+    to the socket: after a manager restart every agent asks for its snapshot at once, and
+    8,192 views of 8,192 entries buffered together are ~2 GB.
+    """
+
+    async def stream() -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]}
+        )
+        async with snapshots:
+            await send({"type": "http.response.body", "body": sub.snapshot(), "more_body": True})
+            # an empty chunk waits until the transport has handed the snapshot to the socket
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
+        while (line := await sub.next(HEARTBEAT_S)) is not None:
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        # the feed was closed (the host's token rotated, or the host removed)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = {asyncio.ensure_future(stream()), asyncio.ensure_future(disconnected())}
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        sub.close()
+
+
+class FeedResponse(Response):
+    """The FastAPI route's answer: `stream_feed` of a subscription already opened."""
+
+    def __init__(self, sub: Subscription, snapshots: asyncio.Semaphore) -> None:
+        super().__init__(media_type="application/x-ndjson")
+        self.sub, self.snapshots = sub, snapshots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await stream_feed(self.sub, receive, send, self.snapshots)
+
+
 class AgentFastPath:
     """The agents' two hot calls as plain ASGI, in front of the FastAPI app.
 
@@ -132,19 +207,16 @@ class AgentFastPath:
     affected host, and FastAPI's per-request machinery (dependency solving, validation,
     middleware wrappers around every streamed line) cost more than the command itself.
     This serves only the well-formed case, with the same answers as the FastAPI routes:
-    `GET /v1/hosts/{H}/feed` and `POST /v1/hosts/{H}/status` with H's own host token
-    (and, for the feed, H registered; for status, a body that is exactly
-    `{"revision": <int>}`). Anything else (other tokens, errors, odd bodies) goes to the
-    FastAPI routes, which define the behaviour.
+    `GET /v1/hosts/{H}/feed` and `POST /v1/hosts/{H}/status` with H's own host token,
+    H registered, and for status a body `wire.decode_status` accepts. Anything else
+    (other tokens, errors, odd bodies) goes to the FastAPI routes, which define the
+    behaviour; both call the same service methods and `stream_feed`.
     """
 
-    def __init__(self, app: ASGIApp, service: Service) -> None:
+    def __init__(self, app: ASGIApp, service: Service, snapshots: asyncio.Semaphore) -> None:
         self.app = app
         self.service = service
-        # After a manager restart every agent asks for its snapshot at once: joined and
-        # buffered all together, 8,192 views of 8,192 entries are ~2 GB. A few at a time,
-        # each until its socket has taken it, keeps that to SNAPSHOTS_IN_FLIGHT views.
-        self._snapshots = asyncio.Semaphore(SNAPSHOTS_IN_FLIGHT)
+        self._snapshots = snapshots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -152,11 +224,11 @@ class AgentFastPath:
             if path.startswith("/v1/hosts/") and path.count("/") == 4:
                 name, _, call = path[len("/v1/hosts/") :].partition("/")
                 method = scope["method"]
-                if call == "feed" and method == "GET" and self._host(scope, name) is not None:
-                    await self._feed(HostId(name), receive, send)
+                if call == "feed" and method == "GET" and (host := self._host(scope, name)) is not None:
+                    await stream_feed(self.service.open_feed(host), receive, send, self._snapshots)
                     return
-                if call == "status" and method == "POST" and self._host(scope, name) is not None:
-                    await self._status(HostId(name), scope, receive, send)
+                if call == "status" and method == "POST" and (host := self._host(scope, name)) is not None:
+                    await self._status(host, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
@@ -167,8 +239,7 @@ class AgentFastPath:
                 auth = value.decode("latin-1")
                 if auth[:7].lower() != "bearer ":
                     return None
-                host = self.service.host_of_token(auth[7:].strip())
-                return host if host == name and host in self.service.dc.hosts else None
+                return self.service.host_calling(auth[7:].strip(), name)
         return None
 
     async def _status(self, host: HostId, scope: Scope, receive: Receive, send: Send) -> None:
@@ -183,11 +254,11 @@ class AgentFastPath:
             seen += len(chunk)
             if seen > MAX_BODY or not msg.get("more_body", False):
                 break
-        revision = _revision(b"".join(chunks)) if seen <= MAX_BODY else None
-        if revision is None:  # not the plain case: the FastAPI route answers (and explains)
+        status = _status_body(b"".join(chunks)) if seen <= MAX_BODY else None
+        if status is None:  # not the plain case: the FastAPI route answers (and explains)
             await self.app(scope, _replay(chunks, receive), send)
             return
-        self.service.feed.report(host, revision)
+        self.service.record_status(host, status)
         await send(
             {
                 "type": "http.response.start",
@@ -197,68 +268,13 @@ class AgentFastPath:
         )
         await send({"type": "http.response.body", "body": b'{"ok":true}'})
 
-    async def _feed(self, host: HostId, receive: Receive, send: Send) -> None:
-        service = self.service
-        q = service.feed.subscribe(host, service.snapshot(host), service.revision)
 
-        async def stream() -> None:
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]}
-            )
-            async with self._snapshots:  # the first line is the snapshot
-                line = b"".join(q.get_nowait())
-                st = service.feed.status.get(host)  # gone if the host was removed meanwhile
-                if st is not None:
-                    st.bytes_sent += len(line)
-                await send({"type": "http.response.body", "body": line, "more_body": True})
-                del line
-                # an empty chunk waits until the transport has handed the snapshot to the socket
-                await send({"type": "http.response.body", "body": b"", "more_body": True})
-            while True:
-                if q.empty():
-                    try:
-                        parts = await asyncio.wait_for(q.get(), HEARTBEAT_S)
-                    except TimeoutError:
-                        parts = [json.dumps({"type": "heartbeat", "revision": service.revision}).encode() + b"\n"]
-                else:
-                    parts = q.get_nowait()
-                if not parts:  # Feed.close: the host's token was rotated or the host removed
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-                line = b"".join(parts)
-                st = service.feed.status.get(host)
-                if st is not None:
-                    st.bytes_sent += len(line)
-                await send({"type": "http.response.body", "body": line, "more_body": True})
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        tasks = {asyncio.ensure_future(stream()), asyncio.ensure_future(disconnected())}
-        try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            for t in done:
-                t.result()
-        finally:
-            for t in tasks:
-                t.cancel()
-            service.feed.unsubscribe(host, q)
-
-
-def _revision(body: bytes) -> int | None:
-    """The revision of a status body that is exactly {"revision": <int>}; else None."""
+def _status_body(body: bytes) -> Status | None:
+    """The status report of a well-formed body; else None."""
     try:
-        msg = json.loads(body)
-    except ValueError:
+        return decode_status(json.loads(body))
+    except ValueError:  # malformed JSON, or WireError
         return None
-    if isinstance(msg, dict) and len(msg) == 1:
-        value = msg.get("revision")
-        if type(value) is int:
-            return value
-    return None
 
 
 def _replay(chunks: list[bytes], receive: Receive) -> Receive:
@@ -278,16 +294,18 @@ def _replay(chunks: list[bytes], receive: Receive) -> Receive:
 
 def create_asgi(service: Service) -> ASGIApp:
     """The manager's ASGI app: the FastAPI app behind the agents' fast path."""
-    return AgentFastPath(create_app(service), service)
+    snapshots = asyncio.Semaphore(SNAPSHOTS_IN_FLIGHT)
+    return AgentFastPath(create_app(service, snapshots), service, snapshots)
 
 
-def create_app(service: Service) -> FastAPI:
+def create_app(service: Service, snapshots: asyncio.Semaphore | None = None) -> FastAPI:
     app = FastAPI(
         title="hostvlan manager",
         version="1",
         description="The HostVLAN management server: the authoritative LNID table and the per-host feeds.",
     )
     lock = asyncio.Lock()
+    snapshot_gate = snapshots or asyncio.Semaphore(SNAPSHOTS_IN_FLIGHT)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -326,7 +344,10 @@ def create_app(service: Service) -> FastAPI:
     # async: a plain `def` dependency would run in a worker thread, a thread hop per call
     async def admin(request: Request) -> None:
         if not service.is_admin(_token(request)):
-            if service.host_of_token(_token(request)) is not None:
+            host = service.host_of_token(_token(request))
+            if request.method != "GET":  # a refused change: in the audit log, by whom
+                service.refused(f"host:{host}" if host else "unknown token", f"{request.method} {request.url.path}")
+            if host is not None:
                 raise ApiError(403, "auth", "a host token cannot make management calls")
             raise ApiError(401, "auth", "invalid token")
 
@@ -421,36 +442,26 @@ def create_app(service: Service) -> FastAPI:
     async def feed(
         name: str,
         host: HostId = Depends(host_auth),  # noqa: B008
-    ) -> StreamingResponse:
-        if host not in service.dc.hosts:
+    ) -> Response:
+        if not service.knows_host(host):
             raise ApiError(404, "not_found", f"unknown host {host!r}")
-        q = service.feed.subscribe(host, service.snapshot(host), service.revision)
+        return FeedResponse(service.open_feed(host), snapshot_gate)
 
-        async def lines() -> AsyncIterator[bytes]:
-            try:
-                while True:
-                    try:
-                        parts = await asyncio.wait_for(q.get(), HEARTBEAT_S)
-                    except TimeoutError:
-                        parts = [json.dumps({"type": "heartbeat", "revision": service.revision}).encode() + b"\n"]
-                    if not parts:  # Feed.close: the host's token was rotated or the host removed
-                        return
-                    line = b"".join(parts)
-                    st = service.feed.status.get(host)
-                    if st is not None:
-                        st.bytes_sent += len(line)
-                    yield line
-            finally:
-                service.feed.unsubscribe(host, q)
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    @app.post("/v1/hosts/{name}/status", summary="The agent reports the revision its data path enforces")
+    @app.post(
+        "/v1/hosts/{name}/status",
+        summary="The agent reports the revision its data path enforces, whether it is in sync, its port bindings",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": STATUS_SCHEMA}}}},
+    )
     async def status(
-        body: StatusIn,
+        request: Request,
         host: HostId = Depends(host_auth),  # noqa: B008
     ) -> dict[str, Any]:
-        service.feed.report(host, body.revision)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise InputError("body", "malformed JSON") from None
+        who = "admin" if service.is_admin(_token(request)) else f"host:{host}"
+        service.record_status(host, body, who=who)
         return {"ok": True}
 
     @app.get("/healthz")

@@ -9,31 +9,18 @@ agent can never miss or double-apply a revision.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from hostvlan.model.datacenter import BulkDelta, DataCenter, HostDelta
-from hostvlan.model.hostview import HostView
-from hostvlan.model.ids import HostId, Lnid
+from hostvlan.model.datacenter import BulkDelta, DataCenter
+from hostvlan.model.ids import HostId, Lnid, Mac
+from hostvlan.wire import Binding, Status, dumps, encode_heartbeat, lnids_json
 
 Line = list[bytes]
 """One feed line as the parts it is joined from (the newline included): an LNID's encoded
 members are one shared `bytes`, so a line queued for many hosts costs little until sent.
 An empty list ends the stream."""
-
-
-def lnid_json(lnid: Lnid) -> int | str:
-    return "global" if lnid == 0 else int(lnid)
-
-
-def _lnids(lnids: frozenset[Lnid]) -> list[int | str]:
-    return [lnid_json(x) for x in sorted(lnids)]
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class Encoder:
@@ -52,7 +39,7 @@ class Encoder:
     def lnids(self, lnids: frozenset[Lnid]) -> bytes:
         got = self._sets.get(lnids)
         if got is None:
-            got = _dumps(_lnids(lnids))
+            got = dumps(lnids_json(lnids))
             if len(self._sets) < 65536:
                 self._sets[lnids] = got
         return got
@@ -87,7 +74,7 @@ class Encoder:
         return [
             b'{"type":"snapshot","revision":%d,"entries":{' % revision,
             *self._entries(view),
-            b'},"local":' + _dumps(dict(view.delta.local)) + b"}\n",
+            b'},"local":' + dumps(dict(view.delta.local)) + b"}\n",
         ]
 
     def delta(self, bulk: BulkDelta, revision: int) -> Line:
@@ -97,50 +84,78 @@ class Encoder:
         if entries:
             parts += [b',"entries":{', *entries, b"}"]
         if d.removed:
-            parts.append(b',"removed":' + _dumps(sorted(d.removed)))
+            parts.append(b',"removed":' + dumps(sorted(d.removed)))
         if d.local:
-            parts.append(b',"local":' + _dumps(dict(d.local)))
+            parts.append(b',"local":' + dumps(dict(d.local)))
         if d.unlocal:
-            parts.append(b',"unlocal":' + _dumps(sorted(d.unlocal)))
+            parts.append(b',"unlocal":' + dumps(sorted(d.unlocal)))
         parts.append(b"}\n")
         return parts
 
 
-def snapshot_line(view: HostView, revision: int) -> bytes:
-    msg: dict[str, Any] = {
-        "type": "snapshot",
-        "revision": revision,
-        "entries": {m: _lnids(ls) for m, ls in view.entries.items()},
-        "local": dict(view.local),
-    }
-    return _dumps(msg) + b"\n"
-
-
-def delta_line(delta: HostDelta, revision: int) -> bytes:
-    msg: dict[str, Any] = {"type": "delta", "revision": revision}
-    if delta.entries:
-        msg["entries"] = {m: _lnids(ls) for m, ls in delta.entries.items()}
-    if delta.removed:
-        msg["removed"] = sorted(delta.removed)
-    if delta.local:
-        msg["local"] = dict(delta.local)
-    if delta.unlocal:
-        msg["unlocal"] = sorted(delta.unlocal)
-    return _dumps(msg) + b"\n"
-
-
 @dataclass
 class HostStatus:
+    """What the manager knows of one host's agent: its feeds and its last report.
+
+    The last report (in sync or not, error, bindings) outlives the connection: the data
+    path keeps enforcing what it reported while its agent is away ("host down").
+    """
+
     due: int = 0  # last revision that concerned this host (or its snapshot's)
     applied: int = 0  # last revision the agent reported applied
     applied_at: float = 0.0
     connected_since: float | None = None
     bytes_sent: int = 0
     subscribers: set[asyncio.Queue[Line]] = field(default_factory=set)
+    in_sync: bool = True  # the agent's own word (its last apply, repair or audit succeeded)
+    error: str | None = None
+    bindings: dict[Mac, Binding] = field(default_factory=dict)  # local vNIC -> how the agent enforces it
+    unbound: int = 0  # of `bindings`, those not bound
+    reported: bool = False  # the agent has reported bindings at least once
+    placed: dict[Mac, int] = field(default_factory=dict)  # vNIC -> revision it was (un)placed here, until reported
 
     @property
     def connected(self) -> bool:
         return bool(self.subscribers)
+
+
+class Subscription:
+    """One open feed of one host: its snapshot, then its lines as they are published.
+
+    `next` waits for the next line, answering a heartbeat after `heartbeat_s` of
+    silence, and None once the feed is closed (token rotated, host removed).
+    """
+
+    def __init__(self, feed: Feed, host: HostId, queue: asyncio.Queue[Line], heartbeat: Callable[[], int]) -> None:
+        self._feed = feed
+        self.host = host
+        self._q = queue
+        self._revision = heartbeat
+
+    def _count(self, line: bytes) -> bytes:
+        st = self._feed.status.get(self.host)  # gone if the host was removed meanwhile
+        if st is not None:
+            st.bytes_sent += len(line)
+        return line
+
+    def snapshot(self) -> bytes:
+        """The first line (queued at subscription)."""
+        return self._count(b"".join(self._q.get_nowait()))
+
+    async def next(self, heartbeat_s: float) -> bytes | None:
+        if self._q.empty():
+            try:
+                parts = await asyncio.wait_for(self._q.get(), heartbeat_s)
+            except TimeoutError:
+                return encode_heartbeat(self._revision())
+        else:
+            parts = self._q.get_nowait()
+        if not parts:  # Feed.close
+            return None
+        return self._count(b"".join(parts))
+
+    def close(self) -> None:
+        self._feed.unsubscribe(self.host, self._q)
 
 
 class Feed:
@@ -167,24 +182,46 @@ class Feed:
             st.connected_since = None
 
     def publish(self, revision: int, deltas: dict[HostId, BulkDelta], encoder: Encoder) -> None:
-        """Queue each host's delta (non-empty) for its open streams; encoded only if one is open."""
+        """Queue each host's delta (non-empty) for its open streams; encoded only if one is open.
+
+        A vNIC placed on or taken off a host loses the binding its agent reported: it is
+        pending until the agent reports again.
+        """
         for host, delta in deltas.items():
             st = self._st(host)
             st.due = revision
+            d = delta.delta
+            if d.local or d.unlocal:
+                for mac in (*d.local, *d.unlocal):
+                    gone = st.bindings.pop(mac, None)
+                    if gone is not None and not gone.bound:
+                        st.unbound -= 1
+                    st.placed[mac] = revision
             if st.subscribers:
                 line = encoder.delta(delta, revision)
                 for q in st.subscribers:
                     q.put_nowait(line)
 
-    def report(self, host: HostId, revision: int) -> None:
+    def report(self, host: HostId, status: Status, local: Callable[[Mac], bool] = lambda m: True) -> None:
+        """Keep a status report; of its bindings only those of vNICs `local` to the host."""
         st = self._st(host)
-        st.applied = max(st.applied, revision)
+        st.applied = max(st.applied, status.revision)
         st.applied_at = time.time()
+        st.in_sync = status.in_sync
+        st.error = status.error
+        if status.bindings is not None:
+            # a report of revision R cannot speak for a vNIC placed here after R
+            placed, rev = st.placed, status.revision
+            st.bindings = {m: b for m, b in status.bindings.items() if placed.get(m, -1) <= rev and local(m)}
+            st.unbound = sum(1 for b in st.bindings.values() if not b.bound)
+            st.reported = True
+            if placed:
+                st.placed = {m: r for m, r in placed.items() if r > rev}
 
     def close(self, host: HostId) -> None:
         """End every open stream of `host` (its token was rotated, or it was removed).
 
-        The empty line is the end marker the API's stream generator stops on.
+        The empty line is the end marker `Subscription.next` stops on.
         """
         st = self.status.get(host)
         if st is not None:

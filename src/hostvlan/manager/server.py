@@ -4,15 +4,23 @@ A listener may be bound inside another network namespace (`NETNS/HOST:PORT`): th
 socket is created there and stays there, so one manager process can serve the CLI on
 the root namespace's loopback and the agents on a management network made of
 namespaces, without any route between the two.
+
+Logs go to stderr, as text or as JSON lines (`--log-format json`: one object per record
+with `time`, `level`, `logger`, `message`, and `exc` for a traceback); the manager's own
+start notices (listening on …, new admin token) are INFO records of `hostvlan.manager`,
+shown unless `--log-level` is `error` or `critical`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
+import logging
 import socket
 import sys
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +29,47 @@ from typing import Any
 import uvicorn
 
 from hostvlan.manager.api import create_asgi
+from hostvlan.manager.audit import Audit
 from hostvlan.manager.service import Service
-from hostvlan.manager.store.sqlite import Store
+from hostvlan.manager.store.sqlite import Store, backup
+
+log = logging.getLogger("hostvlan.manager")
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""`--log-level` choices (uvicorn's; `trace` is below debug)."""
+LOG_FORMATS = ("text", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = record.created
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Every logger (ours and uvicorn's) to stderr, in `fmt`, at `level`."""
+    numeric = 5 if level == "trace" else logging.getLevelNamesMapping()[level.upper()]
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    log.setLevel(min(numeric, logging.INFO) if numeric <= logging.WARNING else numeric)
 
 
 @dataclass(frozen=True)
@@ -46,7 +93,24 @@ BACKLOG = 4096
 
 
 def bind(listen: Listen) -> socket.socket:
-    """A socket bound to the address (errors show at once); `run` listens once the table is loaded."""
+    """A socket bound to the address (errors show at once); `run` listens once the table is loaded.
+
+    Raises ValueError naming the address (e.g. "cannot listen on 127.0.0.1:7080: address
+    already in use, another process holds it").
+    """
+    try:
+        return _bind(listen)
+    except OSError as exc:
+        where = f"{listen.host}:{listen.port}" + (f" in netns {listen.netns}" if listen.netns else "")
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another process listens there: stop it or pick another --listen)"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            hint = " (no interface has this address here)"
+        raise ValueError(f"cannot listen on {where}: {exc.strerror or exc}{hint}") from None
+
+
+def _bind(listen: Listen) -> socket.socket:
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
 
     def make() -> socket.socket:
@@ -81,26 +145,29 @@ def run(
     admin_token_file: Path | None = None,
     ready_file: Path | None = None,
     log_level: str = "warning",
+    log_format: str = "text",
+    audit_log: Path | None = None,
 ) -> None:
-    try:
-        socks = [bind(x) for x in listens]
-    except OSError as exc:
-        raise ValueError(f"cannot listen: {exc.strerror or exc}") from None
+    """Serve until stopped. Raises ValueError (address, store) with a message for the operator."""
+    configure_logging(log_level, log_format)
+    socks = [bind(x) for x in listens]
     db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db)
     # The table is long-lived and acyclic: no collection while it loads (each full pass
     # would walk millions of objects), then keep it out of the collector's passes and
     # collect young objects less often.
+    audit_path = audit_log or db.with_name(db.name + ".audit.jsonl")
     gc.disable()
     try:
-        service = Service(store)
+        service = Service(store, audit=Audit(audit_path))
     finally:
         gc.enable()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     token_file = admin_token_file or db.with_name(db.name + ".admin-token")
     if service.ensure_admin_token(token_file):
-        print(f"hostvlan manager: new admin token written to {token_file} (mode 0600)", file=sys.stderr)
+        log.info("new admin token written to %s (mode 0600)", token_file)
+        service.audit.record("admin", "admin token", {"file": str(token_file)}, "ok", None, service.revision)
     # Listen only now: while the table loads (seconds for a million MACs), reconnecting
     # agents are refused and retry with their backoff. A listening socket would instead
     # queue them past its backlog and drop the rest's SYNs, which TCP retries after 1, 3,
@@ -113,7 +180,7 @@ def run(
         host, port = s.getsockname()[:2]
         url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
         urls.append({"url": url, "netns": x.netns})
-        print(f"hostvlan manager: listening on {url}" + (f" in netns {x.netns}" if x.netns else ""), file=sys.stderr)
+        log.info("listening on %s%s", url, f" in netns {x.netns}" if x.netns else "")
     config = uvicorn.Config(
         create_asgi(service),
         log_level=log_level,
@@ -121,6 +188,7 @@ def run(
         ssl_keyfile=str(tls_key) if tls_key else None,
         timeout_graceful_shutdown=1,
         access_log=False,
+        log_config=None,  # configure_logging's handler and format for uvicorn's loggers too
     )
     server = uvicorn.Server(config)
     if ready_file:
@@ -131,6 +199,13 @@ def run(
         _serve(server.serve(sockets=socks))
     finally:
         store.close()
+        service.audit.close()
+
+
+def backup_db(db: Path, dest: Path) -> None:
+    """`hostvlan manager --backup FILE`: a consistent copy of the (possibly live) database."""
+    backup(db, dest)
+    log.info("backed up %s to %s", db, dest)
 
 
 def _serve(main: Coroutine[Any, Any, None]) -> None:

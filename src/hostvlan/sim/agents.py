@@ -10,14 +10,20 @@ cannot tell it from a real agent:
   a revision that does not grow, is a protocol error the agent counts and reconnects on;
 - reports the applied revision with `POST /v1/hosts/{H}/status` on a second, kept-alive
   connection, one report in flight at a time (coalescing, like the real agent; unlike
-  it, a failed report is retried a few times, see `REPORT_TRIES`);
+  it, a failed report is retried a few times, see `REPORT_TRIES`), with its bindings
+  (every local vNIC bound, on its registered port or on `sim-<n>`) whenever its local
+  vNICs changed since the last report;
 - reconnects with the real agent's backoff (0.1 s doubling to 5 s, jittered ×0.5–1.5).
 
 Raw asyncio streams keep thousands of agents in one process affordable; every agent has
 its own two TCP connections. Parsed MACs and LNID lists are shared across agents (see
 `intern_entries`). Feed bytes of heartbeat lines are counted apart from the rest.
 
-May import `hostvlan.model` only (never the manager or the real agent's data paths).
+Lines are decoded and status bodies encoded by `hostvlan.wire` (the format's one home),
+at its JSON level: entries stay JSON lists, shared across agents.
+
+May import `hostvlan.model` and `hostvlan.wire` only (never the manager or the real
+agent's data paths).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from hostvlan import wire
+from hostvlan.model.ids import Mac, PortName
 
 _loads: Callable[[bytes], Any] = json.loads
 try:  # a faster parser if installed (optional dependency group `bench`)
@@ -79,29 +88,38 @@ class SimView:
     local: dict[str, str | None] = field(default_factory=dict)
     revision: int = -1  # -1: no snapshot yet (closed)
 
-    def snapshot(self, msg: dict[str, Any]) -> None:
-        entries = msg.get("entries", {})
-        if entries != self.entries:  # like the real agent: diff against what the data path holds
-            self.entries = intern_entries(entries)
-        self.local = dict(msg.get("local", {}))
-        self.revision = int(msg["revision"])
+    local_version: int = 0  # grows whenever `local` may have changed
 
-    def delta(self, msg: dict[str, Any]) -> None:
+    def snapshot(self, msg: wire.Snapshot) -> None:
+        if msg.entries != self.entries:  # like the real agent: diff against what the data path holds
+            self.entries = intern_entries(msg.entries)
+        self.local = dict(msg.local)
+        self.revision = msg.revision
+        self.local_version += 1
+
+    def delta(self, msg: wire.Delta) -> None:
         if self.revision < 0:
             raise ProtocolError("delta before snapshot")
-        revision = int(msg["revision"])
-        if revision <= self.revision:
-            raise ProtocolError(f"delta r{revision} after r{self.revision}")
+        if msg.revision <= self.revision:
+            raise ProtocolError(f"delta r{msg.revision} after r{self.revision}")
         entries = self.entries
-        for mac in msg.get("removed", ()):
+        for mac in msg.removed:
             entries.pop(mac, None)
-        got = msg.get("entries")
-        if got:
-            entries.update(intern_entries(got))
-        for mac in msg.get("unlocal", ()):
-            self.local.pop(mac, None)
-        self.local.update(msg.get("local", {}))
-        self.revision = revision
+        if msg.entries:
+            entries.update(intern_entries(msg.entries))
+        if msg.unlocal or msg.local:
+            for mac in msg.unlocal:
+                self.local.pop(mac, None)
+            self.local.update(msg.local)
+            self.local_version += 1
+        self.revision = msg.revision
+
+    def bindings(self) -> dict[Mac, wire.Binding]:
+        """What a real agent would report: every local vNIC bound (the simulated host has every port)."""
+        return {
+            Mac(m): wire.Binding(PortName(p or f"sim-{i}"), "bound")
+            for i, (m, p) in enumerate(sorted(self.local.items()))
+        }
 
 
 @dataclass
@@ -125,6 +143,7 @@ class SimAgent:
         self.counters = Counters()
         self.applied_at = 0.0  # perf_counter() when view.revision was applied
         self.reported = -1  # last revision the manager acknowledged in a status report
+        self.bindings_reported = 0  # `view.local_version` of the bindings last reported
         self.reported_at = 0.0
         self.connected = False
         self.last_error = ""
@@ -187,17 +206,19 @@ class SimAgent:
                 start = end + 1
 
     def _line(self, line: bytes) -> None:
-        msg = _loads(line)
-        kind = msg.get("type")
-        if kind == "heartbeat":
+        try:
+            msg = wire.decode_feed(_loads(line))
+        except wire.WireError as exc:
+            raise ProtocolError(f"bad feed line: {exc}") from None
+        if isinstance(msg, wire.Heartbeat):
             self.counters.heartbeats += 1
             return
         self.counters.bytes_in += len(line) + 1
         self.counters.lines_in += 1
-        if kind == "snapshot":
+        if isinstance(msg, wire.Snapshot):
             self.view.snapshot(msg)
             self.counters.snapshots += 1
-        elif kind == "delta":
+        elif isinstance(msg, wire.Delta):
             self.view.delta(msg)
         else:
             return
@@ -212,7 +233,9 @@ class SimAgent:
         status = 0
         while sent != self.view.revision:
             sent = self.view.revision
-            body = b'{"revision":%d}' % sent
+            version = self.view.local_version
+            bindings = self.view.bindings() if version != self.bindings_reported else None
+            body = wire.dumps(wire.encode_status(wire.Status(sent, bindings=bindings)))
             for attempt in range(1, REPORT_TRIES + 1):
                 if attempt > 2:  # the manager is busy or restarting: try again a little later
                     self.counters.report_retries += 1
@@ -236,6 +259,8 @@ class SimAgent:
                 self.last_error = f"status report refused ({status})"
                 return
             self.counters.reports += 1
+            if bindings is not None:
+                self.bindings_reported = version
             self.reported = sent
             self.reported_at = time.perf_counter()
             self.fleet.reported(self)

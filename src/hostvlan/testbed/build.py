@@ -16,21 +16,24 @@ The control plane is real (see `control.py`): a manager process, and an agent pr
 in each `bridge` host's namespace, started before any VM port exists so that the host's
 filter is installed closed first; then the topology's VMs are registered through the
 management API and `up` returns once every agent enforces them.
+
+The testbed's parts: `plan.py` decides every name, MAC, IP and port from the topology (pure);
+this module builds it (`Testbed`, a context manager that always tears down) with the cabling
+of `wiring.py`; `control.py` starts and stops processes; `record.py` keeps the state file of a
+testbed left running by `hostvlan testbed up` (`from_record` re-attaches to one).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
+import functools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,75 +41,45 @@ import yaml
 
 from hostvlan.client import Client
 from hostvlan.datapath.base import PortCounters, TenantFilter
-from hostvlan.datapath.brports import BridgePorts
-from hostvlan.datapath.macvtap import MacvtapFilter
-from hostvlan.datapath.nftlib import Nft
-from hostvlan.datapath.ovs import OvsFilter
-from hostvlan.datapath.ovsdb import OvsDb
-from hostvlan.datapath.tc_bridge import BPFFS, TcBridgeFilter
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel.ovsdb import OvsDb
 from hostvlan.model.hostview import Location, filter_state, host_view
-from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, int_to_mac, parse_lnid, tap_mac
+from hostvlan.model.ids import HostId, Lnid, Mac, PortName, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
-from hostvlan.testbed import control, guestvms, netns
+from hostvlan.testbed import control, guestvms, netns, record, wiring
 from hostvlan.testbed.ovsd import OvsDaemons
+from hostvlan.testbed.plan import (
+    BRIDGE,
+    FILTERED,
+    SUBNET,
+    SWITCH,
+    UPLINK,
+    ExternalInfo,
+    HostInfo,
+    VmInfo,
+    batches,
+    fill_jobs,
+    fill_ops,
+    fill_phantom,
+    idle_ports,
+    lnid_change_ops,
+    make_plan,
+    program_timeout,
+    registration_ops,
+)
+from hostvlan.testbed.record import STATE_DIR, PrefixInUse, down_recorded, recorded, sweep_pins
 from hostvlan.testbed.topology import Endpoint, Topology, parse_topology
 from hostvlan.testbed.vmtap import private_tap_node
+from hostvlan.testbed.wiring import add_idle_ports
 
-STATE_DIR = Path(os.environ.get("HOSTVLAN_TESTBED_DIR", "/run/hostvlan/testbeds"))
-SUBNET = ipaddress.ip_network("10.200.0.0/16")
-UPLINK = PortName("uplink0")
-BRIDGE = "br0"
-SWITCH = "sw0"
-FILTERED = ("bridge", "ovs", "macvtap")
-IFF_UP = 0x1
-IFF_ALLMULTI = 0x200
+__all__ = [
+    "BRIDGE", "FILTERED", "STATE_DIR", "SUBNET", "SWITCH", "UPLINK", "ExternalInfo", "HostInfo", "PrefixInUse",
+    "Testbed", "VmInfo", "add_idle_ports", "down_recorded", "from_record", "recorded", "sweep_pins",
+]  # fmt: skip
+
 OVS_DATAPATH = os.environ.get("HOSTVLAN_OVS_DATAPATH", "netdev")  # this kernel has no openvswitch module
 SNAPSHOT_LOG = "snapshot enforced"  # what an agent logs once its first snapshot is in the kernel
-
-
-@dataclass(frozen=True)
-class VmInfo:
-    name: str
-    netns: str
-    ifname: str
-    mac: Mac
-    ip: str
-    host: str
-    port: PortName
-    domain: str | None = None  # a libvirt guest (`guests: libvirt`): its domain, its daemon
-    libvirt_uri: str | None = None
-
-
-@dataclass(frozen=True)
-class ExternalInfo:
-    name: str
-    netns: str
-    ifname: str
-    mac: Mac
-    ip: str
-
-
-@dataclass(frozen=True)
-class HostInfo:
-    name: str
-    netns: str
-    backend: str
-    bridge: str
-    uplink: PortName
-    uplink_mac: Mac
-    guests: str = "namespaces"  # or libvirt: its VMs are QEMU domains of its own libvirtd
-
-    @property
-    def switch(self) -> str:
-        """The virtual switch: bridge, ovs or macvtap (`none` is a plain Linux bridge)."""
-        kind = self.backend.removesuffix("-none")
-        return "bridge" if kind == "none" else kind
-
-    @property
-    def filtered(self) -> bool:
-        """HostVLAN's filter and an agent run here (not a `none`, `ovs-none`, `macvtap-none` baseline)."""
-        return self.backend in FILTERED
 
 
 class Testbed:
@@ -127,11 +100,16 @@ class Testbed:
         self.prefix = prefix or netns.new_prefix()
         self.record = record  # keep a state file so `hostvlan testbed down` can find it
         self.workdir = workdir or STATE_DIR / self.prefix
-        self.switch_ns = f"{self.prefix}-sw"
+        self.switch_ns = f"{self.prefix}-sw"  # the plan's names (see plan.Plan)
         self.mgmt_ns = f"{self.prefix}-mg"
-        self.hosts: dict[str, HostInfo] = {}
-        self.vms: dict[str, VmInfo] = {}
-        self.external: dict[str, ExternalInfo] = {}
+        self.plan = make_plan(topology, self.prefix)
+        self.hosts: dict[str, HostInfo] = self.plan.hosts
+        self.vms: dict[str, VmInfo] = self.plan.vms
+        self.external: dict[str, ExternalInfo] = self.plan.external
+        for name, vm in self.vms.items():  # a libvirt guest's daemon: its socket is in the work dir
+            if vm.domain:
+                i = list(self.hosts).index(vm.host)
+                self.vms[name] = replace(vm, libvirt_uri=guestvms.uri_for(guestvms.daemon_dir(self.workdir, i)))
         self.table = LnidTable()
         self.locations: dict[Mac, Location] = {}
         self.manager_url = ""
@@ -142,38 +120,6 @@ class Testbed:
         self._readers: dict[str, TenantFilter] = {}
         self._ovs: dict[str, OvsDaemons] = {}  # the private Open vSwitch of each `ovs` host
         self.guests = guestvms.GuestFleet(self.prefix, self.workdir)  # `guests: libvirt` hosts
-        self._plan()
-
-    # ----- plan (pure) ---------------------------------------------------------------
-    def _plan(self) -> None:
-        ips = iter(SUBNET.hosts())
-        taken = {e.mac for e in self.topology.endpoints()}
-        for i, h in enumerate(self.topology.hosts):
-            uplink_mac = self._uplink_mac(i, taken)
-            self.hosts[h.name] = HostInfo(
-                h.name, f"{self.prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac, h.guests
-            )
-            for k, vm in enumerate(h.vms):
-                port = PortName(f"macvtap{k}" if h.backend.startswith("macvtap") else f"vnet{k}")
-                if h.guests == "libvirt":  # libvirt's own names, in creation order (guestvms)
-                    uri = guestvms.uri_for(guestvms.daemon_dir(self.workdir, i))
-                    self.vms[vm.name] = VmInfo(
-                        vm.name, "", "eth0", vm.mac, str(next(ips)), h.name, port, f"{self.prefix}-{vm.name}", uri
-                    )
-                    continue
-                self.vms[vm.name] = VmInfo(
-                    vm.name, f"{self.prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, port
-                )
-        for e in self.topology.external:
-            self.external[e.name] = ExternalInfo(e.name, f"{self.prefix}-x-{e.name}", "eth0", e.mac, str(next(ips)))
-
-    @staticmethod
-    def _uplink_mac(index: int, taken: set[Mac]) -> Mac:
-        base = 0x0E_48_56_00_00_00  # locally administered, unicast
-        n = index + 1
-        while int_to_mac(base + n) in taken:
-            n += 0x1000
-        return int_to_mac(base + n)
 
     def filtered_hosts(self) -> list[str]:
         return [h for h, i in self.hosts.items() if i.filtered]
@@ -214,8 +160,8 @@ class Testbed:
     def _ops(self, ops: list[dict[str, Any]]) -> int:
         assert self.api is not None
         rev = 0
-        for i in range(0, len(ops), 20000):
-            rev = int(self.api.batch(ops[i : i + 20000])["revision"])
+        for batch in batches(ops):
+            rev = int(self.api.batch(batch)["revision"])
         return rev
 
     def set_lnids(self, name: str, lnids: Iterable[Lnid]) -> None:
@@ -224,11 +170,7 @@ class Testbed:
         want = set(lnids)
         have = set(self.table.lnids(mac))
         host = self.vms[name].host if name in self.vms else None
-        ops: list[dict[str, Any]] = [
-            {"op": "reg", "lnid": _lnid_json(x), "mac": mac, "host": host, "external": host is None}
-            for x in sorted(want - have)
-        ]
-        ops += [{"op": "unreg", "lnid": _lnid_json(x), "mac": mac} for x in sorted(have - want)]
+        ops = lnid_change_ops(mac, host, have, want)
         if ops:
             self._ops(ops)
         self.program()
@@ -256,21 +198,12 @@ class Testbed:
         `base` keeps the MACs of several filled hosts apart.
         """
         assert self.api is not None
-        if self.hosts[host].switch == "bridge":
-            add_idle_ports(self.hosts[host].netns, [f"idle{k}" for k in range(ports)])
-        phantom = f"{host}-fill"
+        if self.hosts[host].switch == "bridge":  # each carries its vNIC's MAC as a tap does (the agent checks)
+            add_idle_ports(self.hosts[host].netns, idle_ports(ports, base))
+        phantom = fill_phantom(host)
         if phantom not in {h["name"] for h in self.api.hosts()}:
             self.api.add_host(phantom)
-        ops: list[dict[str, Any]] = []
-        for i in range(macs):
-            mac = int_to_mac(0x02_FE_00_00_00_00 + (base << 24) + i)
-            ops.append({"op": "reg", "lnid": first_lnid + i % lnids, "mac": mac, "host": phantom})
-        for k in range(ports):
-            mac = int_to_mac(0x02_FD_00_00_00_00 + (base << 24) + k)
-            for j in range(port_lnids):
-                lnid = first_lnid + (k + j) % lnids
-                ops.append({"op": "reg", "lnid": lnid, "mac": mac, "host": host, "port": f"idle{k}"})
-        self._ops(ops)
+        self._ops(fill_ops(host, macs, lnids, ports, first_lnid=first_lnid, base=base, port_lnids=port_lnids))
 
     def program(self, timeout: float = 30.0) -> float:
         """Wait until every agent enforces the manager's current table; mirror it. Returns the wait."""
@@ -286,25 +219,24 @@ class Testbed:
         if host not in self._readers:
             if h.backend == "ovs":
                 tools = self._ovs[host].tools
-                self._readers[host] = OvsFilter(BRIDGE, tools, OvsDb(tools.db_remote))
+                spec = BackendSpec(kind="ovs", ovs_bridge=BRIDGE, ovs_db=tools.db_remote, ovs_rundir=tools.rundir)
+                self._readers[host] = build_backend(spec)
             elif h.backend == "macvtap":
                 with netns.inside(h.netns):
-                    nft = Nft()
-                self._readers[host] = MacvtapFilter(nft)
+                    self._readers[host] = build_backend(BackendSpec(kind="macvtap"))
             else:
                 self._readers[host] = self.bridge_filter(host)
         return self._readers[host].counters()
 
     def bpf_pins(self, host: str) -> Path:
         """Where `host`'s agent pins its tc receive filter (removed by `down`)."""
-        return BPFFS / f"{self.prefix}-{host}"
+        return self.plan.bpf_pins(host)
 
-    def bridge_filter(self, host: str) -> TcBridgeFilter:
+    def bridge_filter(self, host: str) -> TenantFilter:
         """A filter object on the kernel state `host`'s agent programs (to read it back; the
-        caller closes it)."""
+        caller closes it): the agent's default bridge back end, built in the host's namespace."""
         with netns.inside(self.hosts[host].netns):
-            nft, ports = Nft(), BridgePorts()
-        return TcBridgeFilter(nft, ports, self.bpf_pins(host))
+            return build_backend(BackendSpec(kind="bridge", bpf_pins=self.bpf_pins(host)))
 
     # ----- build / teardown -------------------------------------------------------------
     def __enter__(self) -> Testbed:
@@ -315,6 +247,9 @@ class Testbed:
         self.down()
 
     def up(self) -> None:
+        """Build it; on any failure remove what was built. A prefix already in use (a recorded
+        testbed, or namespaces of that prefix) raises `PrefixInUse` and touches nothing."""
+        record.check_free(self.prefix)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._save(status="building")
         try:
@@ -358,78 +293,45 @@ class Testbed:
             proc.poll()  # reap (stop_pids may have already)
         self._procs.clear()
         self.pids.clear()
-        netns.sweep(self.prefix)
-        sweep_pins(self.prefix)
+        record.sweep(self.prefix)
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self.record:
-            (STATE_DIR / f"{self.prefix}.json").unlink(missing_ok=True)
+            record.forget(self.prefix)
 
     def _save(self, status: str) -> None:
         if not self.record:
             return
-        data = self.to_json()
-        data["status"] = status
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = STATE_DIR / f".{self.prefix}.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(STATE_DIR / f"{self.prefix}.json")
-
-    def _new_ns(self, name: str) -> None:
-        netns.create(name)
-        netns.sysctl(name, "net.ipv6.conf.all.disable_ipv6", "1")
-        netns.sysctl(name, "net.ipv6.conf.default.disable_ipv6", "1")
-        with netns.iproute(name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        record.save(self.prefix, self.to_json() | {"status": status})
 
     def _build(self) -> None:
         self._start_manager()
-        self._new_ns(self.switch_ns)
-        with netns.iproute(self.switch_ns) as sw:
-            sw.link("add", ifname=SWITCH, kind="bridge", br_stp_state=0, br_mcast_snooping=0)
-            sw.link("set", index=sw.link_lookup(ifname=SWITCH)[0], state="up")
+        wiring.switch(self.switch_ns, SWITCH)
         for i, h in enumerate(self.hosts.values()):
-            self._build_host(i, h)
+            mgmt_ip = f"{control.MGMT_NET}.{i + 2}"
+            ovs = functools.partial(self._start_ovs, i, h) if h.switch == "ovs" else None
+            wiring.host(h, i, self.switch_ns, SWITCH, self.mgmt_ns, mgmt_ip, ovs)
             if h.guests == "libvirt":  # its libvirtd probes QEMU (~8 s) while the rest is built
                 ovs_rundir = self._ovs[h.name].tools.rundir if h.switch == "ovs" else None
                 source = h.uplink if h.switch == "macvtap" else BRIDGE
                 self.pids[f"libvirtd:{h.name}"] = self.guests.spawn(h.name, i, h.netns, h.switch, source, ovs_rundir)
         self._start_agents()
         for j, e in enumerate(self.external.values()):
-            self._build_endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
-        guest_vms = [vm for vm in self.vms.values() if vm.domain]
+            wiring.endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
+        guest_vms = [vm for vm in self.vms.values() if vm.domain]  # libvirt guests: booted last
         macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].switch == "macvtap" and not vm.domain]
-        for vm in self.vms.values():
-            if vm not in macvtap_vms and vm not in guest_vms:
-                self._build_endpoint(
-                    vm.netns,
-                    vm.mac,
-                    vm.ip,
-                    self.hosts[vm.host].netns,
-                    vm.port,
-                    BRIDGE,
-                    tap_mac(vm.mac),
-                    ovs=self.hosts[vm.host].switch == "ovs",
-                )
+        cabled = [vm for vm in self.vms.values() if vm not in macvtap_vms and not vm.domain]
+        for vm in cabled:
+            h = self.hosts[vm.host]
+            ovs_port = functools.partial(self._ovs_port, h.name) if h.switch == "ovs" else None
+            wiring.endpoint(vm.netns, vm.mac, vm.ip, h.netns, vm.port, BRIDGE, tap_mac(vm.mac), ovs_port)
         if self._ovs:  # the userspace datapath takes frames as AF_PACKET hands them: no offloads
-            for ns in [vm.netns for vm in self.vms.values() if vm not in macvtap_vms and not vm.domain] + [
-                e.netns for e in self.external.values()
-            ]:
-                subprocess.run(
-                    ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off"],
-                    check=True,
-                    capture_output=True,
-                    timeout=10,
-                )
+            for ns in [vm.netns for vm in cabled] + [e.netns for e in self.external.values()]:
+                wiring.offloads_off(ns)
         self._register()
-        for i, spec in enumerate(self.topology.hosts):
-            if spec.fill is not None:
-                # each filled host gets LNIDs of its own: its view holds its fill, not the others'
-                first = 1 + sum(s.fill.lnids for s in self.topology.hosts[:i] if s.fill)
-                f = spec.fill
-                self.fill(spec.name, f.macs, f.lnids, f.ports, first_lnid=first, base=i, port_lnids=f.port_lnids)
-        # a big fill takes its agents a while to install (~1 min per million (port, LNID) facts)
-        filled = sum(s.fill.macs + s.fill.ports * s.fill.port_lnids for s in self.topology.hosts if s.fill)
-        self.program(timeout=30.0 + filled / 10_000)
+        for job in fill_jobs(self.topology):
+            self.fill(job.host, job.macs, job.lnids, job.ports, first_lnid=job.first_lnid, base=job.base,
+                      port_lnids=job.port_lnids)  # fmt: skip
+        self.program(timeout=program_timeout(self.topology))
         for vm in macvtap_vms:  # the macvtap contract: the port is bound before the device comes up
             self._build_macvtap_vm(vm)
         self._wait_macvtaps(macvtap_vms)
@@ -449,18 +351,25 @@ class Testbed:
         self.wait_guest_ports([vm.name for vm in vms])
 
     def wait_guest_ports(self, vms: list[str], timeout: float = 60.0) -> None:
-        """Wait until each filtered host's agent has bound the ports libvirt made (its log)."""
+        """Wait until each filtered host's agent reports the ports libvirt made bound
+        (`GET /v1/macs`: state `bound`, `bound_port` = libvirt's name)."""
+        assert self.api is not None
         end = time.monotonic() + timeout
-        for name in vms:
-            vm = self.vms[name]
-            if not self.hosts[vm.host].filtered or not self.endpoint(name).lnids:
-                continue
-            log = self.workdir / f"{vm.host}.agent.log"
-            want = f"'{vm.mac}': '{vm.port}'"
-            while want not in _read_from(log, 0).rsplit("ports now:", 1)[-1]:
-                if time.monotonic() > end:
-                    raise TimeoutError(f"the agent of {vm.host} did not bind {vm.port} of guest {name}")
-                time.sleep(0.05)
+        want = {
+            self.vms[n].mac: self.vms[n].port
+            for n in vms
+            if self.hosts[self.vms[n].host].filtered and self.endpoint(n).lnids
+        }
+        while want:
+            rows: dict[str, dict[str, Any]] = {str(r["mac"]): dict(r) for r in self.api.macs()}
+            for mac, port in list(want.items()):
+                row = rows.get(mac) or {}
+                if row.get("state") == "bound" and row.get("bound_port") == port:
+                    del want[mac]
+            if want and time.monotonic() > end:
+                late = {m: (rows.get(m) or {}).get("state") for m in want}
+                raise TimeoutError(f"guest ports not bound after {timeout}s: {late}")
+            time.sleep(0.1)
 
     def migrate_guest(self, name: str, host: str) -> VmInfo:
         """Live-less migration as an operator does it: destroy the domain, `move` its MAC to
@@ -481,12 +390,7 @@ class Testbed:
         return self.vms[name]
 
     def _start_manager(self) -> None:
-        self._new_ns(self.mgmt_ns)
-        with netns.iproute(self.mgmt_ns) as ipr:
-            ipr.link("add", ifname="mg0", kind="bridge", br_stp_state=0)
-            idx = ipr.link_lookup(ifname="mg0")[0]
-            ipr.addr("add", index=idx, address=f"{control.MGMT_NET}.1", prefixlen=16)
-            ipr.link("set", index=idx, state="up")
+        wiring.switch(self.mgmt_ns, wiring.MGMT_BRIDGE, f"{control.MGMT_NET}.1")
         self._run_manager()
 
     def _run_manager(self, status: str = "building") -> None:
@@ -494,17 +398,7 @@ class Testbed:
         ready = self.workdir / "manager.ready"
         ready.unlink(missing_ok=True)
         proc = control.start(
-            control.hostvlan_argv(
-                "manager",
-                "--db",
-                str(self.workdir / "manager.db"),
-                "--listen",
-                "127.0.0.1:0",
-                "--listen",
-                f"{self.mgmt_ns}/{control.MGMT_NET}.1:{control.MGMT_PORT}",
-                "--ready-file",
-                str(ready),
-            ),
+            control.manager_argv(self.workdir / "manager.db", self.mgmt_ns, ready),
             self.workdir / "manager.log",
         )
         self.pids["manager"] = proc.pid
@@ -534,57 +428,10 @@ class Testbed:
     def kill(self, name: str, timeout: float = 10.0) -> None:
         """SIGKILL a control-plane process (`manager` or `agent:<host>`, a key of `pids`) and
         its process group, as a crash would; return once it is gone. Its kernel state stays."""
-        pid = self.pids[name]
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        mine = [p for p in self._procs if p.pid == pid]
-        for proc in mine:
-            proc.wait(timeout)
-        end = time.monotonic() + timeout
-        while not mine and control.running(pid):  # a re-attached testbed (`from_record`) has no Popen
-            if time.monotonic() > end:
-                raise TimeoutError(f"{name} (pid {pid}) still alive {timeout}s after SIGKILL")
-            time.sleep(0.01)
+        control.kill_group(self.pids[name], self._procs, name, timeout)
 
-    def _build_host(self, index: int, h: HostInfo) -> None:
-        self._new_ns(h.netns)
-        with netns.iproute(h.netns) as ipr:
-            ipr.link(
-                "add",
-                ifname=h.uplink,
-                kind="veth",
-                address=h.uplink_mac,
-                peer={"ifname": f"up{index}", "net_ns_fd": self.switch_ns},
-            )
-            up = ipr.link_lookup(ifname=h.uplink)[0]
-            if h.switch == "macvtap":  # the macvtaps hang off the uplink itself: no bridge
-                ipr.link("set", index=up, flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
-            elif h.switch == "ovs":  # an OVS bridge of a private Open vSwitch (fail-mode secure if filtered)
-                self._start_ovs(index, h)
-                with self._ovsdb(h.name) as db:
-                    db.add_port(BRIDGE, h.uplink)
-                ipr.link("set", index=up, state="up")
-            else:
-                ipr.link("add", ifname=BRIDGE, kind="bridge", address=h.uplink_mac, br_stp_state=0, br_mcast_snooping=0)
-                br = ipr.link_lookup(ifname=BRIDGE)[0]
-                ipr.link("set", index=up, master=br, state="up")
-                ipr.link("set", index=br, state="up")
-            ipr.link("add", ifname="mgmt0", kind="veth", peer={"ifname": f"m{index}", "net_ns_fd": self.mgmt_ns})
-            m = ipr.link_lookup(ifname="mgmt0")[0]
-            ipr.addr("add", index=m, address=f"{control.MGMT_NET}.{index + 2}", prefixlen=16)
-            ipr.link("set", index=m, state="up")
-        with netns.iproute(self.switch_ns) as sw:
-            sw.link(
-                "set", index=sw.link_lookup(ifname=f"up{index}")[0], master=sw.link_lookup(ifname=SWITCH)[0], state="up"
-            )
-        with netns.iproute(self.mgmt_ns) as mg:
-            mg.link(
-                "set", index=mg.link_lookup(ifname=f"m{index}")[0], master=mg.link_lookup(ifname="mg0")[0], state="up"
-            )
-
-    def _start_ovs(self, index: int, h: HostInfo) -> None:
+    def _start_ovs(self, index: int, h: HostInfo) -> wiring.OvsPort:
+        """Start `h`'s private Open vSwitch and its bridge; returns the adder of its ports."""
         daemons = OvsDaemons(h.netns, self.workdir / f"ovs{index}")
         self._ovs[h.name] = daemons
         try:
@@ -597,6 +444,14 @@ class Testbed:
                 db.ensure_bridge(BRIDGE, datapath_type=OVS_DATAPATH)
         else:  # the baseline: a plain learning switch (fail-mode standalone: the NORMAL action)
             daemons.tools.vsctl("add-br", BRIDGE, "--", "set", "bridge", BRIDGE, f"datapath_type={OVS_DATAPATH}")
+        return functools.partial(self._ovs_port, h.name)
+
+    def _ovs_port(self, host: str, port: str, mac: Mac | None, iface_id: str | None) -> None:
+        with self._ovsdb(host) as db:
+            if mac is None:
+                db.add_port(BRIDGE, port)
+            else:
+                db.add_port(BRIDGE, port, attached_mac=mac, iface_id=iface_id)
 
     @contextmanager
     def _ovsdb(self, host: str) -> Iterator[OvsDb]:
@@ -627,24 +482,11 @@ class Testbed:
         """Start `h`'s agent inside its namespace (its token file is in the workdir)."""
         ready = self.workdir / f"{h.name}.agent.ready"
         ready.unlink(missing_ok=True)
+        extra = self._ovs_agent_args(h.name) if h.backend == "ovs" else []
+        extra += ["--bpf-pins", str(self.bpf_pins(h.name))] if h.backend == "bridge" else []
         proc = control.start(
-            control.hostvlan_argv(
-                "agent",
-                "--manager",
-                f"http://{control.MGMT_NET}.1:{control.MGMT_PORT}",
-                "--host",
-                h.name,
-                "--token-file",
-                str(self.workdir / f"{h.name}.token"),
-                "--uplink",
-                f"{h.uplink}={h.uplink_mac}",
-                "--backend",
-                h.backend,
-                *(self._ovs_agent_args(h.name) if h.backend == "ovs" else []),
-                *(["--bpf-pins", str(self.bpf_pins(h.name))] if h.backend == "bridge" else []),
-                "--ready-file",
-                str(ready),
-                "-v",
+            control.agent_argv(
+                h.name, h.backend, f"{h.uplink}={h.uplink_mac}", self.workdir / f"{h.name}.token", ready, extra
             ),
             self.workdir / f"{h.name}.agent.log",
             netns=h.netns,
@@ -685,21 +527,7 @@ class Testbed:
 
     def _register(self) -> None:
         """Register the topology's VMs and external endpoints, as an administrator would."""
-        ops: list[dict[str, Any]] = []
-        for e in self.topology.endpoints():
-            # a macvtap VM is registered with its port, so its filter exists before its device does
-            port = self.vms[e.name].port if e.host and self.hosts[e.host].switch == "macvtap" else None
-            for lnid in sorted(e.lnids):
-                ops.append(
-                    {
-                        "op": "reg",
-                        "lnid": _lnid_json(lnid),
-                        "mac": e.mac,
-                        "host": e.host,
-                        "port": port,
-                        "external": e.host is None,
-                    }
-                )
+        ops = registration_ops(self.topology, self.plan)
         if ops:
             self._ops(ops)
 
@@ -709,32 +537,16 @@ class Testbed:
         VM namespace's eth0. The device is created DOWN: the host's agent brings it up once its
         port is bound, and keeps it down otherwise (the macvtap contract)."""
         h = self.hosts[vm.host]
-        self._new_ns(vm.netns)
-        with netns.iproute(h.netns) as ipr:
-            lower = ipr.link_lookup(ifname=h.uplink)[0]
-            ipr.link("add", ifname=vm.port, kind="macvtap", link=lower, macvtap_mode="bridge", address=vm.mac)
-            idx = ipr.link_lookup(ifname=vm.port)[0]
-            if not h.filtered:  # the unfiltered baseline: nobody else brings it up
-                ipr.link("set", index=idx, flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
+        wiring.new_ns(vm.netns)
+        idx = wiring.macvtap(h, vm.port, vm.mac)
         dev = (self.workdir / "dev").resolve()
         dev.mkdir(exist_ok=True)
         # /dev/tapN collides across namespaces: a private node
         node = private_tap_node(h.netns, vm.port, idx, dev / f"{h.name}-{vm.port}")
         log = self.workdir / f"{vm.name}.vmtap.log"
+        vmtap = ["-m", "hostvlan.testbed.vmtap", "--tap", str(node), "--netns", vm.netns, "--ifname", vm.ifname]
         proc = control.start(
-            [
-                sys.executable,
-                "-m",
-                "hostvlan.testbed.vmtap",
-                "--tap",
-                str(node),
-                "--netns",
-                vm.netns,
-                "--ifname",
-                vm.ifname,
-                "--ip",
-                f"{vm.ip}/{SUBNET.prefixlen}",
-            ],
+            [sys.executable, *vmtap, "--ip", f"{vm.ip}/{SUBNET.prefixlen}"],
             log,
         )
         self.pids[f"vmtap:{vm.name}"] = proc.pid
@@ -747,44 +559,8 @@ class Testbed:
         for vm in vms:
             if not self.endpoint(vm.name).lnids and self.hosts[vm.host].filtered:
                 continue  # unregistered: its agent keeps it down
-            while True:
-                with netns.iproute(self.hosts[vm.host].netns) as ipr:
-                    link = ipr.get_links(ipr.link_lookup(ifname=vm.port)[0])[0]
-                if link["flags"] & IFF_UP and link.get("operstate") in ("UP", "UNKNOWN"):
-                    break
-                if time.monotonic() > end:
-                    raise TimeoutError(f"the agent of {vm.host} did not bring up {vm.port} of {vm.name}")
-                time.sleep(0.01)
-
-    def _build_endpoint(
-        self,
-        ns: str,
-        mac: Mac,
-        ip: str,
-        parent_ns: str,
-        port: str,
-        bridge: str,
-        port_mac: Mac | None,
-        ovs: bool = False,
-    ) -> None:
-        """An endpoint namespace with `eth0`, cabled to `bridge` in `parent_ns` through port `port`
-        (a Linux bridge, or with `ovs` the host's OVS bridge, the port tagged with the vNIC MAC)."""
-        self._new_ns(ns)
-        with netns.iproute(parent_ns) as ipr:
-            kw: dict[str, Any] = {"address": port_mac} if port_mac else {}
-            ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns, "address": mac}, **kw)
-            idx = ipr.link_lookup(ifname=port)[0]
-            if ovs:
-                host = next(h for h in self.hosts.values() if h.netns == parent_ns)
-                with self._ovsdb(host.name) as db:
-                    db.add_port(BRIDGE, port, attached_mac=mac, iface_id=ns)
-                ipr.link("set", index=idx, state="up")
-            else:
-                ipr.link("set", index=idx, master=ipr.link_lookup(ifname=bridge)[0], state="up")
-        with netns.iproute(ns) as ipr:
-            idx = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=idx, address=ip, prefixlen=SUBNET.prefixlen)
-            ipr.link("set", index=idx, state="up")
+            what = f"the agent of {vm.host} did not bring up {vm.port} of {vm.name}"
+            wiring.wait_up(self.hosts[vm.host].netns, vm.port, end, what)
 
     # ----- output -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -811,10 +587,6 @@ def _read_from(path: Path, offset: int) -> str:
         return fh.read().decode(errors="replace")
 
 
-def _lnid_json(lnid: Lnid) -> int | str:
-    return "global" if lnid == GLOBAL else int(lnid)
-
-
 def from_record(data: dict[str, Any]) -> Testbed:
     """Re-attach to a running testbed from its state file (planning is deterministic)."""
     topo = parse_topology(yaml.safe_dump(data["topology"]), f"testbed {data['prefix']}")
@@ -827,59 +599,3 @@ def from_record(data: dict[str, Any]) -> Testbed:
         tb.vms = {n: VmInfo(**v) for n, v in data["vms"].items()}
     tb.refresh()
     return tb
-
-
-def recorded() -> list[dict[str, Any]]:
-    """State files of testbeds left running by `hostvlan testbed up`."""
-    out = []
-    for p in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.exists() else []:
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError):
-            out.append({"prefix": p.stem})
-    return out
-
-
-def down_recorded(prefix: str | None = None) -> list[str]:
-    """Remove recorded testbeds (all, or the one with `prefix`): stop their processes, remove their
-    namespaces and files. Returns the namespaces removed. Idempotent."""
-    gone: list[str] = []
-    for st in recorded():
-        p = str(st.get("prefix", ""))
-        if not p or (prefix and p != prefix):
-            continue
-        if st.get("workdir"):  # libvirt guests: their domains, while their daemons still answer
-            guestvms.destroy_recorded(Path(str(st["workdir"])))
-        control.stop_pids([int(x) for x in st.get("pids", {}).values()])
-        if st.get("workdir"):  # also what a killed `up` started but did not record
-            control.stop_pids(control.pids_naming(str(st["workdir"])))
-        control.stop_pids(control.pids_in_netns(netns.owned(p)))
-        gone += netns.sweep(p)
-        sweep_pins(p)
-        if st.get("workdir"):
-            shutil.rmtree(str(st["workdir"]), ignore_errors=True)
-        (STATE_DIR / f"{p}.json").unlink(missing_ok=True)
-    if prefix:
-        control.stop_pids(control.pids_in_netns(netns.owned(prefix)))
-        gone += netns.sweep(prefix)
-        sweep_pins(prefix)
-    return gone
-
-
-def add_idle_ports(ns: str, names: list[str]) -> None:
-    """Idle bridge ports: veths on br0, up, their peers `<name>p` up beside them (this kernel
-    has no `dummy`; those already there are kept)."""
-    with netns.iproute(ns) as ipr:
-        br = ipr.link_lookup(ifname=BRIDGE)[0]
-        for name in names:
-            if not ipr.link_lookup(ifname=name):
-                ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
-                ipr.link("set", index=ipr.link_lookup(ifname=f"{name}p")[0], state="up")
-                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], master=br, state="up")
-
-
-def sweep_pins(prefix: str) -> None:
-    """Remove the tc receive filter's pins of a testbed's hosts (their maps go with them)."""
-    if BPFFS.is_dir():
-        for d in BPFFS.glob(f"{prefix}-*"):
-            shutil.rmtree(d, ignore_errors=True)

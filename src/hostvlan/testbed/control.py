@@ -33,6 +33,22 @@ def hostvlan_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "hostvlan.cli", *args]
 
 
+def manager_argv(db: Path, mgmt_ns: str, ready: Path) -> list[str]:
+    """The testbed's manager: its database, a loopback listener for the CLI and one on the
+    management network (inside `mgmt_ns`) for the agents."""
+    mgmt = f"{mgmt_ns}/{MGMT_NET}.1:{MGMT_PORT}"
+    return hostvlan_argv("manager", "--db", str(db), "--listen", "127.0.0.1:0", "--listen", mgmt,
+                         "--ready-file", str(ready))  # fmt: skip
+
+
+def agent_argv(host: str, backend: str, uplink: str, token_file: Path, ready: Path, extra: list[str]) -> list[str]:
+    """A host's agent (run inside its namespace), reaching the manager on the management network."""
+    return hostvlan_argv(
+        "agent", "--manager", f"http://{MGMT_NET}.1:{MGMT_PORT}", "--host", host, "--token-file", str(token_file),
+        "--uplink", uplink, "--backend", backend, *extra, "--ready-file", str(ready), "-v",
+    )  # fmt: skip
+
+
 def start(argv: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
@@ -85,6 +101,23 @@ def stop_pids(pids: list[int], grace: float = 3.0) -> None:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def kill_group(pid: int, procs: list[subprocess.Popen[bytes]], name: str, timeout: float = 10.0) -> None:
+    """SIGKILL process group `pid`, as a crash would, and return once it is gone (reaped if it is
+    one of `procs`, our children; else polled, e.g. a testbed re-attached by `from_record`)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    mine = [p for p in procs if p.pid == pid]
+    for proc in mine:
+        proc.wait(timeout)
+    end = time.monotonic() + timeout
+    while not mine and running(pid):
+        if time.monotonic() > end:
+            raise TimeoutError(f"{name} (pid {pid}) still alive {timeout}s after SIGKILL")
+        time.sleep(0.01)
 
 
 def _alive(pid: int) -> bool:

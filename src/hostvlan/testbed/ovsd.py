@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hostvlan.datapath.ovs_proc import OvsTools
+from hostvlan.datapath.kernel.ovs_proc import OvsTools
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 

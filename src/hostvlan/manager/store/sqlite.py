@@ -4,12 +4,19 @@ WAL journal with synchronous=FULL: a commit returns only once it is on disk, so 
 acknowledged command survives `kill -9` of the manager (and a power cut, as far as the
 disk's flush is honest). One command (or one batch) = one transaction that also bumps
 the revision. LNIDs are stored as SQLite integers (signed 64-bit), `global` as 0.
+
+Schema version: `meta.schema_version` (`SCHEMA_VERSION`). A new database records it; a
+database from before versions were recorded is upgraded in place (`MIGRATIONS`); a
+database of a newer version is refused untouched (`StoreError`), so an older manager
+never misreads what a newer one wrote. `backup` copies a live database consistently
+(SQLite's online backup), which `hostvlan manager --backup FILE` uses.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,27 @@ CREATE INDEX IF NOT EXISTS memberships_by_lnid ON memberships(lnid);
 """
 
 
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    # from version N to N+1, run inside the upgrade's transaction; version 0 is every
+    # database before the version was recorded, whose tables are version 1's
+    0: lambda db: None,
+}
+
+
+class StoreError(ValueError):
+    """The database cannot be used by this manager (the message says why and what to do)."""
+
+
+def _version(db: sqlite3.Connection) -> int | None:
+    """The recorded schema version; 0 for a database from before; None for a new (empty) one."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
 @dataclass(frozen=True)
 class Row:
     mac: Mac
@@ -45,10 +73,38 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        try:
+            version = _version(self._db)
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self.path} has schema version {version}, newer than this manager's "
+                    f"({SCHEMA_VERSION}): run the hostvlan version that wrote it, or restore a backup"
+                )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            if version != SCHEMA_VERSION:
+                self._upgrade(version or 0)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _upgrade(self, version: int) -> None:
+        """Migrate from `version` (0: before versions, or a new database) to SCHEMA_VERSION, in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for v in range(version, SCHEMA_VERSION):
+                MIGRATIONS[v](self._db)
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def backup(self, dest: str | Path) -> None:
+        """A consistent copy of the database at `dest` (written aside, then renamed into place)."""
+        backup(self.path, dest, self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -170,3 +226,36 @@ class Tx:
 
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+
+def backup(db: str | Path, dest: str | Path, source: sqlite3.Connection | None = None) -> None:
+    """Copy the database `db` to `dest` while a manager may be running on it.
+
+    SQLite's online backup copies every page under one read transaction: the copy is the
+    database as of one commit, whatever the manager writes meanwhile. Refuses a `dest`
+    that exists.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise StoreError(f"{dest} exists: give a new file to back up into")
+    if source is None and not Path(db).exists():
+        raise StoreError(f"no database at {db}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    src = source or sqlite3.connect(f"file:{Path(db).absolute()}?mode=ro", uri=True)
+    try:
+        out = sqlite3.connect(str(tmp))
+        try:
+            src.backup(out)
+            out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            out.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(dest)
+    finally:
+        if source is None:
+            src.close()

@@ -13,6 +13,7 @@ directory and passes that. May import `hostvlan.datapath.base` only.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -37,8 +38,10 @@ def run(argv: Sequence[str], stdin: str | None = None, env: Mapping[str, str] | 
             timeout=TIMEOUT,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DatapathError(f"{' '.join(argv)}: {exc}") from exc
+    except OSError as exc:
+        raise DatapathError(f"{' '.join(argv)}: {exc}", errno=exc.errno) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise DatapathError(f"{' '.join(argv)}: {exc}", errno=errno.ETIMEDOUT) from exc
     if done.returncode != 0:
         lines = stdin.count("\n") if stdin else 0
         what = f" (stdin: {lines} lines)" if stdin else ""
@@ -82,7 +85,8 @@ class OvsTools:
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError) as exc:
-            raise DatapathError(f"cannot find ovs-vswitchd's control socket: {pidfile}: {exc}") from exc
+            err = exc.errno if isinstance(exc, OSError) else None
+            raise DatapathError(f"cannot find ovs-vswitchd's control socket: {pidfile}: {exc}", errno=err) from exc
         return f"{self.rundir}/ovs-vswitchd.{pid}.ctl"
 
     def appctl(self, command: str, *args: str) -> str:
@@ -92,13 +96,13 @@ class OvsTools:
         path = self.ctl_socket()
         err, client = ovs.unixctl.client.UnixctlClient.create(path)
         if err:
-            raise DatapathError(f"ovs-appctl {command}: cannot connect to {path}: {os.strerror(err)}")
+            raise DatapathError(f"ovs-appctl {command}: cannot connect to {path}: {os.strerror(err)}", errno=err)
         try:
             err, error, result = client.transact(command, list(args))
         finally:
             client.close()
         if err:
-            raise DatapathError(f"ovs-appctl {command}: {path}: {os.strerror(err)}")
+            raise DatapathError(f"ovs-appctl {command}: {path}: {os.strerror(err)}", errno=err)
         if error is not None:
             raise DatapathError(f"ovs-appctl {command}: {error}")
         return str(result or "")

@@ -1,4 +1,4 @@
-"""The nftables side shared by the back ends that filter with nftables (bridge, macvtap).
+"""The nftables table shared by the back ends that filter with nftables (bridge, macvtap).
 
 One table `hostvlan` per family holds the model's facts verbatim as sets, a one-element
 set `digest` (the digest of all of them, rewritten in every transaction, so a restarted
@@ -18,19 +18,22 @@ into their chains:
       port @ports counter tx:<port> drop             forged (counted per port)
       counter tx_unbound drop
 
-A subclass supplies its chains (`_layout_cmds`), per-port base chains if it has any
-(`_port_chain_cmds`), and checks of its chains on read-back (`_layout_matches`).
-Atomicity: install, every change and removal is one libnftables JSON batch, which the
-kernel commits as one transaction or not at all.
+`NftTable` is a helper a back end holds (composition, not a base class): the back end gives
+it the chains of its layout (at install), per-port chain commands (in the same batch as the
+elements) and a check of its chains on read-back. A layout is named by a `version` counter
+in the table and mixed into the stored digest. Atomicity: install, every change and removal
+is one libnftables JSON batch, which the kernel commits as one transaction or not at all.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from hostvlan.datapath.base import DatapathError, PortCounters, TenantFilter
-from hostvlan.datapath.nftlib import Nft
+from hostvlan.datapath.base import DatapathError, PortCounters
+from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.model.facts import Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
 
@@ -108,47 +111,39 @@ def _tx(port: str) -> str:
 
 
 def _missing(exc: DatapathError) -> bool:
-    return "No such file or directory" in str(exc)
+    return exc.errno == errno.ENOENT
 
 
-class NftFactsFilter(TenantFilter):
-    """Base of the nftables back ends (see module doc). Create it inside the host's namespace."""
+ChainCmds = tuple[list[Cmd], list[Cmd]]  # per-port chains to delete (after elements leave), to add (at the end)
+NO_CHAINS: ChainCmds = ([], [])
 
-    FAMILY: ClassVar[str]
-    VERSION: ClassVar[str]  # a counter of this name marks the table layout
-    EXTRA_COUNTERS: ClassVar[dict[str, str]] = {}  # counter name -> bucket it is reported as (rx)
 
-    def __init__(self, nft: Nft | None = None) -> None:
-        super().__init__()
-        self._nft = nft or Nft()
-        self._t = {"family": self.FAMILY, "table": TABLE}
+class NftTable:
+    """The table `<family> hostvlan` of one back end (see module doc), on one libnftables
+    context (bound to the network namespace it was created in)."""
 
-    # ----- what a subclass adds ----------------------------------------------------------
-    def _layout_cmds(self) -> list[Cmd]:
-        """Commands creating the subclass's chains and rules (run once, at install)."""
-        raise NotImplementedError
+    def __init__(self, nft: Nft, family: str, version: str, extra_counters: Mapping[str, str] | None = None) -> None:
+        self.nft = nft
+        self.family = family
+        self.version = version  # a counter of this name marks the table layout
+        self.extra_counters = dict(extra_counters or {})  # counter name -> bucket it is reported as (rx)
+        self._t = {"family": family, "table": TABLE}
+        # mixed into the stored digest: an agent of another layout (flavour, version) never takes
+        # the kernel's digest for its own, so it reinstalls instead of trusting a layout it does not run
+        self._mask = int(hashlib.sha256(version.encode()).hexdigest()[:15], 16)
 
-    def _port_chain_cmds(self, delta: FactsDelta, fresh: bool) -> tuple[list[Cmd], list[Cmd]]:
-        """Per-port chains to delete (after the elements leave) and to add (after they arrive)."""
-        return [], []
-
-    def _layout_matches(self, facts: Facts, items: list[dict[str, Any]]) -> bool:
-        """Whether the listed chains are what `facts` need (a drifted layout is reinstalled)."""
-        return True
-
-    @classmethod
-    def _layout_mask(cls) -> int:
-        """Mixed into the stored digest: an agent of another layout (flavour, version) never takes
-        the kernel's digest for its own, so it reinstalls instead of trusting a layout it does
-        not run."""
-        return int(hashlib.sha256(cls.VERSION.encode()).hexdigest()[:15], 16)
+    @property
+    def ref(self) -> dict[str, str]:
+        """{"family", "table"}: the table part of every object's JSON spec."""
+        return dict(self._t)
 
     # ----- transactions --------------------------------------------------------------------
-    def _element_cmds(self, delta: FactsDelta, digest: int, *, fresh: bool) -> list[Cmd]:
+    def element_cmds(self, delta: FactsDelta, digest: int, chains: ChainCmds = NO_CHAINS) -> list[Cmd]:
+        """The batch that applies `delta` and stores `digest` (with a back end's per-port chains)."""
         t = self._t
         cmds: list[Cmd] = [
             {"flush": {"set": {**t, "name": "digest"}}},
-            {"add": {"element": {**t, "name": "digest", "elem": [f"{digest ^ self._layout_mask():015x}"]}}},
+            {"add": {"element": {**t, "name": "digest", "elem": [f"{digest ^ self._mask:015x}"]}}},
         ]
         # removals first: a counter must leave its map before it is deleted
         for name in SETS:
@@ -162,7 +157,7 @@ class NftFactsFilter(TenantFilter):
             for port in gone:
                 cmds.append({"delete": {"counter": {**t, "name": _rx(port)}}})
                 cmds.append({"delete": {"counter": {**t, "name": _tx(port)}}})
-        old_chains, new_chains = self._port_chain_cmds(delta, fresh)
+        old_chains, new_chains = chains
         cmds.extend(old_chains)
         new = sorted(delta.ports.add)
         for port in new:
@@ -178,39 +173,45 @@ class NftFactsFilter(TenantFilter):
         cmds.extend(new_chains)
         return cmds
 
-    def _install(self, delta: FactsDelta, digest: int) -> None:
-        t, table = self._t, {"family": self.FAMILY, "name": TABLE}
+    def install_cmds(
+        self, layout: list[Cmd], delta: FactsDelta, digest: int, chains: ChainCmds = NO_CHAINS
+    ) -> list[Cmd]:
+        """The batch that (re)creates the table with the chains `layout`, holding `delta.add`."""
+        t, table = self._t, {"family": self.family, "name": TABLE}
         cmds: list[Cmd] = [
             {"add": {"table": table}},
             {"delete": {"table": table}},  # replaces a stale table in the same transaction
             {"add": {"table": table}},
-            {"add": {"counter": {**t, "name": self.VERSION}}},
+            {"add": {"counter": {**t, "name": self.version}}},
         ]
         for name, typ in SETS.items():
             cmds.append({"add": {"set": {**t, "name": name, "type": typ}}})
         cmds.append({"add": {"set": {**t, "name": "digest", "type": "ifname"}}})
         for name in ("rx_drops", "tx_drops"):
             cmds.append({"add": {"map": {**t, "name": name, "type": "ifname", "map": "counter"}}})
-        for name in (UNBOUND_RX, UNBOUND_TX, *self.EXTRA_COUNTERS):
+        for name in (UNBOUND_RX, UNBOUND_TX, *self.extra_counters):
             cmds.append({"add": {"counter": {**t, "name": name}}})
-        cmds.extend(self._layout_cmds())
-        cmds.extend(self._element_cmds(delta, digest, fresh=True))
-        self._nft.run(cmds)
+        cmds.extend(layout)
+        cmds.extend(self.element_cmds(delta, digest, chains))
+        return cmds
 
-    def _commit(self, delta: FactsDelta, digest: int) -> None:
-        self._nft.run(self._element_cmds(delta, digest, fresh=False))
+    def run(self, cmds: list[Cmd]) -> None:
+        """One batch: one kernel transaction."""
+        self.nft.run(cmds)
 
-    def _remove(self) -> None:
-        table = {"family": self.FAMILY, "name": TABLE}
-        self._nft.run([{"add": {"table": table}}, {"delete": {"table": table}}])
+    def remove(self) -> None:
+        """Delete the table (absent: no error), in one transaction."""
+        table = {"family": self.family, "name": TABLE}
+        self.nft.run([{"add": {"table": table}}, {"delete": {"table": table}}])
 
     def close(self) -> None:
-        self._nft.close()
+        self.nft.close()
 
     # ----- read-back -------------------------------------------------------------------------
-    def _kernel_digest(self) -> int | None:
+    def digest(self) -> int | None:
+        """The digest stored in the table; None when absent or of another layout."""
         try:
-            out = self._nft.list_obj({"set": {**self._t, "name": "digest"}})
+            out = self.nft.list_obj({"set": {**self._t, "name": "digest"}})
         except DatapathError as exc:
             if _missing(exc):
                 return None
@@ -219,16 +220,16 @@ class NftFactsFilter(TenantFilter):
             elems = item.get("set", {}).get("elem", [])
             if len(elems) == 1 and isinstance(elems[0], str):
                 try:
-                    return int(elems[0], 16) ^ self._layout_mask()
+                    return int(elems[0], 16) ^ self._mask
                 except ValueError:
                     return None
         return None
 
-    def read(self) -> Facts | None:
-        """The facts the kernel enforces; None when the table is absent, of another layout, or
-        its chains do not fit its sets: the next apply then reinstalls it in one transaction."""
+    def read(self, layout_matches: Callable[[Facts, list[dict[str, Any]]], bool] | None = None) -> Facts | None:
+        """The facts the table holds; None when it is absent, of another layout, or its chains do
+        not fit its sets (`layout_matches`): the next apply then reinstalls it in one transaction."""
         try:
-            items: list[dict[str, Any]] = self._nft.list(f"table {self.FAMILY} {TABLE}").get("nftables", [])
+            items: list[dict[str, Any]] = self.nft.list(f"table {self.family} {TABLE}").get("nftables", [])
         except DatapathError as exc:
             if _missing(exc):
                 return None
@@ -237,8 +238,8 @@ class NftFactsFilter(TenantFilter):
         double: dict[str, set[tuple[str, str]]] = {name: set() for name, t in SETS.items() if isinstance(t, list)}
         version = None
         for item in items:
-            if "counter" in item and item["counter"]["name"] == self.VERSION:
-                version = self.VERSION
+            if "counter" in item and item["counter"]["name"] == self.version:
+                version = self.version
             elif "set" in item:
                 name = item["set"]["name"]
                 for e in item["set"].get("elem", []):
@@ -247,7 +248,7 @@ class NftFactsFilter(TenantFilter):
                         double[name].add((str(a), str(b)))
                     elif name in single:
                         single[name].add(str(e))
-        if version != self.VERSION:
+        if version != self.version:
             return None  # foreign or older layout: reinstall atomically
         facts = Facts(
             known=frozenset(Mac(m) for m in single["known"]),
@@ -258,11 +259,12 @@ class NftFactsFilter(TenantFilter):
             bound=frozenset((PortName(p), Mac(m)) for p, m in double["bound"]),
             pairs=frozenset((Mac(m), PortName(p)) for m, p in double["pairs"]),
         )
-        return facts if self._layout_matches(facts, items) else None
+        return facts if layout_matches is None or layout_matches(facts, items) else None
 
     def counters(self) -> dict[str, PortCounters]:
+        """Drop counters per port name, `(unbound)` and the extra buckets."""
         try:
-            items = self._nft.list_obj({"counters": self._t}).get("nftables", [])
+            items = self.nft.list_obj({"counters": self._t}).get("nftables", [])
         except DatapathError as exc:
             if _missing(exc):
                 return {}
@@ -282,6 +284,6 @@ class NftFactsFilter(TenantFilter):
                 rx["(unbound)"] = packets
             elif name == UNBOUND_TX:
                 tx["(unbound)"] = packets
-            elif name in self.EXTRA_COUNTERS:
-                rx[self.EXTRA_COUNTERS[name]] = packets
+            elif name in self.extra_counters:
+                rx[self.extra_counters[name]] = packets
         return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}

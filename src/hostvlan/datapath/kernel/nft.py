@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
+import os
+import re
 from typing import Any
 
 from hostvlan.datapath.base import DatapathError
@@ -84,8 +87,23 @@ class Nft:
         out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
         err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
         if rc != 0:
-            raise DatapathError(f"nftables rejected {what}: {err.strip() or 'rc=' + str(rc)}")
+            raise DatapathError(f"nftables rejected {what}: {err.strip() or 'rc=' + str(rc)}", errno=_errno_of(err))
         return json.loads(out) if out.strip() else {}
+
+
+# libnftables reports the kernel's error only as text ("Error: No such file or directory", "Error:
+# Could not process rule: Device or resource busy"): the errno is recovered from its strerror
+_KNOWN = (errno.ENOENT, errno.EEXIST, errno.EINVAL, errno.EPERM, errno.EBUSY, errno.ENOSPC, errno.E2BIG, errno.ENOMEM)
+_BY_TEXT = {os.strerror(code): code for code in _KNOWN}
+_CAUSE = re.compile(r"Error: (?:Could not process rule: )?([^\n;]+)")
+
+
+def _errno_of(err: str) -> int | None:
+    for m in _CAUSE.finditer(err):
+        code = _BY_TEXT.get(m.group(1).strip())
+        if code is not None:
+            return code
+    return None
 
 
 def _list_obj(what: str) -> dict[str, Any]:

@@ -1,17 +1,17 @@
-"""Tenant filter for a Linux bridge with no netfilter hook on its data path: tc/eBPF + locked ports.
+"""The bridge's receive filter in tc/eBPF: no netfilter hook on the bridge's forward path.
 
-`TcBridgeFilter` (the default, `--receive-filter tc`) keeps `LockedBridgeFilter`'s send check
-(locked ports, sticky FDB entries: the bridge's own lookup) and moves the receive filter out
-of nftables into a BPF program at the tcx egress hook of every bridge port
-(`bpf/hv_rx.c`): the bridge hands each frame copy it sends out of a port, each copy of a
-flood too, to that port's egress hook, so the program decides `Facts.receive(src, port)`
-per copy with ONE hash lookup, and the bridge's forward path has no netfilter hook at all.
+`TcReceiveFilter` (the default, `--receive-filter tc`, composed with the send check
+`locked.LockedPorts` whose bridge ports it shares) owns a BPF program at the tcx egress hook
+of every bridge port (`bpf/hv_rx.c`) and the pinned maps it reads: the bridge hands each
+frame copy it sends out of a port, each copy of a flood too, to that port's egress hook, so
+the program decides `Facts.receive(src, port)` per copy with ONE hash lookup, and the
+bridge's forward path has no netfilter hook at all.
 Measured on this VM (`bench/frame_cost.py`): +35 ns per frame where the nftables receive
 filter costs +93-122 ns and an empty netfilter hook alone +30-40 ns.
 
 What stays in nftables (table `bridge hostvlan`, layout `layout_v3_tc`): the facts as sets
 with their digest (the record a restarted agent reconciles against) and the input chain
-that guards the host's own stack. The BPF side (pinned in a bpffs of the agent's own,
+that guards the host's own stack (the back end's own, `backend`). The BPF side (pinned in a bpffs of the agent's own,
 `/run/hostvlan/bpf/<name>`):
 
   maps      pairs {ifindex, mac}, srcs {mac} -> known/global, ports ifindex -> global flag,
@@ -24,8 +24,8 @@ Maps are keyed by ifindex, so this back end follows links: a bound port that is 
 gets its keys moved (`refresh_ports`, on every link event), a port that leaves has them
 deleted (its ifindex may be reused).
 
-Order and failure: each apply removes elements from the maps before the nftables batch and
-adds after it, so the filter is never looser than the facts in force; a failed step leaves
+Order and failure: each apply removes elements from the maps before the nftables batch
+(`prepare`) and adds after it (`complete`), so the filter is never looser than the facts in force; a failed step leaves
 it stricter, and the next apply repairs from a read-back, which checks the maps and
 programs too (any mismatch: reinstall, which overwrites without clearing).
 
@@ -37,23 +37,22 @@ nft` keeps the netfilter receive filter, which also covers ports no agent has se
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
 
-from hostvlan.datapath import bpflib
 from hostvlan.datapath.base import DatapathError, PortCounters
-from hostvlan.datapath.brports import BridgePorts, Enforced
-from hostvlan.datapath.nft_bridge import LockedBridgeFilter
-from hostvlan.datapath.nftlib import Nft
-from hostvlan.model.facts import FACT_NAMES, Facts, FactsDelta
+from hostvlan.datapath.bridge.parts import Change, Layout, Undo
+from hostvlan.datapath.kernel import bpf as bpflib
+from hostvlan.datapath.kernel.brports import BridgePorts
+from hostvlan.model.facts import Facts, FactsDelta, FactsIndex
 from hostvlan.model.ids import Mac, PortName
 
-OBJECT = Path(__file__).with_name("bpf") / "hv_rx.o"
+OBJECT = Path(__file__).parent.parent / "bpf" / "hv_rx.o"
 BPFFS = Path("/run/hostvlan/bpf")
 PROG, PROG_GLOBAL = "hv_rx", "hv_rx_global"
 PROGS = (PROG, PROG_GLOBAL)
@@ -99,19 +98,21 @@ def object_tag() -> str | None:
     return _TAGS[key]
 
 
-def release_programs(ports: BridgePorts) -> int:
+def _detach(ifindex: int) -> int:
+    n = 0
+    for _, name, fd in bpflib.tcx_egress_programs(ifindex):
+        if name in PROGS:
+            bpflib.tcx_detach(fd, ifindex)
+            n += 1
+    return n
+
+
+def release_programs(ports: BridgePorts, every_link: bool = False) -> int:
     """Detach hostvlan's tc programs from every bridge port of `ports`' namespace (a host moving
-    to a netfilter flavour); returns how many. Their pinned maps stay until removed."""
-
-    def detach(ifindex: int) -> int:
-        n = 0
-        for _, name, fd in bpflib.tcx_egress_programs(ifindex):
-            if name in PROGS:
-                bpflib.tcx_detach(fd, ifindex)
-                n += 1
-        return n
-
-    return sum(ports.call(detach, p.index) for p in ports.ports().values())
+    to a netfilter flavour), or from every link (`every_link`: a cleanup); returns how many.
+    Their pinned maps stay until removed."""
+    indexes = ports.link_indexes() if every_link else [p.index for p in ports.ports().values()]
+    return sum(ports.call(_detach, i) for i in indexes)
 
 
 def default_pins() -> Path:
@@ -119,37 +120,37 @@ def default_pins() -> Path:
     return BPFFS / f"netns-{os.stat('/proc/thread-self/ns/net').st_ino}"
 
 
-class TcBridgeFilter(LockedBridgeFilter):
-    """HostVLAN on a Linux bridge: locked ports + tc/eBPF receive filter (see module doc)."""
+class TcReceiveFilter:
+    """The receive filter `tc` (see module doc); `ports` are the send check's (not owned here)."""
 
-    VERSION: ClassVar[str] = "layout_v3_tc"
-    HOOKS: ClassVar[dict[str, str]] = {"input": "input"}
+    name = "tc"
 
-    def __init__(self, nft: Nft | None = None, ports: BridgePorts | None = None, pins: Path | None = None) -> None:
-        super().__init__(nft, ports)
-        self._pins = pins or default_pins()
-        if not self._pins.is_relative_to(BPFFS) or self._pins == BPFFS:
-            raise ValueError(f"BPF pins must be a directory under {BPFFS} (the agent's bpffs), not {self._pins}")
-        self._fd: dict[str, int] = {}
+    def __init__(self, ports: BridgePorts, pins: Path | None = None) -> None:
+        self._ports = ports
+        self.pins = pins or default_pins()
+        if not self.pins.is_relative_to(BPFFS) or self.pins == BPFFS:
+            raise ValueError(f"BPF pins must be a directory under {BPFFS} (the agent's bpffs), not {self.pins}")
+        self.fd: dict[str, int] = {}  # the pinned maps and programs, open
         self._at: dict[PortName, int] = {}  # ifindex each bound port's keys use in the maps
+        self._touched: dict[PortName, int] | None = None  # a change's ports, read in `prepare`
 
     # ----- the pinned objects ---------------------------------------------------------------
     def _open(self) -> bool:
         """Open the pinned maps and programs (all or none)."""
-        if self._fd:
+        if self.fd:
             return True
         fds: dict[str, int] = {}
         tag = object_tag()
         if tag is None:
             return False
         for name in (*PROGS, *MIN_SIZES):
-            fd = bpflib.obj_get(self._pins / f"{name}-{tag}")
+            fd = bpflib.obj_get(self.pins / f"{name}-{tag}")
             if fd is None:
                 for f in fds.values():
                     bpflib.close(f)
                 return False
             fds[name] = fd
-        self._fd = fds
+        self.fd = fds
         return True
 
     def _load(self, facts: Facts) -> None:
@@ -161,22 +162,22 @@ class TcBridgeFilter(LockedBridgeFilter):
             "stats": 1,
         }
         bpflib.ensure_bpffs(BPFFS)
-        self._pins.mkdir(mode=0o700, exist_ok=True)
+        self.pins.mkdir(mode=0o700, exist_ok=True)
         self._close_fds()
         tag = object_tag()
         if tag is None:
             raise DatapathError(f"BPF object {OBJECT} missing: build it with `make setup` (needs clang)")
-        bpflib.load_and_pin(OBJECT, self._pins, list(PROGS), sizes, suffix=f"-{tag}")
+        bpflib.load_and_pin(OBJECT, self.pins, list(PROGS), sizes, suffix=f"-{tag}")
         if not self._open():
-            raise DatapathError(f"BPF objects vanished from {self._pins} right after pinning")
-        for old in self._pins.iterdir():  # an older build's pins: its programs get replaced below
+            raise DatapathError(f"BPF objects vanished from {self.pins} right after pinning")
+        for old in self.pins.iterdir():  # an older build's pins: its programs get replaced below
             if not old.name.endswith(f"-{tag}"):
                 old.unlink()
 
     def _close_fds(self) -> None:
-        for fd in self._fd.values():
+        for fd in self.fd.values():
             bpflib.close(fd)
-        self._fd = {}
+        self.fd = {}
 
     # ----- what the maps and programs should hold -------------------------------------------
     def _links(self) -> dict[PortName, int]:
@@ -193,10 +194,10 @@ class TcBridgeFilter(LockedBridgeFilter):
         return pairs, srcs, ports
 
     def _have(self) -> tuple[set[bytes], dict[bytes, bytes], dict[bytes, tuple[int, str]]]:
-        pairs = {k for k, _ in bpflib.dump(self._fd["pairs"], PAIR, 1)}
-        srcs = dict(bpflib.dump(self._fd["srcs"], SRC, 4))
+        pairs = {k for k, _ in bpflib.dump(self.fd["pairs"], PAIR, 1)}
+        srcs = dict(bpflib.dump(self.fd["srcs"], SRC, 4))
         ports: dict[bytes, tuple[int, str]] = {}
-        for k, v in bpflib.dump(self._fd["ports"], PORT, PORT_VALUE.size):
+        for k, v in bpflib.dump(self.fd["ports"], PORT, PORT_VALUE.size):
             flags, _, _, name = PORT_VALUE.unpack(v)
             ports[k] = (flags, name.split(b"\0", 1)[0].decode())
         return pairs, srcs, ports
@@ -208,7 +209,7 @@ class TcBridgeFilter(LockedBridgeFilter):
         have = self._have()
         pw, sw, portw = want
         ph, sh, porth = have
-        fd = self._fd
+        fd = self.fd
         gone_pairs = ph - pw
         gone_srcs = [k for k in sh if k not in sw]
         gone_ports = [k for k in porth if k not in portw]
@@ -223,19 +224,19 @@ class TcBridgeFilter(LockedBridgeFilter):
         return len(gone_pairs) + len(gone_srcs) + len(gone_ports) + len(new_srcs) + len(new_ports) + len(new_pairs)
 
     def _put(self, srcs: Mapping[bytes, bytes], ports: Mapping[bytes, tuple[int, str]], pairs: set[bytes]) -> None:
-        fd = self._fd
+        fd = self.fd
         bpflib.update(fd["srcs"], b"".join(srcs), b"".join(srcs.values()), SRC, 4)
         values = b"".join(PORT_VALUE.pack(f, 0, 0, n.encode()) for f, n in ports.values())
         bpflib.update(fd["ports"], b"".join(ports), values, PORT, PORT_VALUE.size)
         bpflib.update(fd["pairs"], b"".join(pairs), bytes(len(pairs)), PAIR, 1)
 
-    def _attach_all(self, links: dict[PortName, int]) -> int:
+    def _attach_all(self, links: Mapping[PortName, int], want: FactsIndex) -> int:
         """Every bridge port runs exactly one of our programs, the right one; returns the changes."""
-        ours = {name: bpflib.prog_info(self._fd[name])[0] for name in PROGS}
+        ours = {name: bpflib.prog_info(self.fd[name])[0] for name in PROGS}
         changed = 0
         for port, ifindex in links.items():
-            want = PROG_GLOBAL if self.desired_port(port)[1] else PROG
-            changed += self._ports.call(self._attach, ifindex, want, ours)
+            prog = PROG_GLOBAL if want.port_view(port)[1] else PROG
+            changed += self._ports.call(self._attach, ifindex, prog, ours)
         return changed
 
     def _attach(self, ifindex: int, want: str, ours: dict[str, int]) -> int:
@@ -247,63 +248,72 @@ class TcBridgeFilter(LockedBridgeFilter):
             if prog_id == ours[want] and not placed:
                 placed = True
             elif not placed:
-                bpflib.tcx_attach(self._fd[want], ifindex, replace_fd=fd)  # atomic swap
+                bpflib.tcx_attach(self.fd[want], ifindex, replace_fd=fd)  # atomic swap
                 placed, changed = True, changed + 1
             else:
                 bpflib.tcx_detach(fd, ifindex)
                 changed += 1
         if not placed:
-            bpflib.tcx_attach(self._fd[want], ifindex)
+            bpflib.tcx_attach(self.fd[want], ifindex)
             changed += 1
         return changed
 
     def _attached_right(self, links: dict[PortName, int], facts: Facts) -> bool:
-        ours = {name: bpflib.prog_info(self._fd[name])[0] for name in PROGS}
+        ours = {name: bpflib.prog_info(self.fd[name])[0] for name in PROGS}
         for port, ifindex in links.items():
             want = ours[PROG_GLOBAL if port in facts.global_ports else PROG]
             if want not in self._ports.call(bpflib.tcx_egress_ids, ifindex):
                 return False
         return True
 
-    # ----- the back-end contract ------------------------------------------------------------
-    def _kernel_digest(self) -> int | None:
-        if not self._open():
-            return None  # no maps pinned: the digest says nothing about the data path
-        return super()._kernel_digest()
+    # ----- the part's two phases ----------------------------------------------------------
+    def layout(self, layout: Layout) -> None:
+        return None  # no chain: the programs are the filter
 
-    def _install(self, delta: FactsDelta, digest: int) -> None:
-        facts = Facts(**{name: frozenset(getattr(delta, name).add) for name in FACT_NAMES})  # what it installs
-        if not self._open():
-            self._load(facts)
-        super()._install(delta, digest)
-        self._fill(facts)
+    def ready(self) -> bool:
+        """No maps pinned: the table's digest says nothing about the data path."""
+        return self._open()
 
-    def _fill(self, facts: Facts) -> None:
+    def prepare(self, change: Change) -> Undo | None:
+        """Before the batch: an install loads the maps if none are pinned; a change removes
+        elements (the filter only gets stricter) and reads the ifindex of the ports it adds."""
+        delta = change.delta
+        if change.fresh:
+            if not self._open():
+                self._load(change.added())
+            return None
+        touched = delta.ports.add | delta.global_ports.add | delta.global_ports.remove
+        self._touched = self._ports.indexes(touched) if touched else None
+        self._shrink(delta)
+        return None
+
+    def complete(self, change: Change, want: FactsIndex) -> None:
+        """After the batch: the additions (a map outgrown: fresh maps twice the size)."""
+        if change.fresh:
+            self._fill(change.added(), want)
+            return
+        links, self._touched = self._touched, None
+        try:
+            self._grow(change.delta, links, want)
+        except DatapathError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            self._fill(want.facts(), want)
+
+    def _fill(self, facts: Facts, want: FactsIndex) -> None:
         links = self._links()
         try:
             self._sync_maps(facts, links)
         except DatapathError as exc:
-            if "Argument list too long" not in str(exc):
+            if exc.errno != errno.E2BIG:
                 raise
             self._load(facts)  # outgrown: fresh maps twice the size, swapped in port by port
             self._sync_maps(facts, links)
-        self._attach_all(links)
-
-    def _commit(self, delta: FactsDelta, digest: int) -> None:
-        touched = delta.ports.add | delta.global_ports.add | delta.global_ports.remove
-        links = self._ports.indexes(touched) if touched else None
-        self._shrink(delta)
-        super()._commit(delta, digest)
-        try:
-            self._grow(delta, links)
-        except DatapathError as exc:
-            if "Argument list too long" not in str(exc):
-                raise
-            self._fill(self.desired())
+        self._attach_all(links, want)
 
     def _shrink(self, delta: FactsDelta) -> None:
         """The removals of a change: the filter only gets stricter."""
-        fd, at = self._fd, self._at
+        fd, at = self.fd, self._at
         gone = [pair_key(at[p], m) for m, p in delta.pairs.remove if p in at]
         bpflib.delete(fd["pairs"], b"".join(gone), PAIR)
         bpflib.delete(fd["srcs"], b"".join(src_key(m) for m in delta.known.remove), SRC)
@@ -317,7 +327,7 @@ class TcBridgeFilter(LockedBridgeFilter):
             if p in at:  # still bound: no longer global
                 self._put({}, {_u32(at[p]): (0, p)}, set())
 
-    def _grow(self, delta: FactsDelta, links: dict[PortName, int] | None) -> None:
+    def _grow(self, delta: FactsDelta, links: dict[PortName, int] | None, want: FactsIndex) -> None:
         """The additions of a change, then program swaps of ports whose `global` flag changed."""
         at = self._at
         if links is not None:
@@ -326,39 +336,38 @@ class TcBridgeFilter(LockedBridgeFilter):
                     at[p] = links[p]
         srcs = {src_key(m): _u32(SRC_KNOWN | (SRC_GLOBAL if m in delta.global_src.add else 0)) for m in delta.known.add}
         srcs.update({src_key(m): _u32(SRC_KNOWN | SRC_GLOBAL) for m in delta.global_src.add})
-        ports = {_u32(at[p]): (PORT_GLOBAL if self.desired_port(p)[1] else 0, p) for p in delta.ports.add if p in at}
+        ports = {_u32(at[p]): (PORT_GLOBAL if want.port_view(p)[1] else 0, p) for p in delta.ports.add if p in at}
         ports.update({_u32(at[p]): (PORT_GLOBAL, p) for p in delta.global_ports.add if p in at})
         pairs = {pair_key(at[p], m) for m, p in delta.pairs.add if p in at}
         self._put(srcs, ports, pairs)
         swap = {p for p in delta.global_ports.add | delta.global_ports.remove | delta.ports.add if p in at}
         if swap and links is not None:
-            self._attach_all({p: links[p] for p in swap if p in links})
+            self._attach_all({p: links[p] for p in swap if p in links}, want)
 
-    def _ports_enforced(self, enforced: Enforced) -> int:
+    def follow(self, links: Mapping[PortName, int] | None, want: FactsIndex) -> int:
         """After the locks (link event, first apply): attach the program to every port, and move
         the keys of bound ports whose ifindex changed (or drop those of ports gone: their
-        ifindex may be reused), from the one read of the ports the locks took."""
+        ifindex may be reused), from the one read of the ports the locks took (`links`)."""
         if not self._open():
             return 0
-        links = dict(enforced.ports)
-        bound, uplinks = self.desired_ports()
+        links = dict(links) if links is not None else self._links()
+        bound, uplinks = want.port_facts()
         names = {p for p, _ in bound} | set(uplinks)
         moved = [p for p in names if links.get(p) != self._at.get(p)] + [p for p in self._at if p not in names]
         for p in moved:
             old, new = self._at.pop(p, None), links.get(p)
-            is_bound, is_global, macs = self.desired_port(p)
+            is_bound, is_global, macs = want.port_view(p)
             if old is not None:
-                bpflib.delete(self._fd["pairs"], b"".join(pair_key(old, m) for m in macs), PAIR)
-                bpflib.delete(self._fd["ports"], _u32(old), PORT)
+                bpflib.delete(self.fd["pairs"], b"".join(pair_key(old, m) for m in macs), PAIR)
+                bpflib.delete(self.fd["ports"], _u32(old), PORT)
             if new is not None and is_bound:
                 self._put({}, {_u32(new): (PORT_GLOBAL if is_global else 0, p)}, {pair_key(new, m) for m in macs})
                 self._at[p] = new
-        return len(moved) + self._attach_all(links)
+        return len(moved) + self._attach_all(links, want)
 
-    def read(self) -> Facts | None:
-        """The nftables facts, or None (reinstall) when the maps or programs do not enforce them."""
-        facts = super().read()
-        if facts is None or not self._open():
+    def check(self, facts: Facts) -> Facts | None:
+        """The table's facts, or None (reinstall) when the maps or programs do not enforce them."""
+        if not self._open():
             return None
         links = self._links()
         want = self._want(facts, links)
@@ -367,29 +376,27 @@ class TcBridgeFilter(LockedBridgeFilter):
         self._at = {PortName(name): struct.unpack("=I", k)[0] for k, (_, name) in want[2].items()}
         return facts
 
-    def counters(self) -> dict[str, PortCounters]:
+    def counters(self, table: dict[str, PortCounters]) -> dict[str, PortCounters]:
         """The receive drops from the maps, per port name; the host's stack from nftables."""
-        nft = super().counters()
+        nft = table
         out = {p: PortCounters(0, c.tx_dropped) for p, c in nft.items() if p not in ("(unbound)", "(host)")}
         if "(host)" in nft:
             out["(host)"] = nft["(host)"]
         if not self._open():
             return out
-        for _, v in bpflib.dump(self._fd["ports"], PORT, PORT_VALUE.size):
+        for _, v in bpflib.dump(self.fd["ports"], PORT, PORT_VALUE.size):
             _, _, drops, raw = PORT_VALUE.unpack(v)
             name = raw.split(b"\0", 1)[0].decode()
             out[name] = PortCounters(drops, out.get(name, PortCounters()).tx_dropped)
-        for _, v in bpflib.dump(self._fd["stats"], 4, STAT):
+        for _, v in bpflib.dump(self.fd["stats"], 4, STAT):
             out["(unbound)"] = PortCounters(struct.unpack("=Q", v)[0], 0)
         return dict(sorted(out.items()))
 
-    def _remove(self) -> None:
+    def remove(self) -> None:
         release_programs(self._ports)
         self._close_fds()
-        shutil.rmtree(self._pins, ignore_errors=True)
+        shutil.rmtree(self.pins, ignore_errors=True)
         self._at = {}
-        super()._remove()
 
     def close(self) -> None:
         self._close_fds()
-        super().close()

@@ -17,6 +17,7 @@ never share a connection by accident. May import `hostvlan.datapath.base` and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +29,17 @@ OF_PROTOCOLS = ["OpenFlow10", "OpenFlow13", "OpenFlow14", "OpenFlow15"]  # bundl
 ATTACHED_MAC = "attached-mac"
 IFACE_ID = "iface-id"
 _TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface")
+
+
+def _probe(remote: str) -> None:
+    """Connect once, to fail with the OS's reason (and its errno) if no server answers, before
+    ovsdbapp, which logs and raises a bare Exception."""
+    import ovs.stream
+
+    err, strm = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote))
+    if err:
+        raise DatapathError(f"cannot connect to OVSDB at {remote}: {os.strerror(err)}", errno=err)
+    strm.close()
 
 
 def _scalar(value: Any) -> Any:
@@ -45,6 +57,7 @@ class OvsDb:
         from ovsdbapp.schema.open_vswitch import impl_idl
 
         self.remote = remote
+        _probe(remote)
         try:
             idl = connection.OvsdbIdl.from_server(remote, "Open_vSwitch", helper_tables=_TABLES)
             self._conn = connection.Connection(idl, timeout)

@@ -19,11 +19,12 @@ What it does not give: a per-port count of forged frames (the bridge drops them 
 `--send-check nft` keeps the nftables send check, counted per port, at the price of one more
 netfilter hook per frame). Netlink has no transaction spanning these messages and the
 nftables batch; the back end orders them so the send check is never looser than the facts
-in force (see `nft_bridge.LockedBridgeFilter`).
+in force (see `bridge.locked.LockedPorts`).
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -117,6 +118,10 @@ class BridgePorts:
         attached to a bridge is skipped (the link event's full `enforce` catches it up)."""
         return self._run(self._change, set(add), set(remove), set(up_add), set(up_remove))
 
+    def link_indexes(self) -> list[int]:
+        """The ifindex of every link of the namespace, bridge port or not."""
+        return self._run(lambda: [int(msg["index"]) for msg in self._nl().get_links()])
+
     def indexes(self, names: Iterable[PortName]) -> dict[PortName, int]:
         """The ifindex of each named bridge port that exists (one request per name)."""
         return self._run(lambda: {n: p.index for n in names if (p := self._port(n)) is not None})
@@ -138,7 +143,7 @@ class BridgePorts:
         try:
             (msg,) = self._nl().link("get", ifname=name)
         except NetlinkError as exc:
-            if exc.code in (19, 22, 34):  # ENODEV: not there (yet); EINVAL, ERANGE: no such name can be
+            if exc.code in (errno.ENODEV, errno.EINVAL, errno.ERANGE):  # not there (yet); no such name can be
                 return None
             raise
         return _brport(msg)
@@ -193,7 +198,7 @@ class BridgePorts:
                     sent += 1
             return Enforced(sent, frozenset(added), {name: p.index for name, p in ports.items()})
         except NetlinkError as exc:
-            raise DatapathError(f"bridge port programming failed: {exc}") from exc
+            raise DatapathError(f"bridge port programming failed: {exc}", errno=exc.code) from exc
 
     def _change(self, add: set[Binding], remove: set[Binding], up_add: set[PortName], up_rm: set[PortName]) -> Enforced:
         try:
@@ -220,7 +225,7 @@ class BridgePorts:
                     sent += 1
             return Enforced(sent, frozenset(added))
         except NetlinkError as exc:
-            raise DatapathError(f"bridge port programming failed: {exc}") from exc
+            raise DatapathError(f"bridge port programming failed: {exc}", errno=exc.code) from exc
 
     def _release(self) -> None:
         try:
@@ -231,14 +236,14 @@ class BridgePorts:
                 if p.locked or not p.learning:
                     self._nl().brport("set", index=p.index, locked=0, learning=1)
         except NetlinkError as exc:
-            raise DatapathError(f"bridge port release failed: {exc}") from exc
+            raise DatapathError(f"bridge port release failed: {exc}", errno=exc.code) from exc
 
     def _fdb(self, op: str, index: int, mac: Mac) -> None:
         if op == "del":
             try:
                 self._nl().fdb("del", ifindex=index, lladdr=mac, flags=NTF_MASTER)
             except NetlinkError as exc:
-                if exc.code != 2:  # ENOENT: already gone
+                if exc.code != errno.ENOENT:  # already gone
                     raise
             return
         self._nl().fdb(op, ifindex=index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER | NTF_STICKY)

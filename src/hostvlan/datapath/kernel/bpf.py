@@ -50,7 +50,9 @@ def _load() -> ctypes.CDLL:
         try:
             lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
         except OSError as exc:
-            raise DatapathError("cannot load libbpf.so.1: install the 'libbpf1' package (make setup)") from exc
+            raise DatapathError(
+                "cannot load libbpf.so.1: install the 'libbpf1' package (make setup)", errno=exc.errno
+            ) from exc
         vp, i, u32p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)
         sig: dict[str, tuple[object, list[object]]] = {
             "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
@@ -83,7 +85,7 @@ def _load() -> ctypes.CDLL:
 def _check(rc: int, what: str) -> int:
     if rc < 0:
         err = ctypes.get_errno() or -rc
-        raise DatapathError(f"{what}: {os.strerror(err)}")
+        raise DatapathError(f"{what}: {os.strerror(err)}", errno=err)
     return rc
 
 
@@ -99,7 +101,8 @@ def ensure_bpffs(path: Path) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     rc = libc.mount(b"bpf", str(path).encode(), b"bpf", 0, b"mode=0700")
     if rc != 0 and not _is_bpffs(path):
-        raise DatapathError(f"cannot mount a bpffs at {path}: {os.strerror(ctypes.get_errno())}")
+        err = ctypes.get_errno()
+        raise DatapathError(f"cannot mount a bpffs at {path}: {os.strerror(err)}", errno=err)
 
 
 def _is_bpffs(path: Path) -> bool:
@@ -119,7 +122,8 @@ def load_and_pin(obj_path: Path, pins: Path, progs: list[str], sizes: dict[str, 
         raise DatapathError(f"BPF object {obj_path} missing: build it with `make setup` (needs clang)")
     obj = lib.bpf_object__open_file(str(obj_path).encode(), None)
     if not obj:
-        raise DatapathError(f"cannot open BPF object {obj_path}: {os.strerror(ctypes.get_errno())}")
+        err = ctypes.get_errno()
+        raise DatapathError(f"cannot open BPF object {obj_path}: {os.strerror(err)}", errno=err)
     try:
         for name, size in sizes.items():
             m = lib.bpf_object__find_map_by_name(obj, name.encode())

@@ -1,0 +1,5 @@
+"""`python -m hostvlan.cli …` (how the testbed starts the manager and agents)."""
+
+from hostvlan.cli import main
+
+main()

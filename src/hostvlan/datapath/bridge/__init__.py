@@ -1,0 +1,1 @@
+"""The Linux-bridge back end, composed of a send check and a receive filter (see `backend`)."""

@@ -1,0 +1,144 @@
+"""Tenant filter for a Linux bridge, composed of a send check and a receive filter.
+
+`BridgeFilter` owns the one table `bridge hostvlan` (the facts as sets, their digest, the
+drop counters: `nft_table.NftTable`) and the chain that guards the host's own stack; its
+two parts (`parts`) own the rest:
+
+  send check       `locked` (`locked.LockedPorts`: the bridge's locked ports and sticky FDB
+                   entries, no hook, uncounted) | `nft` (`nft.NftSendCheck`: chain prerouting)
+  receive filter   `tc` (`tc.TcReceiveFilter`: an eBPF program per bridge port, no netfilter
+                   hook on the forward path) | `nft` (`nft.NftReceiveFilter`: chains forward,
+                   output)
+
+The flavours and their table layouts (the version counter in the table, mixed into the stored
+digest, so an agent of another flavour reinstalls instead of trusting the kernel's digest):
+
+  send check  receive filter  layout              base chains
+  locked      tc              layout_v3_tc        input                        (the default)
+  locked      nft             layout_v2_locked    forward, output, input
+  nft         nft             layout_v1           prerouting, forward, output, input (+ rx)
+
+Every base chain has policy drop; `input` (the host's own stack, a `global` member) holds
+`ether saddr @known accept ; counter rx_host drop`. The kernel here lacks `meta ibrname`, so
+the table covers every bridge of the network namespace: one managed bridge per host netns.
+
+One transaction: the receive filter's `prepare`, the send check's `prepare`, ONE nftables
+batch (facts, digest, on install the parts' chains), then `complete`. Netlink and BPF have
+no transaction: what a part writes before the batch only tightens, what it writes after only
+loosens, and if the batch fails the undos of the prepares run in reverse order. A read-back
+passes the table's facts through both parts (`check`): a part that does not enforce some of
+them takes them out (or everything: a reinstall). A first apply, an audit and a link event
+(`refresh_ports`) let the send check re-read the ports and the receive filter follow them.
+"""
+
+from __future__ import annotations
+
+from hostvlan.datapath.base import ApplyReport, PortCounters, TenantFilter
+from hostvlan.datapath.bridge.parts import Change, Layout, ReceiveFilter, SendCheck, Undo
+from hostvlan.datapath.kernel.nft import Nft
+from hostvlan.datapath.nft_table import ACCEPT, DROP, PRIORITY, SADDR, Cmd, NftTable, match
+from hostvlan.model.facts import Facts, FactsDelta
+
+HOST_RX = "rx_host"
+LAYOUTS = {("locked", "tc"): "layout_v3_tc", ("locked", "nft"): "layout_v2_locked", ("nft", "nft"): "layout_v1"}
+
+
+class BridgeFilter(TenantFilter):
+    """HostVLAN on a Linux bridge (see module doc). Build it with `factory.build_backend`,
+    inside the host's network namespace; it owns and closes `nft` and its parts."""
+
+    def __init__(self, nft: Nft, send: SendCheck, receive: ReceiveFilter) -> None:
+        super().__init__()
+        flavour = (send.name, receive.name)
+        if flavour not in LAYOUTS:
+            raise ValueError(f"no bridge flavour with send check {send.name} and receive filter {receive.name}")
+        self.send = send
+        self.receive = receive
+        self.table = NftTable(nft, "bridge", LAYOUTS[flavour], {HOST_RX: "(host)"})
+
+    def layout(self) -> Layout:
+        """The chains of this flavour's table."""
+        layout = Layout()
+        self.send.layout(layout)
+        self.receive.layout(layout)
+        layout.hooks["input"] = "input"
+        layout.rules["input"] = [[match(SADDR, "known"), ACCEPT], [{"counter": HOST_RX}, DROP]]
+        return layout
+
+    def hooks(self) -> list[str]:
+        """The base chains of this flavour's table (netfilter hooks a frame may pass)."""
+        return list(self.layout().hooks)
+
+    def _layout_cmds(self) -> list[Cmd]:
+        t, layout = self.table.ref, self.layout()
+        cmds: list[Cmd] = [{"add": {"chain": {**t, "name": name}}} for name in layout.regular]
+        for chain, hook in layout.hooks.items():
+            base = {**t, "name": chain, "type": "filter", "hook": hook, "prio": PRIORITY, "policy": "drop"}
+            cmds.append({"add": {"chain": base}})
+        for chain in [*layout.hooks, *layout.regular]:
+            cmds += [{"add": {"rule": {**t, "chain": chain, "expr": expr}}} for expr in layout.rules.get(chain, [])]
+        return cmds
+
+    # ----- one transaction ------------------------------------------------------------------
+    def _transact(self, change: Change, cmds: list[Cmd]) -> None:
+        undos: list[Undo] = []
+        try:
+            for part in (self.receive, self.send):
+                undo = part.prepare(change)
+                if undo is not None:
+                    undos.append(undo)
+            self.table.run(cmds)
+        except BaseException:
+            for undo in reversed(undos):
+                undo()
+            raise
+        self.receive.complete(change, self._index)
+
+    def _install(self, delta: FactsDelta, digest: int) -> None:
+        self._transact(Change(delta, fresh=True), self.table.install_cmds(self._layout_cmds(), delta, digest))
+
+    def _commit(self, delta: FactsDelta, digest: int) -> None:
+        self._transact(Change(delta, fresh=False), self.table.element_cmds(delta, digest))
+
+    # ----- read-back and ports -------------------------------------------------------------------
+    def _kernel_digest(self) -> int | None:
+        if not self.receive.ready():
+            return None
+        return self.table.digest()
+
+    def read(self) -> Facts | None:
+        facts = self.table.read()
+        if facts is None:
+            return None
+        return self.receive.check(self.send.check(facts))
+
+    def apply(self) -> ApplyReport:
+        first = self._reconcile
+        report = super().apply()
+        if first:  # also when the digests agreed: ports that joined while no agent ran get fixed
+            self.refresh_ports()
+        return report
+
+    def audit(self) -> ApplyReport:
+        report = super().audit()
+        fixed, _ = self.send.refresh(self._index)  # also locks ports new since
+        return ApplyReport(report.elements + fixed, report.full) if fixed else report
+
+    def refresh_ports(self) -> int:
+        """A link event: the send check re-reads every port (locks new ones, restores a
+        re-created port's entry), the receive filter follows them (programs, map keys)."""
+        messages, links = self.send.refresh(self._index)
+        return messages + self.receive.follow(links, self._index)
+
+    def counters(self) -> dict[str, PortCounters]:
+        return self.receive.counters(self.table.counters())
+
+    def _remove(self) -> None:
+        self.receive.remove()
+        self.table.remove()
+        self.send.remove()
+
+    def close(self) -> None:
+        self.receive.close()
+        self.table.close()
+        self.send.close()

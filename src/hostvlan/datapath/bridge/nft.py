@@ -1,0 +1,99 @@
+"""The bridge's send check and receive filter in nftables (table `bridge hostvlan`).
+
+`NftSendCheck` (`--send-check nft`) owns the base chain `prerouting` (before FDB learning,
+so forged frames cannot poison it): the model's send check on iifname
+(`nft_table.send_rules`: own vNIC MAC, uplink exempt, forged and unbound dropped and counted
+`tx:<port>`), at the price of a netfilter hook per frame.
+
+`NftReceiveFilter` (`--receive-filter nft`) owns the base chains `forward` and `output`,
+run once per output port (also per copy of a flood): the receive filter on oifname
+(`nft_table.receive_rules`, ONE set lookup for tenant traffic). Inline in both chains, or,
+in the layout of the all-nftables flavour (`layout_v1`, kept so hosts it programmed
+reconcile without a reinstall), in a chain `rx` both jump to. Unlike the tc filter it also
+covers ports no agent has seen. When it installs its chains it detaches the tc programs a tc
+flavour left on the bridge ports (given the bridge's ports; their pinned maps stay until
+removed).
+
+Both are part of the nftables batch of each transaction: nothing to do before or after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from hostvlan.datapath.base import PortCounters
+from hostvlan.datapath.bridge.parts import Change, Layout, Undo
+from hostvlan.datapath.bridge.tc import release_programs
+from hostvlan.datapath.kernel.brports import BridgePorts
+from hostvlan.datapath.nft_table import IIF, OIF, jump, receive_rules, send_rules
+from hostvlan.model.facts import Facts, FactsIndex
+from hostvlan.model.ids import PortName
+
+
+class NftSendCheck:
+    """The send check `nft` (see module doc)."""
+
+    name = "nft"
+
+    def layout(self, layout: Layout) -> None:
+        layout.hooks["prerouting"] = "prerouting"
+        layout.rules["prerouting"] = send_rules(IIF)
+
+    def check(self, facts: Facts) -> Facts:
+        return facts  # the table's sets are the whole send check
+
+    def prepare(self, change: Change) -> Undo | None:
+        return None
+
+    def refresh(self, want: FactsIndex) -> tuple[int, Mapping[PortName, int] | None]:
+        return 0, None  # matches port names: nothing follows links
+
+    def remove(self) -> None:
+        return None  # its chain goes with the table
+
+    def close(self) -> None:
+        return None
+
+
+class NftReceiveFilter:
+    """The receive filter `nft` (see module doc); `ports` (not owned) to detach tc programs."""
+
+    name = "nft"
+
+    def __init__(self, *, inline: bool, ports: BridgePorts | None = None) -> None:
+        self.inline = inline  # rules in forward/output themselves (a jump per frame saved)
+        self._ports = ports
+
+    def layout(self, layout: Layout) -> None:
+        rx = receive_rules(OIF) if self.inline else [jump("rx")]
+        if not self.inline:
+            layout.regular.append("rx")
+            layout.rules["rx"] = receive_rules(OIF)
+        for chain in ("forward", "output"):
+            layout.hooks[chain] = chain
+            layout.rules[chain] = rx
+
+    def ready(self) -> bool:
+        return True
+
+    def check(self, facts: Facts) -> Facts | None:
+        return facts
+
+    def prepare(self, change: Change) -> Undo | None:
+        return None
+
+    def complete(self, change: Change, want: FactsIndex) -> None:
+        if change.fresh and self._ports is not None:  # the receive filter is ours now
+            release_programs(self._ports)
+
+    def follow(self, links: Mapping[PortName, int] | None, want: FactsIndex) -> int:
+        return 0  # nftables matches port names
+
+    def counters(self, table: dict[str, PortCounters]) -> dict[str, PortCounters]:
+        return table
+
+    def remove(self) -> None:
+        return None  # its chains go with the table
+
+    def close(self) -> None:
+        return None

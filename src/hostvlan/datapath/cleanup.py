@@ -1,0 +1,95 @@
+"""Remove every piece of kernel state hostvlan created on a host, and nothing else.
+
+`clean_host(spec)` (what `hostvlan agent --cleanup` runs), in the calling thread's network
+namespace, for the back end `spec` names:
+- always: the nftables tables `bridge hostvlan` and `netdev hostvlan` (the name is hostvlan's
+  own), hostvlan's tc programs (`hv_rx`, `hv_rx_global`) at the tcx egress hook of every link,
+  and the BPF pins of the tc filter (`spec.bpf_pins`, else this namespace's default);
+- `bridge`: the locked-port flags and sticky static FDB entries of the locked send check
+  (every bridge port unlocked and learning again, as the bridge's defaults are);
+- `ovs`: the flows in hostvlan's cookie range and its guard group on `spec.ovs_bridge`.
+Someone else's tables, programs, flows and groups are not touched. The switch is open
+afterwards (the kernel's defaults): run it with the agent stopped, to uninstall. Idempotent.
+May import `hostvlan.datapath` and `hostvlan.model` only.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from typing import TYPE_CHECKING
+
+from hostvlan.datapath.base import DatapathError
+from hostvlan.datapath.factory import BackendSpec, build_backend
+
+if TYPE_CHECKING:
+    from hostvlan.datapath.kernel.brports import BridgePorts
+    from hostvlan.datapath.kernel.nft import Nft
+    from hostvlan.datapath.kernel.ovs_proc import OvsTools
+    from hostvlan.datapath.kernel.ovsdb import OvsDb
+
+
+def clean_host(
+    spec: BackendSpec,
+    *,
+    nft: Nft | None = None,
+    ports: BridgePorts | None = None,
+    ovs_tools: OvsTools | None = None,
+    ovsdb: OvsDb | None = None,
+) -> list[str]:
+    """Remove hostvlan's kernel state for `spec` (see module doc); returns what it removed.
+    Given contexts are closed as the back ends close them (`nft`, `ports`) or kept (`ovsdb`)."""
+    from hostvlan.datapath.bridge.tc import default_pins, release_programs
+    from hostvlan.datapath.kernel.brports import BridgePorts
+    from hostvlan.datapath.kernel.nft import Nft
+    from hostvlan.datapath.nft_table import TABLE
+
+    done: list[str] = []
+    nft = nft or Nft()
+    ports = ports or BridgePorts()
+    try:
+        for family in ("bridge", "netdev"):
+            if _has_table(nft, family):
+                nft.run([{"delete": {"table": {"family": family, "name": TABLE}}}])
+                done.append(f"nft table {family} {TABLE}")
+        detached = release_programs(ports, every_link=True)
+        if detached:
+            done.append(f"{detached} tc program(s)")
+        pins = spec.bpf_pins or default_pins()
+        if pins.exists():
+            shutil.rmtree(pins)
+            done.append(f"BPF pins {pins}")
+        if spec.kind == "bridge":
+            before = ports.ports()
+            sticky = ports.sticky(before)
+            ports.release()
+            locked = sum(1 for p in before.values() if p.locked or not p.learning)
+            if locked or sticky:
+                done.append(f"{locked} port lock(s), {len(sticky)} sticky FDB entr(y/ies)")
+    finally:
+        nft.close()
+        ports.close()
+    if spec.kind == "ovs":
+        from hostvlan.datapath.ovs import OvsFilter
+
+        filt = build_backend(spec, ovs_tools=ovs_tools, ovsdb=ovsdb)
+        try:
+            assert isinstance(filt, OvsFilter)
+            if filt.installed():
+                filt.remove()  # one bundle: hostvlan's cookie range and its guard group
+                done.append(f"OVS flows and group of hostvlan on bridge {spec.ovs_bridge}")
+        finally:
+            filt.close()
+    return done
+
+
+def _has_table(nft: Nft, family: str) -> bool:
+    from hostvlan.datapath.nft_table import TABLE
+
+    try:
+        nft.list_obj({"table": {"family": family, "name": TABLE}})
+    except DatapathError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
