@@ -55,3 +55,20 @@ def test_exec_answer_is_parsed_by_its_token() -> None:
     lines = [b"OUT t1", out[:4].encode(), out[4:].encode(), b"ERR t1", err.encode(), b"END t1 3", b""]
     res = _parse_answer("t1", lines, 3)
     assert (res.status, res.stdout, res.stderr) == (3, b"a\nb\n", b"oops")
+
+
+def test_plan_of_a_guest_host() -> None:
+    from hostvlan.testbed.plan import make_plan
+
+    topo = parse_topology(
+        "hosts:\n  - name: h1\n    backend: macvtap\n    guests: libvirt\n    vms:\n"
+        '      - {name: a, mac: "52:54:00:00:00:0a", lnids: [1]}\n'
+        '      - {name: b, mac: "52:54:00:00:00:0b", lnids: [1]}\n'
+        "  - name: h2\n    vms:\n"
+        '      - {name: c, mac: "52:54:00:00:00:0c", lnids: [1]}\n'
+    )
+    plan = make_plan(topo, "hvx")
+    assert plan.hosts["h1"].guests == "libvirt" and plan.hosts["h2"].guests == "namespaces"
+    a, b, c = plan.vms["a"], plan.vms["b"], plan.vms["c"]
+    assert (a.netns, a.domain, a.port, b.port) == ("", "hvx-a", "macvtap0", "macvtap1")  # libvirt's names
+    assert (c.netns, c.domain, c.port) == ("hvx-v-c", None, "vnet0")
