@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(systemd nftables libnftables1 iproute2 iputils-ping tcpdump iperf3 sockperf openvswitch-switch ethtool openssl  # systemd: systemd-analyze verifies the service units (tests)
   wrk apache2-utils lighttpd  # `hostvlan bench` (web server per VM, ab, wrk)
   gcc libc6-dev  # the testbed's macvtap VM stand-in and bench/frame_cost compile a page of C
-  clang libbpf-dev libbpf1)  # the bridge's tc/eBPF receive filter: built below, loaded by the agent
+  clang libbpf-dev libbpf1  # the bridge's tc/eBPF receive filter: built below, loaded by the agent
+  qemu-system-x86 libvirt-daemon libvirt-clients busybox-static)  # testbed guests (`guests: libvirt`)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -37,6 +38,13 @@ if ((${#missing[@]})); then
     fi
   fi
 fi
+
+# testbed guests: libvirt's QEMU driver resolves its compiled-in user even when qemu.conf runs
+# QEMU as root (libvirt-daemon-system would create it, but pulls in systemd); then the image
+if ! getent passwd libvirt-qemu >/dev/null && [[ $(id -u) -eq 0 ]]; then
+  useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin --user-group libvirt-qemu
+fi
+bash scripts/guest-image.sh
 
 # the bridge's receive filter (src/hostvlan/datapath/bpf/hv_rx.c), rebuilt when its source changed
 bpf_src=src/hostvlan/datapath/bpf/hv_rx.c

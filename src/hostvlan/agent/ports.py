@@ -67,8 +67,10 @@ def guard_macvtaps(bound: set[PortName], phase: str) -> list[str]:
 
     `phase="down"` (before an apply) takes down every macvtap that is up but not bound;
     `phase="up"` (after it) brings up, with allmulticast for multicast, the bound ones that
-    are down. A macvtap that is up without its filter chains would be unfiltered: the
-    agent owns their admin state. Returns "name:down"/"name:up" for what it changed.
+    are down, and adds allmulticast to the bound ones up without it (libvirt brings up the
+    macvtap of an `<interface type='direct'>` itself, multicast filter unset). A macvtap
+    that is up without its filter chains would be unfiltered: the agent owns their admin
+    state. Returns "name:down"/"name:up"/"name:allmulti" for what it changed.
     """
     changed = []
     with IPRoute() as ipr:
@@ -78,12 +80,14 @@ def guard_macvtaps(bound: set[PortName], phase: str) -> list[str]:
                 continue
             name = PortName(str(link.get("ifname")))
             up = bool(link["flags"] & IFF_UP)
+            allmulti = bool(link["flags"] & IFF_ALLMULTI)
             if phase == "down" and up and name not in bound:
                 ipr.link("set", index=link["index"], flags=0, change=IFF_UP)
                 changed.append(f"{name}:down")
-            elif phase == "up" and not up and name in bound:
+            elif phase == "up" and name in bound and not (up and allmulti):
+                # libvirt brings up the macvtaps it makes, without allmulticast: add it
                 ipr.link("set", index=link["index"], flags=IFF_UP | IFF_ALLMULTI, change=IFF_UP | IFF_ALLMULTI)
-                changed.append(f"{name}:up")
+                changed.append(f"{name}:{'allmulti' if up else 'up'}")
     return changed
 
 

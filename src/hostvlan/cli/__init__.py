@@ -3,6 +3,7 @@
   common    the root group `main`, exit codes, the manager connection, output helpers
   manage    reg, unreg, rm, move, show, hosts, trace, host … (the manager's HTTP API only)
   testbed   testbed up/down/list/check, demo (the emulated data center; root)
+  guests    testbed exec (a command inside a VM: libvirt guest or namespace)
   bench     bench data-path, bench control-plane
   daemons   manager, agent
 
@@ -11,7 +12,7 @@ Entry point: `hostvlan = hostvlan.cli:main`; `python -m hostvlan.cli` runs it to
 
 from __future__ import annotations
 
-from hostvlan.cli import bench, daemons, manage, testbed
+from hostvlan.cli import bench, daemons, guests, manage, testbed
 from hostvlan.cli.common import main
 
-__all__ = ["bench", "daemons", "main", "manage", "testbed"]
+__all__ = ["bench", "daemons", "guests", "main", "manage", "testbed"]

@@ -58,10 +58,11 @@ def testbed_up(topology: str, as_json: bool, prefix: str | None) -> None:
     for h in tb.hosts.values():
         click.echo(f"  host {h.name:<12} backend {h.backend:<7} netns {h.netns}")
     for vm in tb.vms.values():
-        click.echo(f"  vm   {vm.name:<12} {vm.mac}  {vm.ip:<14} netns {vm.netns}")
+        where = f"netns {vm.netns}" if vm.netns else f"domain {vm.domain}"  # a libvirt guest: no netns
+        click.echo(f"  vm   {vm.name:<12} {vm.mac}  {vm.ip:<14} {where}")
     for e in tb.external.values():
         click.echo(f"  ext  {e.name:<12} {e.mac}  {e.ip:<14} netns {e.netns}")
-    click.echo(f"try: ip netns exec NETNS ping IP   |   remove: hostvlan testbed down --prefix {tb.prefix}")
+    click.echo(f"try: hostvlan testbed exec VM -- ping IP   |   remove: hostvlan testbed down --prefix {tb.prefix}")
 
 
 def _describe(rec: dict[str, Any]) -> str:
@@ -133,24 +134,42 @@ def testbed_check(prefix: str | None, as_json: bool) -> None:
         raise click.UsageError(f"{len(recs)} testbeds are up; pass --prefix P:\n{listing}")
     tb = from_record(recs[0])
     rep = run_check(tb)
+    from hostvlan.testbed.guestcheck import check_guests  # libvirt guests, from inside
+
+    grep = check_guests(tb, forged=True)
     if as_json:
-        emit({**rep.summary(), "leaks": rep.leaks, "misses": rep.misses, "forged": rep.forged_delivered})
+        out = {**rep.summary(), "leaks": rep.leaks, "misses": rep.misses, "forged": rep.forged_delivered}
+        if grep.reach:
+            out["guests"] = {**grep.summary(), "wrong": grep.wrong, "forged": grep.forged_answered}
+        emit(out)
     else:
         click.echo(" ".join(f"{k}={v}" for k, v in rep.summary().items()))
         for line in rep.leaks + rep.misses + rep.forged_delivered:
             click.echo("  " + line)
-    sys.exit(0 if rep.ok else 1)
+        if grep.reach:
+            click.echo("guests: " + " ".join(f"{k}={v}" for k, v in grep.summary().items()))
+            for line in grep.wrong + grep.forged_answered:
+                click.echo("  " + line)
+    sys.exit(0 if rep.ok and grep.ok else 1)
 
 
 @main.command(short_help="Run the paper's Fig. 7 scenario end to end on real namespaces.")
 @click.option("--topology", type=click.Path(dir_okay=False), help="Another topology (default: the paper's Fig. 7).")
-def demo(topology: str | None) -> None:
+@click.option(
+    "--guests",
+    type=click.Choice(["namespaces", "libvirt"]),
+    default="namespaces",
+    show_default=True,
+    help="VMs as network namespaces, or real QEMU guests started by libvirt (slower: TCG).",
+)
+def demo(topology: str | None, guests: str) -> None:
     """Run the paper's Fig. 7 scenario end to end on real namespaces, explain it, tear down."""
     from hostvlan.demo import run_demo
+    from hostvlan.demo_guests import run_demo_guests
 
     need_root()
     try:
-        ok = run_demo(topology)
+        ok = run_demo_guests(topology) if guests == "libvirt" else run_demo(topology)
     except InvalidValue as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if ok else 1)

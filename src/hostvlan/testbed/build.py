@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from hostvlan.model.hostview import Location, filter_state, host_view
 from hostvlan.model.ids import HostId, Lnid, Mac, PortName, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
-from hostvlan.testbed import control, netns, record, wiring
+from hostvlan.testbed import control, guestvms, netns, record, wiring
 from hostvlan.testbed.ovsd import OvsDaemons
 from hostvlan.testbed.plan import (
     BRIDGE,
@@ -106,6 +106,10 @@ class Testbed:
         self.hosts: dict[str, HostInfo] = self.plan.hosts
         self.vms: dict[str, VmInfo] = self.plan.vms
         self.external: dict[str, ExternalInfo] = self.plan.external
+        for name, vm in self.vms.items():  # a libvirt guest's daemon: its socket is in the work dir
+            if vm.domain:
+                i = list(self.hosts).index(vm.host)
+                self.vms[name] = replace(vm, libvirt_uri=guestvms.uri_for(guestvms.daemon_dir(self.workdir, i)))
         self.table = LnidTable()
         self.locations: dict[Mac, Location] = {}
         self.manager_url = ""
@@ -115,6 +119,7 @@ class Testbed:
         self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
         self._readers: dict[str, TenantFilter] = {}
         self._ovs: dict[str, OvsDaemons] = {}  # the private Open vSwitch of each `ovs` host
+        self.guests = guestvms.GuestFleet(self.prefix, self.workdir)  # `guests: libvirt` hosts
 
     def filtered_hosts(self) -> list[str]:
         return [h for h, i in self.hosts.items() if i.filtered]
@@ -275,6 +280,10 @@ class Testbed:
         if self.api is not None:
             self.api.close()
             self.api = None
+        try:  # domains first (libvirt removes their ports), then the daemons
+            self.guests.stop()
+        except guestvms.LibvirtdError:
+            pass  # what is left is killed below, inside the namespaces
         control.stop_pids(list(self.pids.values()))
         for daemons in self._ovs.values():
             daemons.stop(remove_dir=False)
@@ -301,11 +310,16 @@ class Testbed:
             mgmt_ip = f"{control.MGMT_NET}.{i + 2}"
             ovs = functools.partial(self._start_ovs, i, h) if h.switch == "ovs" else None
             wiring.host(h, i, self.switch_ns, SWITCH, self.mgmt_ns, mgmt_ip, ovs)
+            if h.guests == "libvirt":  # its libvirtd probes QEMU (~8 s) while the rest is built
+                ovs_rundir = self._ovs[h.name].tools.rundir if h.switch == "ovs" else None
+                source = h.uplink if h.switch == "macvtap" else BRIDGE
+                self.pids[f"libvirtd:{h.name}"] = self.guests.spawn(h.name, i, h.netns, h.switch, source, ovs_rundir)
         self._start_agents()
         for j, e in enumerate(self.external.values()):
             wiring.endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
-        macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].switch == "macvtap"]
-        cabled = [vm for vm in self.vms.values() if vm not in macvtap_vms]
+        guest_vms = [vm for vm in self.vms.values() if vm.domain]  # libvirt guests: booted last
+        macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].switch == "macvtap" and not vm.domain]
+        cabled = [vm for vm in self.vms.values() if vm not in macvtap_vms and not vm.domain]
         for vm in cabled:
             h = self.hosts[vm.host]
             ovs_port = functools.partial(self._ovs_port, h.name) if h.switch == "ovs" else None
@@ -321,7 +335,59 @@ class Testbed:
         for vm in macvtap_vms:  # the macvtap contract: the port is bound before the device comes up
             self._build_macvtap_vm(vm)
         self._wait_macvtaps(macvtap_vms)
+        if guest_vms:
+            self._start_guests(guest_vms)
         netns.wait_operstate_up(netns.owned(self.prefix))
+
+    def _start_guests(self, vms: list[VmInfo]) -> None:
+        """Boot the libvirt guests (their ports registered already where the macvtap contract
+        needs it), then wait until each agent has found its guests' ports."""
+        self.guests.wait()
+        for vm in vms:
+            dom = self.guests.start(vm.name, vm.host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+            self.vms[vm.name] = replace(vm, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
+        self._save(status="building")
+        self.guests.wait_booted([vm.name for vm in vms])
+        self.wait_guest_ports([vm.name for vm in vms])
+
+    def wait_guest_ports(self, vms: list[str], timeout: float = 60.0) -> None:
+        """Wait until each filtered host's agent reports the ports libvirt made bound
+        (`GET /v1/macs`: state `bound`, `bound_port` = libvirt's name)."""
+        assert self.api is not None
+        end = time.monotonic() + timeout
+        want = {
+            self.vms[n].mac: self.vms[n].port
+            for n in vms
+            if self.hosts[self.vms[n].host].filtered and self.endpoint(n).lnids
+        }
+        while want:
+            rows: dict[str, dict[str, Any]] = {str(r["mac"]): dict(r) for r in self.api.macs()}
+            for mac, port in list(want.items()):
+                row = rows.get(mac) or {}
+                if row.get("state") == "bound" and row.get("bound_port") == port:
+                    del want[mac]
+            if want and time.monotonic() > end:
+                late = {m: (rows.get(m) or {}).get("state") for m in want}
+                raise TimeoutError(f"guest ports not bound after {timeout}s: {late}")
+            time.sleep(0.1)
+
+    def migrate_guest(self, name: str, host: str) -> VmInfo:
+        """Live-less migration as an operator does it: destroy the domain, `move` its MAC to
+        `host` (with the port libvirt will make there when the macvtap contract needs it),
+        start it on `host`'s libvirtd; returns once it booted and the agent bound its port."""
+        assert self.api is not None
+        vm = self.vms[name]
+        self.guests.destroy(name)
+        dst = self.hosts[host]
+        port = self.guests.predict_port(host) if dst.switch == "macvtap" else None
+        self.api.move(vm.mac, host, port)
+        self.program()
+        dom = self.guests.start(name, host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+        self.vms[name] = replace(vm, host=host, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
+        self._save(status="up")
+        self.guests.wait_booted([name])
+        self.wait_guest_ports([name])
+        return self.vms[name]
 
     def _start_manager(self) -> None:
         wiring.switch(self.mgmt_ns, wiring.MGMT_BRIDGE, f"{control.MGMT_NET}.1")
@@ -529,5 +595,7 @@ def from_record(data: dict[str, Any]) -> Testbed:
     tb.manager_token = data["manager"]["token"]
     tb.api = Client(tb.manager_url, tb.manager_token)
     tb.pids = {k: int(v) for k, v in data.get("pids", {}).items()}
+    if data.get("vms"):  # where the VMs are now (libvirt's ports, migrated guests)
+        tb.vms = {n: VmInfo(**v) for n, v in data["vms"].items()}
     tb.refresh()
     return tb

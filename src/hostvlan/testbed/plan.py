@@ -39,6 +39,8 @@ class VmInfo:
     ip: str
     host: str
     port: PortName
+    domain: str | None = None  # a libvirt guest (`guests: libvirt`): its domain, its daemon's URI
+    libvirt_uri: str | None = None  # (set by the builder: the daemon's socket is in the work dir)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class HostInfo:
     bridge: str
     uplink: PortName
     uplink_mac: Mac
+    guests: str = "namespaces"  # or libvirt: its VMs are QEMU domains of its own libvirtd
 
     @property
     def switch(self) -> str:
@@ -96,16 +99,23 @@ class Plan:
 def make_plan(topology: Topology, prefix: str) -> Plan:
     """Names `<prefix>-h-<host>`, `<prefix>-v-<vm>`, `<prefix>-x-<external>`; IPs from SUBNET in
     topology order (VMs host by host, then external endpoints); VM ports `vnet<k>` (`macvtap<k>`
-    on a macvtap host); uplink MACs that collide with no endpoint's."""
+    on a macvtap host; a libvirt guest's are what libvirt will name them, see testbed.guestvms);
+    uplink MACs that collide with no endpoint's. A libvirt guest has no namespace (netns "")
+    but a domain `<prefix>-<vm>`."""
     ips = iter(SUBNET.hosts())
     taken = {e.mac for e in topology.endpoints()}
     hosts: dict[str, HostInfo] = {}
     vms: dict[str, VmInfo] = {}
     external: dict[str, ExternalInfo] = {}
     for i, h in enumerate(topology.hosts):
-        hosts[h.name] = HostInfo(h.name, f"{prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac(i, taken))
+        hosts[h.name] = HostInfo(
+            h.name, f"{prefix}-h-{h.name}", h.backend, BRIDGE, UPLINK, uplink_mac(i, taken), h.guests
+        )
         for k, vm in enumerate(h.vms):
             port = PortName(f"macvtap{k}" if h.backend.startswith("macvtap") else f"vnet{k}")
+            if h.guests == "libvirt":
+                vms[vm.name] = VmInfo(vm.name, "", "eth0", vm.mac, str(next(ips)), h.name, port, f"{prefix}-{vm.name}")
+                continue
             vms[vm.name] = VmInfo(vm.name, f"{prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, port)
     for e in topology.external:
         external[e.name] = ExternalInfo(e.name, f"{prefix}-x-{e.name}", "eth0", e.mac, str(next(ips)))

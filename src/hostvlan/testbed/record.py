@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hostvlan.testbed import control, netns
+from hostvlan.testbed import control, guestvms, netns
 from hostvlan.testbed.plan import BPFFS
 
 STATE_DIR = Path(os.environ.get("HOSTVLAN_TESTBED_DIR", "/run/hostvlan/testbeds"))
@@ -77,6 +77,8 @@ def down_recorded(prefix: str | None = None) -> list[str]:
         p = str(st.get("prefix", ""))
         if not p or (prefix and p != prefix):
             continue
+        if st.get("workdir"):  # libvirt guests: their domains, while their daemons still answer
+            guestvms.destroy_recorded(Path(str(st["workdir"])))
         control.stop_pids([int(x) for x in st.get("pids", {}).values()])
         if st.get("workdir"):  # also what a killed `up` started but did not record
             control.stop_pids(control.pids_naming(str(st["workdir"])))

@@ -5,6 +5,7 @@
         backend: bridge          # bridge = HostVLAN on a Linux bridge; ovs = on Open vSwitch;
                                  # macvtap = on macvtap devices; baselines without the filter:
                                  # none (plain Linux bridge), ovs-none (NORMAL), macvtap-none
+        guests: namespaces       # optional: namespaces (default) or libvirt (QEMU domains)
         vms:
           - name: vm1-1
             mac: "52:54:00:00:01:01"
@@ -36,6 +37,7 @@ import yaml
 from hostvlan.model.ids import InvalidValue, Lnid, Mac, parse_lnid, parse_mac
 
 BACKENDS = ("bridge", "ovs", "macvtap", "none", "ovs-none", "macvtap-none")
+GUESTS = ("namespaces", "libvirt")  # what a host's VMs are: network namespaces, or libvirt domains
 _NAME_MAX = 40
 
 
@@ -69,6 +71,7 @@ class HostSpec:
     vms: tuple[Endpoint, ...]
     line: int = field(default=0, compare=False)
     fill: Fill | None = None
+    guests: str = "namespaces"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Topology:
             "hosts": [
                 {"name": h.name, "backend": h.backend, "vms": [ep(v) for v in h.vms]}
                 | ({"fill": _fill_out(h.fill)} if h.fill else {})
+                | ({"guests": h.guests} if h.guests != "namespaces" else {})
                 for h in self.hosts
             ],
             "external": [ep(e) for e in self.external],
@@ -190,14 +194,17 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     top = r.mapping(root, "topology", {"hosts", "external"}, {"hosts"})
     hosts: list[HostSpec] = []
     for hnode in r.seq(top["hosts"], "hosts"):
-        hm = r.mapping(hnode, "host", {"name", "backend", "vms", "fill"}, {"name"})
+        hm = r.mapping(hnode, "host", {"name", "backend", "vms", "fill", "guests"}, {"name"})
         hname = r.name(hm["name"], "host name")
         backend = r.scalar(hm["backend"], "backend") if "backend" in hm else "bridge"
         if backend not in BACKENDS:
             raise r.fail(hm["backend"], f"host {hname}: unknown backend {backend!r} (supported: {', '.join(BACKENDS)})")
         vms = tuple(r.endpoint(v, "vm", hname) for v in (r.seq(hm["vms"], "vms") if "vms" in hm else []))
         fill = r.fill(hm["fill"], hname) if "fill" in hm else None
-        hosts.append(HostSpec(hname, backend, vms, line=hnode.start_mark.line + 1, fill=fill))
+        guests = r.scalar(hm["guests"], "guests") if "guests" in hm else "namespaces"
+        if guests not in GUESTS:
+            raise r.fail(hm["guests"], f"host {hname}: unknown guests {guests!r} (supported: {', '.join(GUESTS)})")
+        hosts.append(HostSpec(hname, backend, vms, line=hnode.start_mark.line + 1, fill=fill, guests=guests))
     external = tuple(
         r.endpoint(e, "external", None) for e in (r.seq(top["external"], "external") if "external" in top else [])
     )
