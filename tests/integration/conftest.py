@@ -20,15 +20,10 @@ from .backends import BACKENDS
 from .switchhost import SwitchHost
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _require_root() -> None:
-    # a skipped test counts as failing: fail loudly instead of skipping
-    assert os.geteuid() == 0, "the integration tier needs root and a real kernel"
-
-
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A fresh per-test namespace prefix; every `<prefix>-…` namespace is removed afterwards."""
+    assert os.geteuid() == 0, "this test builds network namespaces: it needs root (mark it `root`)"
     p = netns.new_prefix()
     try:
         yield p

@@ -95,6 +95,7 @@ def _wait(path: Path, proc: subprocess.Popen[bytes], log: Path) -> dict[str, obj
     raise AssertionError(f"not ready: {log.read_text()}")
 
 
+@pytest.mark.root  # an agent in a namespace programs its bridge
 def test_manager_over_tls_with_cli_client_and_agent(tmp_path: Path, cert: tuple[Path, Path], ns: str) -> None:
     crt, key = cert
     hv = [sys.executable, "-m", "hostvlan.cli"]

@@ -87,6 +87,11 @@ def down_recorded(prefix: str | None = None) -> list[str]:
             shutil.rmtree(str(st["workdir"]), ignore_errors=True)
         forget(p)
     if prefix:
+        workdir = STATE_DIR / prefix
+        if workdir.is_dir():  # a testbed that kept no record (a test's), or what a killed `up` left
+            guestvms.destroy_recorded(workdir)
+            control.stop_pids(control.pids_naming(str(workdir)))  # its manager runs outside its namespaces
+            shutil.rmtree(workdir, ignore_errors=True)
         gone += sweep(prefix)
     return gone
 
