@@ -12,10 +12,9 @@ Layout (every namespace named `<prefix>-…`, so parallel runs never collide):
   <prefix>-mg            the management network (bridge `mg0`, 10.201.0.1): each host's
                          `mgmt0` (10.201.0.<i+2>) reaches the manager here
 
-The control plane is real (see `control.py`): a manager process, and an agent process
-in each `bridge` host's namespace, started before any VM port exists so that the host's
-filter is installed closed first; then the topology's VMs are registered through the
-management API and `up` returns once every agent enforces them.
+The control plane is real (`control.py`): a manager, and an agent in each filtered host's
+namespace, started before any VM port exists (the filter is installed closed first); then the
+VMs are registered through the API and `up` returns once every agent enforces them.
 
 The testbed's parts: `plan.py` decides every name, MAC, IP and port from the topology (pure);
 this module builds it (`Testbed`, a context manager that always tears down) with the cabling
