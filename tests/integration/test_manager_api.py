@@ -449,7 +449,7 @@ def test_status_reports_through_both_paths(mgr: Manager, admin: httpx.Client, to
         assert (hosts["A"]["unbound"], hosts["A"]["agent_in_sync"], hosts["A"]["error"]) == (1, True, None)
         row = admin.get("/v1/macs", params={"mac": VM1}).json()[0]
         assert (row["state"], row["bound_port"]) == ("host down", None)  # A's feed is not connected
-        t = admin.get("/v1/trace", params={"src": VM2, "dst": VM1}).json()
+        t = admin.get("/v1/trace", params={"src": "52:54:00:99:99:99", "dst": VM1}).json()  # any source
         assert t["allow"] is False and "no such port vnet7" in t["reason"]
         for body, field in (
             ({"revision": "x"}, "revision"),

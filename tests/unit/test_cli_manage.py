@@ -223,7 +223,8 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
     assert ok(hv("show", "--mac", "52:54:00:20:aa:aa")).strip() == "no MAC matches"
 
     # trace evaluates what the agents reported binding (none yet: fail closed)
-    assert ok(hv("trace", B1, "EHS1:vnet0")).startswith("DROP: no vNIC is bound to port EHS1:vnet0")
+    assert ok(hv("trace", B1, "EHS1:vnet0")).startswith(f"DROP: source {B1} is not bound on host EHS2")
+    assert ok(hv("trace", "52:54:00:99:99:99", "EHS1:vnet0")).startswith("DROP: no vNIC is bound to port EHS1:vnet0")
     bound = {"port": "vnet0", "state": "bound", "reason": None}
     with mgr.client() as c:
         now = c.get("/v1/revision").json()["revision"]  # the agents' reports are of the current view

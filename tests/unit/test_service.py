@@ -277,20 +277,26 @@ def test_trace_uses_the_reported_bindings(svc: Service) -> None:
     svc.reg(1, A, H1)
     svc.reg(2, B, H1)
     svc.reg(1, C, H2, "vnet3")  # a mistyped port: the agent reports it unbound
-    t = svc.trace(A, B)
-    assert t["allow"] is False and "not reported its bindings" in t["reason"]
+    svc.reg(1, D, H2)
+    t = svc.trace(D, B)
+    assert t["allow"] is False and "not reported bound yet" in t["reason"]  # D's own agent said nothing
     svc.record_status(H1, wire.Status(svc.revision, bindings={A: bound("vnet0"), B: bound("vnet1")}))
-    svc.record_status(H2, wire.Status(svc.revision, bindings={C: wire.Binding(None, "unbound", "no such port vnet3")}))
+    t = svc.trace(D, B)
+    assert t["allow"] is False and f"source {D} is not bound on host {H2}" in t["reason"]
+    unbound = wire.Binding(None, "unbound", "no such port vnet3")
+    svc.record_status(H2, wire.Status(svc.revision, bindings={C: unbound, D: bound("vnet4")}))
     t = svc.trace(A, B)
     assert t["allow"] is False and "no shared LNID" in t["reason"] and t["port"] == "vnet1"
     assert svc.trace(B, A)["allow"] is False
-    t = svc.trace(C, A)
+    t = svc.trace(D, A)
     assert t["allow"] is True and t["port"] == "vnet0"
     t = svc.trace(A, C)
     assert t["allow"] is False and "no such port vnet3" in t["reason"] and t["state"] == "unbound"
-    t = svc.trace(C, "EHS1:vnet0")
+    t = svc.trace(C, A)  # the unbound vNIC's own frames are dropped at its port
+    assert t["allow"] is False and "no such port vnet3" in t["reason"] and "send check" in t["reason"]
+    t = svc.trace(D, "EHS1:vnet0")
     assert t["allow"] is True and t["dst_mac"] == A
-    t = svc.trace(C, "EHS2:vnet3")
+    t = svc.trace(D, "EHS2:vnet3")
     assert t["allow"] is False and "no vNIC is bound to port EHS2:vnet3" in t["reason"]
     assert f"{C} is registered on this port (unbound: no such port vnet3)" in t["reason"]
     with pytest.raises(ModelError):
@@ -349,6 +355,14 @@ def test_trace_is_the_verdict_of_the_reported_filter_state(
             for op in ops:
                 table.add(op["mac"], GLOBAL if op["lnid"] == "global" else Lnid(op["lnid"]))
                 locations[op["mac"]] = Location(op["host"], op["port"])
+
+            def sends(src: Mac) -> bool:  # the source's own port's send check
+                loc = locations.get(src)
+                if loc is None or loc.host is None:
+                    return True
+                b = reported[loc.host].get(src)
+                return b is not None and b.bound and b.port is not None
+
             for h in HOSTS:
                 view = host_view(table, locations, h)
                 state = FilterState(
@@ -358,10 +372,16 @@ def test_trace_is_the_verdict_of_the_reported_filter_state(
                 for src in (*MAC_POOL, *UNKNOWN_MACS):
                     for dst in view.local:
                         b = reported[h].get(dst)
-                        want = b is not None and b.bound and b.port is not None and receive(state, src, b.port).allow
+                        want = (
+                            sends(src)
+                            and b is not None
+                            and b.bound
+                            and b.port is not None
+                            and receive(state, src, b.port).allow
+                        )
                         assert svc.trace(src, dst)["allow"] is want, (src, dst, b)
                     for port in PORT_POOL:
-                        want = port in state.bindings and receive(state, src, port).allow
+                        want = sends(src) and port in state.bindings and receive(state, src, port).allow
                         assert svc.trace(src, f"{h}:{port}")["allow"] is want, (src, h, port)
         finally:
             svc.store.close()

@@ -428,8 +428,8 @@ class Service:
         return out
 
     def trace(self, src: Any, dst: Any) -> dict[str, Any]:
-        """The verdict for a frame from `src` to `dst` (a MAC, or HOST:PORT), on the
-        destination host's reported bindings (`manager/trace.py`)."""
+        """The verdict for a frame from `src` to `dst` (a MAC, or HOST:PORT), on the reported
+        bindings of the source's host (its send check) and the destination's (`manager/trace.py`)."""
         s = _field("src", parse_mac, src)
         if not isinstance(dst, str) or not dst:
             raise InputError("dst", "dst must be a MAC or HOST:PORT")
@@ -448,7 +448,12 @@ class Service:
             host = loc.host if loc else None
             st = self.feed.status.get(host) if host else None
         bindings = st.bindings if st else {}
-        return tracing.trace(self.dc, bindings, bool(st and st.reported), s, dst, dmac, host, port)
+        sloc = self.dc.locations.get(s)
+        src_at = None
+        if sloc is not None and sloc.host is not None:  # a vNIC: its own port's send check first
+            sst = self.feed.status.get(sloc.host)
+            src_at = (sloc.host, (sst.bindings if sst else {}).get(s))
+        return tracing.trace(self.dc, bindings, bool(st and st.reported), s, dst, dmac, host, port, src_at)
 
 
 __all__ = ["InputError", "ModelError", "Result", "Service"]

@@ -5,7 +5,8 @@ bindings its agent REPORTED (`wire.Binding`), never the registration's port or a
 placeholder: a vNIC registered without a port, or on a mistyped one, is enforced where
 the agent found it, or nowhere. The verdict is `model.verdict.receive` on that filter
 state; a destination vNIC the agent reported unbound, or has not reported yet, is
-denied (fail closed) with the reason.
+denied (fail closed) with the reason. So is a source vNIC its own agent has not reported
+bound: its port's send check drops everything it sends, whatever the destination.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ def trace(
     dmac: Mac | None,
     host: HostId | None,
     port: PortName | None,
+    src_at: tuple[HostId, Binding | None] | None = None,
 ) -> dict[str, Any]:
     """The answer of `GET /v1/trace` (see `Service.trace`, which resolves the destination).
 
     `dmac` the destination vNIC (None: none found at HOST:PORT), `host` its host (None:
     external or unregistered), `bindings` what that host's agent reported (`reported`:
-    whether it ever reported bindings).
+    whether it ever reported bindings); `src_at` the source vNIC's host and what its agent
+    reported for it (None: the source is external or unregistered).
     """
     out: dict[str, Any] = {"src": src, "dst": dst, "src_lnids": lnids_json(dc.table.lnids(src))}
 
@@ -63,6 +66,15 @@ def trace(
             out["dst_lnids"] = lnids_json(dc.table.lnids(extra["dst_mac"]))
         return out
 
+    if src_at is not None:
+        shost, sb = src_at
+        if sb is None or not sb.bound or sb.port is None:
+            got = "not reported bound yet" if sb is None else f"unbound: {sb.reason or 'no reason given'}"
+            return answer(
+                False,
+                f"source {src} is not bound on host {shost} ({got}): its port's send check drops "
+                "everything it sends (fail closed)",
+            )
     if host is None:
         if dmac is None or dmac not in dc.locations:
             return answer(False, f"destination {dmac or dst} is not registered: no port is bound to it (fail closed)")
