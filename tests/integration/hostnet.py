@@ -70,7 +70,7 @@ class Host(NftHost):
     KIND: ClassVar[str] = "bridge"
     FAMILY: ClassVar[str] = "bridge"
     SPEC: ClassVar[BackendSpec] = BackendSpec(kind="bridge", send_check="locked", receive_filter="tc")
-    CLOSING: ClassVar[bool] = False  # the tc receive filter alone (ClosedHost: the agent's default)
+    OPTIONS: ClassVar[dict[str, Any]] = {"closing": False}  # the tc filter alone (ClosedHost: the default)
     MODELS_UNICAST: ClassVar[bool] = False  # unicast follows the FDB the bridge learned
     COUNTS_SEND: ClassVar[bool] = False  # locked ports drop forged frames uncounted
     WORST_CASE_LIMITS: ClassVar[tuple[float, float]] = (2.0, 0.050)
@@ -87,7 +87,7 @@ class Host(NftHost):
         if spec.receive == "tc" and not any(getattr(c, "pins", None) == spec.bpf_pins for c in self._closers):
             self._closers.insert(0, _PinsRemover(spec.bpf_pins))
         with netns.inside(self.ns):
-            filt = build_backend(spec, nft=RecordingNft(), closing=self.CLOSING)
+            filt = build_backend(spec, nft=RecordingNft(), **self.OPTIONS)
         self._closers.append(filt.close)
         return filt
 
@@ -172,7 +172,7 @@ class LockedHost(Host):
 @dataclass
 class ClosedHost(Host):
     KIND: ClassVar[str] = "bridge-closed"
-    CLOSING: ClassVar[bool] = True  # the agent's default: no port open until bound (bridge.closing)
+    OPTIONS: ClassVar[dict[str, Any]] = {}  # the agent's default: no port open until bound (bridge.closing)
 
 
 @dataclass

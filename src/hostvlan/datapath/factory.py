@@ -8,7 +8,9 @@ their kernel contexts (nftables, netlink, the namespace's BPF pins) when they ar
 A Linux bridge back end is composed here (`bridge.backend`): the table, a send check
 (`locked` | `nft`), a receive filter (`tc` | `nft`) and, with `locked` + `tc`, the part that
 closes every port no binding names (`bridge.closing`; keyword `closing=False` leaves it out,
-`fast_path=False` keeps its chains without the fast path: the bench's `tc`, `closedhooks`).
+`fast_path=False` keeps its chains without the fast path: the bench's `tc`, `closedhooks`);
+a macvtap back end is composed of its table and, by default, the guard that closes every
+`macvtap*` no binding names (`macvtap_guard`; keyword `guard=False` leaves it out).
 Callers that share or record kernel contexts (tests, the bench) pass them as keyword options:
 `nft` (a libnftables context), `ports` (the bridge's netlink ports), `ovs_tools`,
 `ovsdb` (an OVSDB connection the caller
@@ -84,6 +86,7 @@ def build_backend(
     ovsdb: OvsDb | None = None,
     closing: bool = True,
     fast_path: bool = True,
+    guard: bool = True,
 ) -> TenantFilter:
     """A back end for `spec`, built in the calling thread's network namespace (see module doc)."""
     if spec.kind == "ovs":
@@ -91,9 +94,12 @@ def build_backend(
     from hostvlan.datapath.kernel.nft import Nft
 
     if spec.kind == "macvtap":
+        from hostvlan.datapath.kernel.nfnl import Nfnl
         from hostvlan.datapath.macvtap import MacvtapFilter
+        from hostvlan.datapath.macvtap_guard import MacvtapGuard
 
-        return MacvtapFilter(nft or Nft())
+        # the default closes every macvtap* no binding names (macvtap_guard.py)
+        return MacvtapFilter(nft or Nft(), MacvtapGuard(Nfnl()) if guard else None)
     return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path)
 
 
