@@ -36,6 +36,7 @@ external:
   - {name: gw, mac: "52:54:00:ff:00:01", lnids: [global]}
 """
 LATE_MAC = Mac("52:54:00:0b:00:09")
+TAP_MAC = Mac("fe" + LATE_MAC[2:])  # the port of the vNIC, as libvirt names its MAC
 FORGED = Mac("02:de:ad:be:ef:01")
 PORT = "vnet9"
 
@@ -71,7 +72,11 @@ def test_a_port_joining_a_bridge_while_its_agent_is_stopped_is_closed(tb: Testbe
     try:
         with netns.iproute(tb.hosts["hb"].netns) as ipr:
             ipr.link(
-                "add", ifname=PORT, kind="veth", peer={"ifname": "eth0", "net_ns_fd": late_ns, "address": LATE_MAC}
+                "add",
+                ifname=PORT,
+                kind="veth",
+                address=TAP_MAC,  # as libvirt makes a tap: the agent binds only a port carrying it
+                peer={"ifname": "eth0", "net_ns_fd": late_ns, "address": LATE_MAC},
             )
             idx = ipr.link_lookup(ifname=PORT)[0]
             ipr.link("set", index=idx, master=ipr.link_lookup(ifname="br0")[0], state="up")
