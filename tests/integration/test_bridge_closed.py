@@ -137,6 +137,8 @@ def test_the_fast_path_keeps_the_send_check_and_the_receive_filter(make_host: Ca
     assert got[b.name] == ["a-to-b"] and got[c.name] == []
     assert filt.counters()[c.port].rx_dropped == 1
     assert FORGED not in _fdb(host)
+    reader = host.new_filter()  # a fresh object that wants nothing reads the kernel's facts back
+    assert reader.read() == filt.desired()
 
 
 def test_unbinding_closes_the_fast_path_and_the_hooks(make_host: Callable[[int], Host]) -> None:
