@@ -75,6 +75,7 @@ class Closing:
         self.fast_path = fast_path
         self._followed = False  # a new process compares every map once, at its first `follow`
         self._table: NftTable | None = None
+        self._fwd = 0  # the id of the hv_fwd program this object last attached
 
     def bind(self, table: NftTable) -> None:
         """The back end's table, which holds the chains and the set `open`."""
@@ -200,13 +201,21 @@ class Closing:
             if not rx.ready():
                 rx._load(change.added())
             self._attach_all(rx._links(), change.added().global_ports)
+            self._fwd = bpflib.prog_info(rx.fd[FWD])[0]
             return
         if change.delta.ports.add:
             self._attach_all(rx._ports.indexes(change.delta.ports.add), want.facts().global_ports)
         self._sync_fast(want, add=False)
 
     def complete(self, change: Change, want: FactsIndex) -> None:
-        """After the batch (and the receive filter's additions): the fast path's additions."""
+        """After the batch (and the receive filter's additions): the fast path's additions; if
+        the receive filter loaded fresh maps (outgrown), hv_fwd of the new load on every port."""
+        rx = self.rx
+        fwd = bpflib.prog_info(rx.fd[FWD])[0]
+        if fwd != self._fwd and not change.fresh:
+            for ifindex in rx._links().values():
+                rx._ports.call(self._attach_fwd, ifindex, fwd)
+        self._fwd = fwd
         self._sync_fast(want, remove=change.fresh)
 
     def follow(self, links: Mapping[PortName, int] | None, want: FactsIndex) -> int:
@@ -221,7 +230,7 @@ class Closing:
         if not self._followed:  # a new process: keys of a port re-created meanwhile are unknown to it
             self._followed = True
             n += rx._sync_maps(want.facts(), links)
-        fwd = bpflib.prog_info(rx.fd[FWD])[0]
+        fwd = self._fwd = bpflib.prog_info(rx.fd[FWD])[0]
         n += sum(rx._ports.call(self._attach_fwd, ifindex, fwd) for ifindex in links.values())
         n += self._sync_fast(want)
         names = {str(p) for p in self._names(*want.port_facts()) if p in links}
