@@ -226,7 +226,7 @@ class MacvtapFilter(TenantFilter):
         self.table.run(cmds if self.guard is None else self.guard.batch(delta, cmds, fresh=False))
 
     def counters(self) -> dict[str, PortCounters]:
-        return self.table.counters()
+        return self.table.counters(by_table=self.guard is not None)
 
     def _remove(self) -> None:
         if self.guard is None:
