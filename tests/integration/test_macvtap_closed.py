@@ -1,4 +1,4 @@
-"""macvtap with the guard (`macvtap_guard.MacvtapGuard`, the agent's default), real frames through the QEMU stand-ins: a
+"""macvtap with the guard (`macvtap_guard.MacvtapGuard`), real frames through the QEMU stand-ins: a
 macvtap created on the uplink and brought up while no agent runs (what libvirt does when a
 domain starts) receives nothing and sends nothing; bound VMs keep talking; once a new agent
 binds it, it works.
@@ -29,11 +29,11 @@ FORGED = Mac("02:de:ad:be:ef:01")
 
 @dataclass
 class GuardedHost(Host):
-    OPTIONS: ClassVar[dict[str, Any]] = {}  # the agent's default: with the guard
+    OPTIONS: ClassVar[dict[str, Any]] = {"guard": True}
 
     def new_filter(self) -> Any:
         with netns.inside(self.ns):
-            filt = build_backend(self.spec(), nft=RecordingNft())
+            filt = build_backend(self.spec(), nft=RecordingNft(), **self.OPTIONS)
         assert isinstance(filt, MacvtapFilter) and filt.guard is not None
         self._closers.append(filt.close)
         return filt

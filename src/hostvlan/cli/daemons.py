@@ -155,8 +155,8 @@ def manager(
     help="The virtual switch whose tenant filter this agent programs: a Linux bridge, an Open vSwitch "
     "bridge (OpenFlow, fail-mode=secure), or the macvtap devices on the uplink. On each, a port no binding "
     "names (a new VM's tap or macvtap, also one added while no agent runs) is closed: it receives nothing "
-    "and sends nothing until the agent binds it. macvtap: devices named macvtap* are guarded (prefix hook "
-    "chains, Linux >= 6.16); one named otherwise must stay down until bound.",
+    "and sends nothing until the agent binds it (macvtap: as long as an unbound macvtap stays down; the "
+    "guard that closes macvtap* devices by construction is not enabled with nft 1.0.6).",
 )
 @click.option(
     "--send-check",

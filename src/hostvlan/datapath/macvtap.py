@@ -69,7 +69,7 @@ device must exist when its port is bound, and be re-bound when it is re-created.
 
 Fail closed. Every base chain has policy drop. A macvtap that is NOT bound has no chain,
 and nothing else sees all of its frames (its broadcasts reach siblings without passing
-any hook of the lower device). The agent's default composes `macvtap_guard.MacvtapGuard`,
+any hook of the lower device). `macvtap_guard.MacvtapGuard` (not the default with nft 1.0.6, see there),
 which closes such a macvtap with prefix-hook chains on `macvtap*` (raw nfnetlink: nft 1.0.6
 cannot express them). Without that guard, or for a macvtap named otherwise, the contract
 the agent and the testbed follow is:
@@ -195,8 +195,8 @@ VERSION = "layout_macvtap_v2"
 
 class MacvtapFilter(TenantFilter):
     """HostVLAN on macvtap devices. Create it inside the host's network namespace (the factory
-    does); it owns and closes `nft` and `guard` (`macvtap_guard.MacvtapGuard`, the agent's
-    default: closes every unbound `macvtap*`; its own table layout version)."""
+    does); it owns and closes `nft` and `guard` (`macvtap_guard.MacvtapGuard`, optional: closes
+    every unbound `macvtap*`; its own table layout version)."""
 
     def __init__(self, nft: Nft | None = None, guard: MacvtapGuard | None = None) -> None:
         super().__init__()

@@ -8,7 +8,8 @@ bound. With the agent down, libvirt creating and raising a macvtap breaks it.
 What the kernel allows (6.16+): a netdev base chain whose hook names a device-name PREFIX
 (`NFTA_DEVICE_PREFIX`) is attached to every device whose name starts with it, present or
 created later, before the device can come up. `MacvtapGuard`, a part the factory composes into
-`MacvtapFilter` (the agent's default), owns two such chains on `macvtap*` (the name the kernel
+`MacvtapFilter` on request (`guard=True`; not the default: nft 1.0.6 hangs listing counters,
+tables or the ruleset while the prefix chains exist), owns two such chains on `macvtap*` (the name the kernel
 and libvirt give macvtaps; configurable), both policy drop:
 
     table netdev hostvlan_guard
