@@ -12,8 +12,13 @@ Configurations, alternating every round (order flipped each round):
            configuration, so no configuration floods)
   hook     an empty accepting nftables chain on the bridge's forward hook: the floor of
            any netfilter design
-  tc       the default bridge back end (send check by locked ports, receive filter a
-           tc/eBPF program on each port's egress: no netfilter hook)
+  closed   the default bridge back end: send check by locked ports, receive filter a tc/eBPF
+           program on each port's egress, and the closing part (`bridge.closing`): netfilter
+           chains that close every unbound port (prerouting/forward/output policy drop,
+           `@open accept`) + the tcx-ingress fast path (bound-to-bound unicast redirected: no hook)
+  closedhooks  the same without the fast path: what the closing hooks alone cost
+  tc       the tc receive filter without the closing part (no netfilter hook, a new port
+           open until an agent attaches its program)
   locked   locked ports, receive filter in nftables (one hook)
   nft      the send check in nftables too (a second hook)
   lockonly only the locked ports and sticky entries, no nftables: the send check's cost
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from hostvlan.bench.datapath import worst_case
@@ -64,7 +70,7 @@ HOOK_ONLY = [  # an empty accepting base chain on the forward hook
         }
     },
 ]
-CONFIGS = ("none", "hook", "tc", "locked", "nft", "lockonly")
+CONFIGS = ("none", "hook", "closed", "closedhooks", "tc", "locked", "nft", "lockonly")
 
 
 def state(macs: int, lnids: int, ports: int) -> FilterState:
@@ -113,13 +119,16 @@ def main() -> int:
             nft, ports = Nft(), BridgePorts()
         locked = build_backend(BackendSpec(send_check="locked", receive_filter="nft"), nft=nft, ports=ports)
         counted = build_backend(BackendSpec(send_check="nft", receive_filter="nft"), nft=nft)
-        tc = build_backend(
-            BackendSpec(send_check="locked", receive_filter="tc", bpf_pins=BPFFS / ns), nft=nft, ports=ports
-        )
-        for f in (locked, counted, tc):
+        tc_spec = BackendSpec(send_check="locked", receive_filter="tc", bpf_pins=BPFFS / ns)
+        tc = build_backend(tc_spec, nft=nft, ports=ports, closing=False)
+        closed = build_backend(replace(tc_spec, bpf_pins=BPFFS / f"{ns}-c"), nft=nft, ports=ports)
+        hooks = build_backend(replace(tc_spec, bpf_pins=BPFFS / f"{ns}-k"), nft=nft, ports=ports, fast_path=False)
+        for f in (locked, counted, tc, closed, hooks):
             f.sync(st)
 
         def clear() -> None:
+            closed.remove()
+            hooks.remove()
             tc.remove()  # also detaches its programs, unpins its maps
             locked.remove()  # also unlocks every port, deletes the sticky entries
             counted.remove()
@@ -132,6 +141,8 @@ def main() -> int:
         setups: dict[str, Callable[[], object]] = {
             "none": lambda: None,
             "hook": lambda: nft.run(HOOK_ONLY),
+            "closed": closed.apply,
+            "closedhooks": hooks.apply,
             "tc": tc.apply,
             "locked": locked.apply,
             "nft": counted.apply,
@@ -153,12 +164,14 @@ def main() -> int:
                 line.append(f"{c}={out[0]}")
             print(f"round {r + 1}/{args.rounds}: {' '.join(line)}", file=sys.stderr)
         clear()
-        tc.close()
+        for f in (closed, hooks, tc):
+            f.close()
         locked.close()
         counted.close()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        shutil.rmtree(BPFFS / ns, ignore_errors=True)
+        for pins in (ns, f"{ns}-c", f"{ns}-k"):
+            shutil.rmtree(BPFFS / pins, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     base = results.get("none")
     out: dict[str, object] = {

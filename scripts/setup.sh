@@ -46,14 +46,15 @@ if ! getent passwd libvirt-qemu >/dev/null && [[ $(id -u) -eq 0 ]]; then
 fi
 bash scripts/guest-image.sh
 
-# the bridge's receive filter (src/hostvlan/datapath/bpf/hv_rx.c), rebuilt when its source changed
-bpf_src=src/hostvlan/datapath/bpf/hv_rx.c
-bpf_obj=${bpf_src%.c}.o
-if [[ ! -f $bpf_obj || $bpf_src -nt $bpf_obj ]]; then
-  clang -O2 -g -Wall -Werror -target bpf -I"/usr/include/$(gcc -dumpmachine)" -c "$bpf_src" -o "$bpf_obj.tmp"
-  mv "$bpf_obj.tmp" "$bpf_obj"
-  echo "setup: built $bpf_obj"
-fi
+# the bridge's BPF programs (src/hostvlan/datapath/bpf/*.c), each rebuilt when a source changed
+for bpf_src in src/hostvlan/datapath/bpf/hv_rx.c src/hostvlan/datapath/bpf/hv_fwd.c; do
+  bpf_obj=${bpf_src%.c}.o
+  if [[ ! -f $bpf_obj || $bpf_src -nt $bpf_obj || src/hostvlan/datapath/bpf/hv_rx.c -nt $bpf_obj ]]; then
+    clang -O2 -g -Wall -Werror -target bpf -I"/usr/include/$(gcc -dumpmachine)" -c "$bpf_src" -o "$bpf_obj.tmp"
+    mv "$bpf_obj.tmp" "$bpf_obj"
+    echo "setup: built $bpf_obj"
+  fi
+done
 
 PY=${PYTHON:-python3}
 stamp=.venv/.hostvlan-stamp

@@ -13,6 +13,7 @@ Factory = Callable[[str], AbstractContextManager[Callable[..., SwitchHost]]]
 # name → (the factory of its hosts, given a namespace prefix; the class of its hosts)
 BACKENDS: dict[str, tuple[Factory, type[SwitchHost]]] = {
     "bridge": (hostnet.bridge_hosts, hostnet.Host),
+    "bridge-closed": (hostnet.closed_hosts, hostnet.ClosedHost),
     "bridge-locked": (hostnet.locked_hosts, hostnet.LockedHost),
     "bridge-nft": (hostnet.nft_send_hosts, hostnet.NftSendHost),
     "ovs": (ovsnet.ovs_hosts, ovsnet.OvsHost),

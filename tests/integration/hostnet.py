@@ -70,6 +70,7 @@ class Host(NftHost):
     KIND: ClassVar[str] = "bridge"
     FAMILY: ClassVar[str] = "bridge"
     SPEC: ClassVar[BackendSpec] = BackendSpec(kind="bridge", send_check="locked", receive_filter="tc")
+    OPTIONS: ClassVar[dict[str, Any]] = {"closing": False}  # the tc filter alone (ClosedHost: the default)
     MODELS_UNICAST: ClassVar[bool] = False  # unicast follows the FDB the bridge learned
     COUNTS_SEND: ClassVar[bool] = False  # locked ports drop forged frames uncounted
     WORST_CASE_LIMITS: ClassVar[tuple[float, float]] = (2.0, 0.050)
@@ -86,7 +87,7 @@ class Host(NftHost):
         if spec.receive == "tc" and not any(getattr(c, "pins", None) == spec.bpf_pins for c in self._closers):
             self._closers.insert(0, _PinsRemover(spec.bpf_pins))
         with netns.inside(self.ns):
-            filt = build_backend(spec, nft=RecordingNft())
+            filt = build_backend(spec, nft=RecordingNft(), **self.OPTIONS)
         self._closers.append(filt.close)
         return filt
 
@@ -169,6 +170,12 @@ class LockedHost(Host):
 
 
 @dataclass
+class ClosedHost(Host):
+    KIND: ClassVar[str] = "bridge-closed"
+    OPTIONS: ClassVar[dict[str, Any]] = {}  # the agent's default: no port open until bound (bridge.closing)
+
+
+@dataclass
 class NftSendHost(Host):
     KIND: ClassVar[str] = "bridge-nft"
     SPEC: ClassVar[BackendSpec] = BackendSpec(kind="bridge", send_check="nft", receive_filter="nft")
@@ -196,6 +203,12 @@ def build_host(prefix: str, n_vms: int, cls: type[Host] = Host) -> Host:
 def bridge_hosts(prefix: str) -> Iterator[Callable[[int], Host]]:
     """Factory: `make(n)` builds a host with n VMs (links down, no filter yet)."""
     yield from one_host_per_test(prefix, build_host)
+
+
+@contextmanager
+def closed_hosts(prefix: str) -> Iterator[Callable[[int], Host]]:
+    """Factory of hosts whose bridge filter closes every unbound port (the agent's default)."""
+    yield from one_host_per_test(prefix, lambda p, n: build_host(p, n, ClosedHost))
 
 
 @contextmanager

@@ -440,6 +440,7 @@ class NftHost(SwitchHost):
     FAMILY: ClassVar[str]
     SPEC: ClassVar[BackendSpec]
     MAX_BATCH: ClassVar[int] = 20  # commands in the one batch of a small change
+    OPTIONS: ClassVar[dict[str, Any]] = {}  # the factory's keyword options (the bridge's closing, the guard)
 
     def spec(self) -> BackendSpec:
         """The back end this host runs, as an agent's options name it."""
@@ -448,7 +449,7 @@ class NftHost(SwitchHost):
     def new_filter(self) -> Any:
         """A fresh filter bound to the host namespace (an agent (re)start): a new nftables context."""
         with netns.inside(self.ns):
-            filt = build_backend(self.spec(), nft=RecordingNft())
+            filt = build_backend(self.spec(), nft=RecordingNft(), **self.OPTIONS)
         self._closers.append(filt.close)
         return filt
 

@@ -153,7 +153,10 @@ def manager(
     default="bridge",
     show_default=True,
     help="The virtual switch whose tenant filter this agent programs: a Linux bridge, an Open vSwitch "
-    "bridge (OpenFlow), or the macvtap devices on the uplink (each must be bound before it is brought up).",
+    "bridge (OpenFlow, fail-mode=secure), or the macvtap devices on the uplink. On each, a port no binding "
+    "names (a new VM's tap or macvtap, also one added while no agent runs) is closed: it receives nothing "
+    "and sends nothing until the agent binds it (macvtap: as long as an unbound macvtap stays down; the "
+    "guard that closes macvtap* devices by construction is not enabled with nft 1.0.6).",
 )
 @click.option(
     "--send-check",
@@ -170,11 +173,11 @@ def manager(
     type=click.Choice(["tc", "nft"]),
     default=None,
     help="Linux bridge only: where the tenant receive filter runs. `tc` (the default with --send-check "
-    "locked): a BPF program at each bridge port's tcx egress hook, one hash lookup per frame copy and no "
-    "netfilter hook on the forward path; a port that joins the bridge is open until the agent attaches "
-    "the program (milliseconds after the link event, or when an agent next runs). `nft` (the default "
-    "with --send-check nft): nftables forward/output chains, which also close ports no agent has seen, "
-    "at about three times the cost per frame.",
+    "locked): a BPF program at each bridge port's tcx egress hook (one hash lookup per frame copy), "
+    "nftables chains with policy drop that close every port no binding names (agent running or not), and "
+    "a tcx-ingress fast path that hands VM-to-VM unicast to its port directly, so that path crosses no "
+    "netfilter hook and costs less than the plain bridge. `nft` (the default with --send-check nft): "
+    "the receive filter in nftables forward/output chains, at about three times the cost per frame.",
 )
 @click.option(
     "--bpf-pins",
@@ -222,9 +225,11 @@ def manager(
     "--cleanup",
     is_flag=True,
     help="Do not run: remove every piece of kernel state hostvlan created on this host for the back end the "
-    "other options name (the nftables tables `hostvlan` of the bridge and netdev families, hostvlan's tc "
-    "programs and BPF pins, the locked-port flags and sticky FDB entries of --backend bridge, the OVS flows "
-    "in hostvlan's cookie range and its group on --bridge for --backend ovs), print what went, and exit. "
+    "other options name (the nftables tables `hostvlan` of the bridge and netdev families with the bridge's "
+    "closing chains, the macvtap guard's table `netdev hostvlan_guard`, hostvlan's tc programs at tcx "
+    "egress and its fast path at tcx ingress, their BPF pins, the locked-port flags and sticky FDB entries "
+    "of --backend bridge, the OVS flows in hostvlan's cookie range and its group on --bridge for --backend "
+    "ovs), print what went, and exit. "
     "Nothing else is touched; the switch is left open (its defaults): stop the agent first, to uninstall.",
 )
 @click.option("-v", "--verbose", count=True)

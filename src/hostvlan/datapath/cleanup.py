@@ -2,9 +2,11 @@
 
 `clean_host(spec)` (what `hostvlan agent --cleanup` runs), in the calling thread's network
 namespace, for the back end `spec` names:
-- always: the nftables tables `bridge hostvlan` and `netdev hostvlan` (the name is hostvlan's
-  own), hostvlan's tc programs (`hv_rx`, `hv_rx_global`) at the tcx egress hook of every link,
-  and the BPF pins of the tc filter (`spec.bpf_pins`, else this namespace's default);
+- always: the nftables tables `bridge hostvlan` (with the closing chains and their set `open`),
+  `netdev hostvlan` and `netdev hostvlan_guard` (the macvtap guard; the names are hostvlan's
+  own), hostvlan's tc programs (`hv_rx`, `hv_rx_global`) at the tcx egress hook and its fast
+  path (`hv_fwd`) at the tcx ingress hook of every link, and the BPF pins of the tc filter
+  (`spec.bpf_pins`, else this namespace's default: maps and programs, the fast path's too);
 - `bridge`: the locked-port flags and sticky static FDB entries of the locked send check
   (every bridge port unlocked and learning again, as the bridge's defaults are);
 - `ovs`: the flows in hostvlan's cookie range and its guard group on `spec.ovs_bridge`.
@@ -42,6 +44,7 @@ def clean_host(
     from hostvlan.datapath.bridge.tc import default_pins, release_programs
     from hostvlan.datapath.kernel.brports import BridgePorts
     from hostvlan.datapath.kernel.nft import Nft
+    from hostvlan.datapath.macvtap_guard import GUARD_TABLE, MacvtapGuard
     from hostvlan.datapath.nft_table import TABLE
 
     done: list[str] = []
@@ -52,6 +55,9 @@ def clean_host(
             if _has_table(nft, family):
                 nft.run([{"delete": {"table": {"family": family, "name": TABLE}}}])
                 done.append(f"nft table {family} {TABLE}")
+        if _has_guard(nft):
+            nft.run(MacvtapGuard.remove_cmds())
+            done.append(f"nft table netdev {GUARD_TABLE}")
         detached = release_programs(ports, every_link=True)
         if detached:
             done.append(f"{detached} tc program(s)")
@@ -88,6 +94,33 @@ def _has_table(nft: Nft, family: str) -> bool:
 
     try:
         nft.list_obj({"table": {"family": family, "name": TABLE}})
+    except DatapathError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def _has_guard(nft: Nft) -> bool:
+    """The macvtap guard's table exists (read by its set: nft 1.0.6 hangs listing its chains)."""
+    from hostvlan.datapath.macvtap_guard import GUARD_SET, GUARD_TABLE
+
+    try:
+        nft.list_obj({"set": {"family": "netdev", "table": GUARD_TABLE, "name": GUARD_SET}})
+    except DatapathError as exc:
+        if exc.errno == errno.ENOENT:
+            return _guard_table_only(nft)
+        raise
+    return True
+
+
+def _guard_table_only(nft: Nft) -> bool:
+    """The guard's table without its set (an install cut short): listed by name, it has no
+    prefix chain either (they are created after the set)."""
+    from hostvlan.datapath.macvtap_guard import GUARD_TABLE
+
+    try:
+        nft.list_obj({"table": {"family": "netdev", "name": GUARD_TABLE}})
     except DatapathError as exc:
         if exc.errno == errno.ENOENT:
             return False

@@ -69,8 +69,10 @@ device must exist when its port is bound, and be re-bound when it is re-created.
 
 Fail closed. Every base chain has policy drop. A macvtap that is NOT bound has no chain,
 and nothing else sees all of its frames (its broadcasts reach siblings without passing
-any hook of the lower device; the kernel's wildcard device hooks, `macvtap*`, cannot be
-expressed with nft 1.0.6), so the contract the agent and the testbed follow is:
+any hook of the lower device). `macvtap_guard.MacvtapGuard` (not the default with nft 1.0.6, see there),
+which closes such a macvtap with prefix-hook chains on `macvtap*` (raw nfnetlink: nft 1.0.6
+cannot express them). Without that guard, or for a macvtap named otherwise, the contract
+the agent and the testbed follow is:
 
   1. create the macvtap DOWN (the kernel's default) or bind its port first;
   2. bind its port (apply) before bringing it up and before QEMU opens /dev/tapN;
@@ -112,12 +114,15 @@ from typing import Any, Literal
 
 from hostvlan.datapath.base import PortCounters, TenantFilter
 from hostvlan.datapath.kernel.nft import Nft
+from hostvlan.datapath.macvtap_guard import VERSION as GUARD_VERSION
+from hostvlan.datapath.macvtap_guard import MacvtapGuard
 from hostvlan.datapath.nft_table import (
     ACCEPT,
     IIF,
     OIF,
     PRIORITY,
     SADDR,
+    TABLE,
     ChainCmds,
     Cmd,
     NftTable,
@@ -190,11 +195,13 @@ VERSION = "layout_macvtap_v2"
 
 class MacvtapFilter(TenantFilter):
     """HostVLAN on macvtap devices. Create it inside the host's network namespace (the factory
-    does); it owns and closes `nft`."""
+    does); it owns and closes `nft` and `guard` (`macvtap_guard.MacvtapGuard`, optional: closes
+    every unbound `macvtap*`; its own table layout version)."""
 
-    def __init__(self, nft: Nft | None = None) -> None:
+    def __init__(self, nft: Nft | None = None, guard: MacvtapGuard | None = None) -> None:
         super().__init__()
-        self.table = NftTable(nft or Nft(), "netdev", VERSION)
+        self.guard = guard
+        self.table = NftTable(nft or Nft(), "netdev", VERSION if guard is None else GUARD_VERSION)
         self._t = self.table.ref
 
     # ----- the back-end contract, on the table ------------------------------------------------
@@ -202,23 +209,36 @@ class MacvtapFilter(TenantFilter):
         return self.table.digest()
 
     def read(self) -> Facts | None:
-        return self.table.read(self._layout_matches)
+        facts = self.table.read(self._layout_matches)
+        if facts is None or self.guard is None:
+            return facts
+        return facts if self.guard.check(self.table.nft, facts) else None
 
     def _install(self, delta: FactsDelta, digest: int) -> None:
         chains = self._port_chain_cmds(delta, fresh=True)
-        self.table.run(self.table.install_cmds(self._layout_cmds(), delta, digest, chains))
+        cmds = self.table.install_cmds(self._layout_cmds(), delta, digest, chains)
+        self.table.run(cmds if self.guard is None else self.guard.batch(delta, cmds, fresh=True))
+        if self.guard is not None:
+            self.guard.installed()
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
-        self.table.run(self.table.element_cmds(delta, digest, self._port_chain_cmds(delta, fresh=False)))
+        cmds = self.table.element_cmds(delta, digest, self._port_chain_cmds(delta, fresh=False))
+        self.table.run(cmds if self.guard is None else self.guard.batch(delta, cmds, fresh=False))
 
     def counters(self) -> dict[str, PortCounters]:
-        return self.table.counters()
+        return self.table.counters(by_table=self.guard is not None)
 
     def _remove(self) -> None:
-        self.table.remove()
+        if self.guard is None:
+            self.table.remove()
+            return
+        t = {"family": "netdev", "name": TABLE}
+        self.table.run([{"add": {"table": t}}, {"delete": {"table": t}}, *self.guard.remove_cmds()])
 
     def close(self) -> None:
         self.table.close()
+        if self.guard is not None:
+            self.guard.close()
 
     # ----- the layout ---------------------------------------------------------------------------
     def _layout_cmds(self) -> list[Cmd]:

@@ -261,10 +261,15 @@ class NftTable:
         )
         return facts if layout_matches is None or layout_matches(facts, items) else None
 
-    def counters(self) -> dict[str, PortCounters]:
-        """Drop counters per port name, `(unbound)` and the extra buckets."""
+    def counters(self, by_table: bool = False) -> dict[str, PortCounters]:
+        """Drop counters per port name, `(unbound)` and the extra buckets. `by_table`: read them
+        from a listing of this table by name (nft 1.0.6 hangs listing `counters` while the
+        family holds a prefix-hook chain, the macvtap guard's)."""
         try:
-            items = self.nft.list_obj({"counters": self._t}).get("nftables", [])
+            if by_table:
+                items = self.nft.list(f"table {self.family} {TABLE}").get("nftables", [])
+            else:
+                items = self.nft.list_obj({"counters": self._t}).get("nftables", [])
         except DatapathError as exc:
             if _missing(exc):
                 return {}

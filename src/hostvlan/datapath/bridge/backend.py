@@ -9,12 +9,16 @@ two parts (`parts`) own the rest:
   receive filter   `tc` (`tc.TcReceiveFilter`: an eBPF program per bridge port, no netfilter
                    hook on the forward path) | `nft` (`nft.NftReceiveFilter`: chains forward,
                    output)
+  closing          with `locked` + `tc`, the default: `closing.Closing`, chains prerouting,
+                   forward, output that close every port no binding names (agent or no
+                   agent) and a tcx-ingress fast path that keeps VM-to-VM unicast off them
 
 The flavours and their table layouts (the version counter in the table, mixed into the stored
 digest, so an agent of another flavour reinstalls instead of trusting the kernel's digest):
 
   send check  receive filter  layout              base chains
-  locked      tc              layout_v3_tc        input                        (the default)
+  locked      tc + closing    layout_v4_closed    prerouting, forward, output, input  (the default)
+  locked      tc              layout_v3_tc        input
   locked      nft             layout_v2_locked    forward, output, input
   nft         nft             layout_v1           prerouting, forward, output, input (+ rx)
 
@@ -22,8 +26,9 @@ Every base chain has policy drop; `input` (the host's own stack, a `global` memb
 `ether saddr @known accept ; counter rx_host drop`. The kernel here lacks `meta ibrname`, so
 the table covers every bridge of the network namespace: one managed bridge per host netns.
 
-One transaction: the receive filter's `prepare`, the send check's `prepare`, ONE nftables
-batch (facts, digest, on install the parts' chains), then `complete`. Netlink and BPF have
+One transaction: the receive filter's `prepare`, the send check's `prepare`, the closing's
+`prepare`, ONE nftables batch (facts, digest, on install the parts' chains, the closing's set
+`open`), then the receive filter's and the closing's `complete`. Netlink and BPF have
 no transaction: what a part writes before the batch only tightens, what it writes after only
 loosens, and if the batch fails the undos of the prepares run in reverse order. A read-back
 passes the table's facts through both parts (`check`): a part that does not enforce some of
@@ -34,33 +39,47 @@ them takes them out (or everything: a reinstall). A first apply, an audit and a 
 from __future__ import annotations
 
 from hostvlan.datapath.base import ApplyReport, PortCounters, TenantFilter
+from hostvlan.datapath.bridge.closing import Closing
 from hostvlan.datapath.bridge.parts import Change, Layout, ReceiveFilter, SendCheck, Undo
 from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.datapath.nft_table import ACCEPT, DROP, PRIORITY, SADDR, Cmd, NftTable, match
 from hostvlan.model.facts import Facts, FactsDelta
 
 HOST_RX = "rx_host"
-LAYOUTS = {("locked", "tc"): "layout_v3_tc", ("locked", "nft"): "layout_v2_locked", ("nft", "nft"): "layout_v1"}
+LAYOUTS = {
+    ("locked", "tc+closing"): "layout_v4_closed",
+    ("locked", "tc"): "layout_v3_tc",
+    ("locked", "nft"): "layout_v2_locked",
+    ("nft", "nft"): "layout_v1",
+}
 
 
 class BridgeFilter(TenantFilter):
     """HostVLAN on a Linux bridge (see module doc). Build it with `factory.build_backend`,
-    inside the host's network namespace; it owns and closes `nft` and its parts."""
+    inside the host's network namespace; it owns and closes `nft` and its parts (`closing`:
+    built on the receive filter `tc`, which it shares)."""
 
-    def __init__(self, nft: Nft, send: SendCheck, receive: ReceiveFilter) -> None:
+    def __init__(self, nft: Nft, send: SendCheck, receive: ReceiveFilter, closing: Closing | None = None) -> None:
         super().__init__()
-        flavour = (send.name, receive.name)
+        flavour = (send.name, receive.name + ("+closing" if closing is not None else ""))
         if flavour not in LAYOUTS:
-            raise ValueError(f"no bridge flavour with send check {send.name} and receive filter {receive.name}")
+            raise ValueError(f"no bridge flavour with send check {send.name} and receive filter {flavour[1]}")
+        if closing is not None and closing.rx is not receive:
+            raise ValueError("the closing part must be built on this back end's receive filter")
         self.send = send
         self.receive = receive
+        self.closing = closing
         self.table = NftTable(nft, "bridge", LAYOUTS[flavour], {HOST_RX: "(host)"})
+        if closing is not None:
+            closing.bind(self.table)
 
     def layout(self) -> Layout:
         """The chains of this flavour's table."""
         layout = Layout()
         self.send.layout(layout)
         self.receive.layout(layout)
+        if self.closing is not None:
+            self.closing.layout(layout)
         layout.hooks["input"] = "input"
         layout.rules["input"] = [[match(SADDR, "known"), ACCEPT], [{"counter": HOST_RX}, DROP]]
         return layout
@@ -71,7 +90,8 @@ class BridgeFilter(TenantFilter):
 
     def _layout_cmds(self) -> list[Cmd]:
         t, layout = self.table.ref, self.layout()
-        cmds: list[Cmd] = [{"add": {"chain": {**t, "name": name}}} for name in layout.regular]
+        cmds: list[Cmd] = [{"add": {"set": {**t, "name": name, "type": typ}}} for name, typ in layout.sets.items()]
+        cmds += [{"add": {"chain": {**t, "name": name}}} for name in layout.regular]
         for chain, hook in layout.hooks.items():
             base = {**t, "name": chain, "type": "filter", "hook": hook, "prio": PRIORITY, "policy": "drop"}
             cmds.append({"add": {"chain": base}})
@@ -87,12 +107,17 @@ class BridgeFilter(TenantFilter):
                 undo = part.prepare(change)
                 if undo is not None:
                     undos.append(undo)
+            if self.closing is not None:  # ports about to open get their programs first
+                self.closing.prepare(change, self._index)
+                cmds = [*cmds, *self.closing.batch(change, self._index)]
             self.table.run(cmds)
         except BaseException:
             for undo in reversed(undos):
                 undo()
             raise
         self.receive.complete(change, self._index)
+        if self.closing is not None:
+            self.closing.complete(change, self._index)
 
     def _install(self, delta: FactsDelta, digest: int) -> None:
         self._transact(Change(delta, fresh=True), self.table.install_cmds(self._layout_cmds(), delta, digest))
@@ -110,7 +135,10 @@ class BridgeFilter(TenantFilter):
         facts = self.table.read()
         if facts is None:
             return None
-        return self.receive.check(self.send.check(facts))
+        checked = self.receive.check(self.send.check(facts))
+        if checked is None or self.closing is None:
+            return checked
+        return self.closing.check(checked)
 
     def apply(self) -> ApplyReport:
         first = self._reconcile
@@ -128,10 +156,15 @@ class BridgeFilter(TenantFilter):
         """A link event: the send check re-reads every port (locks new ones, restores a
         re-created port's entry), the receive filter follows them (programs, map keys)."""
         messages, links = self.send.refresh(self._index)
-        return messages + self.receive.follow(links, self._index)
+        n = messages + self.receive.follow(links, self._index)
+        if self.closing is not None:
+            n += self.closing.follow(links, self._index)
+        return n
 
     def counters(self) -> dict[str, PortCounters]:
-        return self.receive.counters(self.table.counters())
+        table = self.table.counters()
+        out = self.receive.counters(table)
+        return out if self.closing is None else self.closing.counters(table, out)
 
     def _remove(self) -> None:
         self.receive.remove()

@@ -3,7 +3,9 @@
 Each part owns one slice of the host's kernel state, the way Felix composes its data plane
 from managers: the locked ports and sticky FDB entries (`locked.LockedPorts`), the
 nftables send check's chain (`nft.NftSendCheck`), the nftables receive filter's chains
-(`nft.NftReceiveFilter`), or the tc programs and BPF maps (`tc.TcReceiveFilter`). The
+(`nft.NftReceiveFilter`), or the tc programs and BPF maps (`tc.TcReceiveFilter`), and
+optionally the chains that close every unbound port with the tc receive filter's fast path
+(`closing.Closing`, the default). The
 back end (`backend.BridgeFilter`) holds the facts' table and drives its parts through one
 two-phase interface per transaction:
 
@@ -59,11 +61,12 @@ class Change:
 @dataclass
 class Layout:
     """The chains of the table `bridge hostvlan`: base chains (name -> hook, in order), regular
-    chains, and the rules of each."""
+    chains, the rules of each, and the sets of a part's own (name -> type, created first)."""
 
     hooks: dict[str, str] = field(default_factory=dict)
     regular: list[str] = field(default_factory=list)
     rules: dict[str, list[Rule]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)
 
 
 class SendCheck(Protocol):

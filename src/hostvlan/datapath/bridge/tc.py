@@ -29,10 +29,9 @@ Order and failure: each apply removes elements from the maps before the nftables
 it stricter, and the next apply repairs from a read-back, which checks the maps and
 programs too (any mismatch: reinstall, which overwrites without clearing).
 
-The one thing nftables gave that this does not: a port that joins the bridge is open (the
-bridge's defaults) until the agent attaches its program, milliseconds after the link
-event; ports that join while no agent runs stay open until one does. `--receive-filter
-nft` keeps the netfilter receive filter, which also covers ports no agent has seen.
+Alone, this leaves a port that joins the bridge open (the bridge's defaults) until an agent
+attaches its program; the agent's default composes it with `closing.Closing`, which closes
+such ports by construction (and loads `hv_fwd.o`, this object plus its fast path).
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ OBJECT = Path(__file__).parent.parent / "bpf" / "hv_rx.o"
 BPFFS = Path("/run/hostvlan/bpf")
 PROG, PROG_GLOBAL = "hv_rx", "hv_rx_global"
 PROGS = (PROG, PROG_GLOBAL)
+INGRESS_PROGS = ("hv_fwd",)  # closing.py's fast path, at tcx ingress
 SRC_KNOWN, SRC_GLOBAL, PORT_GLOBAL = 1, 2, 1
 PAIR, SRC, PORT, STAT = 12, 8, 4, 8  # key sizes (stats: value size)
 PORT_VALUE = struct.Struct("=IIQ16s")  # flags, pad, drops, name
@@ -85,16 +85,16 @@ def _pow2(n: int) -> int:
 _TAGS: dict[tuple[int, int], str] = {}
 
 
-def object_tag() -> str | None:
+def object_tag(obj: Path = OBJECT) -> str | None:
     """A digest of the built object (pins carry it: a rebuilt program is loaded afresh, not
     the pinned one of an older build); None when it is not built."""
     try:
-        st = OBJECT.stat()
+        st = obj.stat()
     except FileNotFoundError:
         return None
     key = (st.st_mtime_ns, st.st_size)
     if key not in _TAGS:
-        _TAGS[key] = hashlib.sha256(OBJECT.read_bytes()).hexdigest()[:12]
+        _TAGS[key] = hashlib.sha256(obj.read_bytes()).hexdigest()[:12]
     return _TAGS[key]
 
 
@@ -103,6 +103,10 @@ def _detach(ifindex: int) -> int:
     for _, name, fd in bpflib.tcx_egress_programs(ifindex):
         if name in PROGS:
             bpflib.tcx_detach(fd, ifindex)
+            n += 1
+    for _, name, fd in bpflib.tcx_egress_programs(ifindex, bpflib.TCX_INGRESS):
+        if name in INGRESS_PROGS:
+            bpflib.tcx_detach(fd, ifindex, bpflib.TCX_INGRESS)
             n += 1
     return n
 
@@ -121,12 +125,22 @@ def default_pins() -> Path:
 
 
 class TcReceiveFilter:
-    """The receive filter `tc` (see module doc); `ports` are the send check's (not owned here)."""
+    """The receive filter `tc` (see module doc); `ports` are the send check's (not owned here).
+    `obj`, `extra`: the object it loads and what more of it to pin (programs and maps with
+    their sizes) for a part that builds on it (`closing.Closing`)."""
 
     name = "tc"
 
-    def __init__(self, ports: BridgePorts, pins: Path | None = None) -> None:
+    def __init__(
+        self,
+        ports: BridgePorts,
+        pins: Path | None = None,
+        obj: Path = OBJECT,
+        extra: tuple[tuple[str, ...], dict[str, int]] = ((), {}),
+    ) -> None:
         self._ports = ports
+        self.obj = obj
+        self._progs, self._maps = (*PROGS, *extra[0]), {**MIN_SIZES, **extra[1]}
         self.pins = pins or default_pins()
         if not self.pins.is_relative_to(BPFFS) or self.pins == BPFFS:
             raise ValueError(f"BPF pins must be a directory under {BPFFS} (the agent's bpffs), not {self.pins}")
@@ -140,10 +154,10 @@ class TcReceiveFilter:
         if self.fd:
             return True
         fds: dict[str, int] = {}
-        tag = object_tag()
+        tag = object_tag(self.obj)
         if tag is None:
             return False
-        for name in (*PROGS, *MIN_SIZES):
+        for name in (*self._progs, *self._maps):
             fd = bpflib.obj_get(self.pins / f"{name}-{tag}")
             if fd is None:
                 for f in fds.values():
@@ -160,14 +174,15 @@ class TcReceiveFilter:
             "srcs": max(MIN_SIZES["srcs"], _pow2(2 * len(facts.known))),
             "ports": max(MIN_SIZES["ports"], _pow2(2 * len(facts.ports))),
             "stats": 1,
+            **{k: v for k, v in self._maps.items() if k not in MIN_SIZES},
         }
         bpflib.ensure_bpffs(BPFFS)
         self.pins.mkdir(mode=0o700, exist_ok=True)
         self._close_fds()
-        tag = object_tag()
+        tag = object_tag(self.obj)
         if tag is None:
-            raise DatapathError(f"BPF object {OBJECT} missing: build it with `make setup` (needs clang)")
-        bpflib.load_and_pin(OBJECT, self.pins, list(PROGS), sizes, suffix=f"-{tag}")
+            raise DatapathError(f"BPF object {self.obj} missing: build it with `make setup` (needs clang)")
+        bpflib.load_and_pin(self.obj, self.pins, list(self._progs), sizes, suffix=f"-{tag}")
         if not self._open():
             raise DatapathError(f"BPF objects vanished from {self.pins} right after pinning")
         for old in self.pins.iterdir():  # an older build's pins: its programs get replaced below

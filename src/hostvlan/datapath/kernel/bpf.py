@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hostvlan.datapath.base import DatapathError
 
-TCX_EGRESS = 47  # enum bpf_attach_type BPF_TCX_EGRESS (kernel >= 6.6)
+TCX_INGRESS, TCX_EGRESS = 46, 47  # enum bpf_attach_type BPF_TCX_INGRESS/EGRESS (kernel >= 6.6)
 F_REPLACE = 1 << 2  # BPF_F_REPLACE
 BPF_FS_MAGIC = 0xCAFE4A11
 _BATCH = 4096
@@ -178,21 +178,21 @@ def prog_fd_by_id(prog_id: int) -> int | None:
     return int(fd)
 
 
-def tcx_egress_ids(ifindex: int) -> list[int]:
-    """Ids of the programs attached at the device's tcx egress hook, in order."""
+def tcx_egress_ids(ifindex: int, hook: int = TCX_EGRESS) -> list[int]:
+    """Ids of the programs attached at the device's tcx egress (or `hook`) hook, in order."""
     ids = (ctypes.c_uint32 * 64)()
     opts = _QueryOpts(ctypes.sizeof(_QueryOpts), 0, 0, ids, 64, None)
-    rc = _load().bpf_prog_query_opts(ifindex, TCX_EGRESS, ctypes.byref(opts))
+    rc = _load().bpf_prog_query_opts(ifindex, hook, ctypes.byref(opts))
     if rc < 0 and _err(rc) == errno.ENODEV:
         return []
     _check(rc, f"querying tcx egress of ifindex {ifindex}")
     return list(ids[: opts.prog_cnt])
 
 
-def tcx_egress_programs(ifindex: int) -> Iterator[tuple[int, str, int]]:
+def tcx_egress_programs(ifindex: int, hook: int = TCX_EGRESS) -> Iterator[tuple[int, str, int]]:
     """(id, name, fd) of each program at the device's tcx egress hook; each fd is closed once
     the caller moves past it."""
-    for prog_id in tcx_egress_ids(ifindex):
+    for prog_id in tcx_egress_ids(ifindex, hook):
         fd = prog_fd_by_id(prog_id)
         if fd is None:
             continue  # detached meanwhile
@@ -202,13 +202,13 @@ def tcx_egress_programs(ifindex: int) -> Iterator[tuple[int, str, int]]:
             close(fd)
 
 
-def tcx_attach(prog_fd: int, ifindex: int, replace_fd: int | None = None) -> None:
+def tcx_attach(prog_fd: int, ifindex: int, replace_fd: int | None = None, hook: int = TCX_EGRESS) -> None:
     opts = _AttachOpts(ctypes.sizeof(_AttachOpts), F_REPLACE if replace_fd is not None else 0, replace_fd or 0)
-    _check(_load().bpf_prog_attach_opts(prog_fd, ifindex, TCX_EGRESS, ctypes.byref(opts)), f"tcx attach to {ifindex}")
+    _check(_load().bpf_prog_attach_opts(prog_fd, ifindex, hook, ctypes.byref(opts)), f"tcx attach to {ifindex}")
 
 
-def tcx_detach(prog_fd: int, ifindex: int) -> None:
-    rc = _load().bpf_prog_detach2(prog_fd, ifindex, TCX_EGRESS)
+def tcx_detach(prog_fd: int, ifindex: int, hook: int = TCX_EGRESS) -> None:
+    rc = _load().bpf_prog_detach2(prog_fd, ifindex, hook)
     if rc < 0 and _err(rc) not in (errno.ENOENT, errno.ENODEV):
         _check(rc, f"tcx detach from {ifindex}")
 

@@ -1,0 +1,106 @@
+"""macvtap closed by construction: a guard on every macvtap, bound or not, agent or no agent.
+
+`MacvtapFilter` filters a macvtap only once its port is bound (per-port chains); an unbound
+macvtap that is up is open (its broadcasts reach its siblings without passing any hook of the
+lower device), so alone it relies on a contract: nobody brings a macvtap up before its port is
+bound. With the agent down, libvirt creating and raising a macvtap breaks it.
+
+What the kernel allows (6.16+): a netdev base chain whose hook names a device-name PREFIX
+(`NFTA_DEVICE_PREFIX`) is attached to every device whose name starts with it, present or
+created later, before the device can come up. `MacvtapGuard`, a part the factory composes into
+`MacvtapFilter` on request (`guard=True`; not the default: nft 1.0.6 hangs listing counters,
+tables or the ruleset while the prefix chains exist), owns two such chains on `macvtap*` (the name the kernel
+and libvirt give macvtaps; configurable), both policy drop:
+
+    table netdev hostvlan_guard
+        set ports { type ifname }                   = Facts.ports, kept in the SAME
+                                                      transaction as the binding
+        chain guard_in   hook ingress devices macvtap*   iifname @ports accept  (copies to the VM)
+        chain guard_out  hook egress  devices macvtap*   oifname @ports accept  (what the VM sends)
+
+so a macvtap no binding names receives nothing and sends nothing, whatever its admin state;
+the per-port chains of `MacvtapFilter` keep doing the exact checks of a bound one.
+
+How, and what it costs. nft 1.0.6 cannot express a prefix hook, so the two chains are created
+through raw nfnetlink (`kernel/nfnl.py`) once, right after the table and set (libnftables); the
+set's elements then move with every libnftables batch of `MacvtapFilter`. The guard lives in its
+own table because nft 1.0.6 cannot LIST a prefix chain (it hangs; `nft list ruleset` too while
+the guard exists): hostvlan reads its own table by name, the guard's set by name and the guard's
+chains over raw nfnetlink. Each macvtap frame passes one more hook per direction (an ifname set
+lookup). A macvtap not named `<prefix>…` is not guarded. May import `hostvlan.datapath` and
+`hostvlan.model` only.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from hostvlan.datapath.base import DatapathError
+from hostvlan.datapath.kernel.nfnl import NFPROTO_NETDEV, GuardChain, Nfnl
+from hostvlan.datapath.kernel.nft import Nft
+from hostvlan.datapath.nft_table import Cmd
+from hostvlan.model.facts import Facts, FactsDelta
+
+GUARD_TABLE = "hostvlan_guard"
+GUARD_SET = "ports"
+PREFIX = "macvtap"
+VERSION = "layout_macvtap_v3_guard"  # the macvtap table's layout with the guard
+
+
+class MacvtapGuard:
+    """The guard chains and their set (see module doc); `nfnl` is owned and closed here."""
+
+    def __init__(self, nfnl: Nfnl, prefix: str = PREFIX) -> None:
+        self._nfnl = nfnl  # in the caller's namespace, like the nftables context
+        self._prefix = prefix
+        self._g = {"family": "netdev", "table": GUARD_TABLE, "name": GUARD_SET}
+
+    def _guards(self) -> list[GuardChain]:
+        return [
+            GuardChain("guard_in", "ingress", self._prefix, GUARD_SET),
+            GuardChain("guard_out", "egress", self._prefix, GUARD_SET),
+        ]
+
+    def batch(self, delta: FactsDelta, cmds: list[Cmd], *, fresh: bool) -> list[Cmd]:
+        """The macvtap table's batch `cmds` with the guard's set moved along (same transaction):
+        an install (re)creates the table and set and rewrites it; removals first, additions last."""
+        g = self._g
+        if fresh:
+            table = {"family": "netdev", "name": GUARD_TABLE}
+            cmds = [{"add": {"table": table}}, {"add": {"set": {**g, "type": "ifname"}}}, {"flush": {"set": g}}, *cmds]
+        elif delta.ports.remove:
+            cmds = [{"delete": {"element": {**g, "elem": sorted(delta.ports.remove)}}}, *cmds]
+        if delta.ports.add:
+            cmds = [*cmds, {"add": {"element": {**g, "elem": sorted(delta.ports.add)}}}]
+        return cmds
+
+    def guarded(self) -> bool:
+        return all(self._nfnl.chain_exists(NFPROTO_NETDEV, GUARD_TABLE, c.name) for c in self._guards())
+
+    def installed(self) -> None:
+        """After an install's batch: the prefix chains, if missing (one nfnetlink transaction)."""
+        if not self.guarded():
+            self._nfnl.add_guards(GUARD_TABLE, self._guards())
+
+    def check(self, nft: Nft, facts: Facts) -> bool:
+        """The chains exist and the set holds exactly `facts.ports`."""
+        if not self.guarded():
+            return False
+        try:
+            items: list[dict[str, Any]] = nft.list_obj({"set": self._g}).get("nftables", [])
+        except DatapathError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        elems = {str(e) for item in items for e in item.get("set", {}).get("elem", [])}
+        return elems == set(facts.ports)
+
+    @staticmethod
+    def remove_cmds() -> list[Cmd]:
+        """Delete the guard's table (absent: no error)."""
+        t = {"family": "netdev", "name": GUARD_TABLE}
+        return [{"add": {"table": t}}, {"delete": {"table": t}}]
+
+    def close(self) -> None:
+        self._nfnl.close()
