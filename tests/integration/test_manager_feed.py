@@ -179,6 +179,7 @@ def test_lnid_added_to_running_vnic_and_removed(mirror: Mirror) -> None:
     mirror.command("/v1/reg", {"lnid": 3, "mac": MAC2, "host": "EHS2"})
     mirror.command("/v1/reg", {"lnid": 2, "mac": MAC3, "host": "EHS3"})
     mirror.open_feeds()
+    mirror.report_bound("EHS1", {MAC1: "vnet0"})  # the source's own port sends (trace checks both ends)
     mirror.report_bound("EHS2", {MAC2: "vnet0"})
     trace = mirror.http.get("/v1/trace", params={"src": MAC1, "dst": MAC2}).json()
     assert trace["allow"] is False
