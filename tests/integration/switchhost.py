@@ -163,6 +163,25 @@ def received(got: Mapping[str, Iterable[Received]]) -> dict[str, list[str]]:
     return {name: sorted(r.tag for r in rs) for name, rs in got.items()}
 
 
+FORGED = Mac("02:de:ad:be:ef:01")  # a source no table knows
+
+
+def closed_port_traffic(probe: Probe, a: Vm, b: Vm, c: Vm) -> dict[str, list[str]]:
+    """The closed-port tests' round (issue 19): bound VMs `a` and `b` and the wire talk, `c` (whose
+    port no binding names) is sent to and sends with a forged, its own and `a`'s source; what
+    each endpoint received, by tag."""
+    probe.send(a.name, frame(BROADCAST, a.mac, "a-bcast"))
+    probe.send(a.name, frame(c.mac, a.mac, "a-to-c"))
+    probe.send(OUTSIDE, frame(BROADCAST, OUTSIDE_MAC, "out-bcast"))
+    probe.send(OUTSIDE, frame(c.mac, OUTSIDE_MAC, "out-to-c"))
+    probe.send(a.name, frame(b.mac, a.mac, "a-to-b"))  # on the bridge: the fast path
+    for src, tag in ((FORGED, "forged"), (c.mac, "own"), (a.mac, "spoof-a")):
+        probe.send(c.name, frame(BROADCAST, src, f"c-bcast-{tag}"))
+        probe.send(c.name, frame(b.mac, src, f"c-to-b-{tag}"))
+        probe.send(c.name, frame(OUTSIDE_MAC, src, f"c-to-out-{tag}"))
+    return received(probe.collect())
+
+
 # ----- counters ----------------------------------------------------------------------------
 def drops(filt: TenantFilter) -> tuple[Counter[str], Counter[str]]:
     """(rx_dropped, tx_dropped) per counter bucket, as Counters."""

@@ -15,18 +15,15 @@ from hostvlan.datapath.bridge.backend import BridgeFilter
 from hostvlan.datapath.bridge.closing import FWD, Closing
 from hostvlan.datapath.bridge.tc import PROG
 from hostvlan.datapath.kernel import bpf as bpflib
-from hostvlan.model.ids import Mac
 from hostvlan.model.ports import FilterState
 from hostvlan.testbed import netns
 from hostvlan.testbed.traffic import BROADCAST, frame
 
 from .hostnet import BRIDGE, ClosedHost, Host, _forwarding, closed_hosts
-from .switchhost import OUTSIDE, OUTSIDE_MAC, add_vm_veth, host_state, received
+from .switchhost import FORGED, OUTSIDE, OUTSIDE_MAC, add_vm_veth, closed_port_traffic, host_state, received
 from .test_bridge_tc import _wait_forwarding
 
 pytestmark = pytest.mark.root
-
-FORGED = Mac("02:de:ad:be:ef:01")
 
 
 @pytest.fixture
@@ -83,16 +80,7 @@ def test_a_port_joining_while_no_agent_runs_is_closed_until_bound(make_host: Cal
     with netns.iproute(host.ns) as ipr:
         assert _forwarding(ipr, c.port)  # the kernel forwards on it: only hostvlan's hooks close it
     probe = host.probe()
-    probe.send(a.name, frame(BROADCAST, a.mac, "a-bcast"))
-    probe.send(a.name, frame(c.mac, a.mac, "a-to-c"))
-    probe.send(OUTSIDE, frame(BROADCAST, OUTSIDE_MAC, "out-bcast"))
-    probe.send(OUTSIDE, frame(c.mac, OUTSIDE_MAC, "out-to-c"))
-    probe.send(a.name, frame(b.mac, a.mac, "a-to-b"))  # the fast path
-    for src, tag in ((FORGED, "forged"), (c.mac, "own"), (a.mac, "spoof-a")):
-        probe.send(c.name, frame(BROADCAST, src, f"c-bcast-{tag}"))
-        probe.send(c.name, frame(b.mac, src, f"c-to-b-{tag}"))
-        probe.send(c.name, frame(OUTSIDE_MAC, src, f"c-to-out-{tag}"))
-    got = received(probe.collect())
+    got = closed_port_traffic(probe, a, b, c)
     assert got[c.name] == []  # nothing of any tenant, nor of the wire
     # bound VMs keep talking, nothing of c's reaches them (c's MAC is unknown to the bridge: frames
     # to it are flooded, as by any bridge, to the ports the receive filter allows)

@@ -15,16 +15,13 @@ import pytest
 from hostvlan.datapath.factory import build_backend
 from hostvlan.datapath.macvtap import MacvtapFilter
 from hostvlan.datapath.macvtap_guard import GUARD_TABLE
-from hostvlan.model.ids import Mac
 from hostvlan.testbed import netns
 from hostvlan.testbed.traffic import BROADCAST, frame
 
 from .macvtapnet import OUTSIDE, OUTSIDE_MAC, Host, build_host, host_state, received
-from .switchhost import RecordingNft, one_host_per_test
+from .switchhost import FORGED, RecordingNft, closed_port_traffic, one_host_per_test
 
 pytestmark = pytest.mark.root
-
-FORGED = Mac("02:de:ad:be:ef:01")
 
 
 @dataclass
@@ -61,16 +58,7 @@ def test_a_macvtap_raised_while_no_agent_runs_is_closed_until_bound(make_host: C
     host.add_macvtap(c.port, c.mac)  # libvirt creates the macvtap and QEMU brings it up at once
     host.start_vm(c)
     probe = host.probe()
-    probe.send(a.name, frame(BROADCAST, a.mac, "a-bcast"))
-    probe.send(a.name, frame(c.mac, a.mac, "a-to-c"))
-    probe.send(OUTSIDE, frame(BROADCAST, OUTSIDE_MAC, "out-bcast"))
-    probe.send(OUTSIDE, frame(c.mac, OUTSIDE_MAC, "out-to-c"))
-    probe.send(a.name, frame(b.mac, a.mac, "a-to-b"))
-    for src, tag in ((FORGED, "forged"), (c.mac, "own"), (a.mac, "spoof-a")):
-        probe.send(c.name, frame(BROADCAST, src, f"c-bcast-{tag}"))
-        probe.send(c.name, frame(b.mac, src, f"c-to-b-{tag}"))
-        probe.send(c.name, frame(OUTSIDE_MAC, src, f"c-to-out-{tag}"))
-    got = received(probe.collect())
+    got = closed_port_traffic(probe, a, b, c)
     assert got[c.name] == []
     assert got[b.name] == ["a-bcast", "a-to-b", "out-bcast"]  # bound VMs keep talking
     assert got[a.name] == ["out-bcast"]

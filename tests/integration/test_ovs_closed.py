@@ -11,15 +11,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from hostvlan.model.ids import Mac
 from hostvlan.testbed.traffic import BROADCAST, frame
 
 from .ovsnet import BRIDGE, OvsHost, ovs_hosts
-from .switchhost import OUTSIDE, OUTSIDE_MAC, host_state, received
+from .switchhost import FORGED, OUTSIDE, OUTSIDE_MAC, closed_port_traffic, host_state, received
 
 pytestmark = pytest.mark.root
-
-FORGED = Mac("02:de:ad:be:ef:01")
 
 
 @pytest.fixture
@@ -43,16 +40,7 @@ def test_a_port_added_while_no_agent_runs_neither_sends_nor_receives(make_ovs: C
     assert "NORMAL" not in every_flow
     for _ in range(host.CACHE_ROUNDS):
         probe = host.probe()
-        probe.send(a.name, frame(BROADCAST, a.mac, "a-bcast"))
-        probe.send(a.name, frame(c.mac, a.mac, "a-to-c"))
-        probe.send(OUTSIDE, frame(BROADCAST, OUTSIDE_MAC, "out-bcast"))
-        probe.send(OUTSIDE, frame(c.mac, OUTSIDE_MAC, "out-to-c"))
-        probe.send(a.name, frame(b.mac, a.mac, "a-to-b"))
-        for src, tag in ((FORGED, "forged"), (c.mac, "own"), (a.mac, "spoof-a")):
-            probe.send(c.name, frame(BROADCAST, src, f"c-bcast-{tag}"))
-            probe.send(c.name, frame(b.mac, src, f"c-to-b-{tag}"))
-            probe.send(c.name, frame(OUTSIDE_MAC, src, f"c-to-out-{tag}"))
-        got = received(probe.collect())
+        got = closed_port_traffic(probe, a, b, c)
         assert got[c.name] == []
         assert got[b.name] == ["a-bcast", "a-to-b", "out-bcast"]  # bound VMs keep talking
         assert got[a.name] == ["out-bcast"]
