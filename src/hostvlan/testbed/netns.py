@@ -6,14 +6,27 @@ every namespace of a run, which is how `down` works even after a crash of `up`.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute, config, netns
+
+# pyroute2 opens a socket inside a namespace from a forked child and gives it 2 s to
+# answer; on a loaded CI machine a fork of a large test process can take longer.
+config.default_communicate_timeout = max(config.default_communicate_timeout, 20)
+config.default_create_socket_timeout = max(config.default_create_socket_timeout, 60)
+
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_SHARED = 1 << 20
+_libc = ctypes.CDLL(None, use_errno=True)
 
 NETNS_DIR = "/var/run/netns"
 PREFIX_ROOT = "hv"
@@ -25,9 +38,55 @@ def new_prefix() -> str:
 
 
 def create(name: str) -> None:
+    """Create namespace `name` under /var/run/netns, as `ip netns add` does.
+
+    Done in a short-lived thread of this process (unshare(CLONE_NEWNET) moves only the
+    calling thread), not in a forked child: pyroute2's `netns.create` forks and gives
+    the child 2 s, which a loaded machine exceeded (CI: "no response from the child").
+    """
     if name in list_netns():
         raise FileExistsError(f"network namespace {name} already exists")
-    netns.create(name)
+    failure: list[BaseException] = []
+    worker = threading.Thread(target=_create_in_thread, args=(name, failure), name=f"netns-{name}")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+def _mount(source: str, target: str, flags: int) -> int:
+    return int(_libc.mount(source.encode(), target.encode(), b"none", flags, None))
+
+
+def _oserror(what: str, path: str) -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, f"{what}: {os.strerror(code)}", path)
+
+
+def _create_in_thread(name: str, failure: list[BaseException]) -> None:
+    path = os.path.join(NETNS_DIR, name)
+    try:
+        os.makedirs(NETNS_DIR, exist_ok=True)
+        # the run directory must be a shared mount point so that the bind mount below is
+        # seen by every mount namespace (ported from iproute2's `netns_add`)
+        made_bind = False
+        while _mount("", NETNS_DIR, _MS_SHARED | _MS_REC) != 0:
+            if made_bind:
+                raise _oserror("making the netns directory shared failed", NETNS_DIR)
+            if _mount(NETNS_DIR, NETNS_DIR, _MS_BIND | _MS_REC) != 0:
+                raise _oserror("bind-mounting the netns directory failed", NETNS_DIR)
+            made_bind = True
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        try:
+            if _libc.unshare(_CLONE_NEWNET) != 0:
+                raise _oserror("unshare(CLONE_NEWNET) failed", path)
+            if _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, _MS_BIND) != 0:
+                raise _oserror("binding the new namespace failed", path)
+        except BaseException:
+            os.unlink(path)
+            raise
+    except BaseException as exc:  # handed to the caller's thread
+        failure.append(exc)
 
 
 def remove(name: str) -> None:
