@@ -38,6 +38,8 @@ from hostvlan.model.facts import Facts, FactsDelta, FactsIndex, delta_digest, di
 from hostvlan.model.ids import Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
 
+UNBOUND_PORT_NAME = "(unbound)"  # drops(): frames of ports without a binding, where the port is unnamed
+
 
 class DatapathError(RuntimeError):
     """Programming the data path failed; the kernel kept its previous state (or a stricter one).
@@ -185,6 +187,16 @@ class TenantFilter(abc.ABC):
     @abc.abstractmethod
     def counters(self) -> dict[str, PortCounters]:
         """Drop counters per port name (plus back-end specific buckets for unbound ports)."""
+
+    def drops(self) -> dict[tuple[str, str], int]:
+        """Frames dropped since the objects were installed, per (port, reason code).
+
+        `reason` is one of `hostvlan.model.verdict.DROP_REASONS`; `port` is the port a
+        dropped frame came in by (send check, guard) or would have left by (receive filter),
+        or `UNBOUND_PORT_NAME` for frames of ports hostvlan has no binding for. Counts are
+        cumulative and read from the kernel; a back end that cannot count a reason omits it.
+        """
+        return {}
 
     def remove(self) -> None:
         """Remove every object of hostvlan's from the switch (idempotent).

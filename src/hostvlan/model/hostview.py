@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hostvlan.model.addresses import Addrs
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, tap_mac
 from hostvlan.model.ports import FilterState, PortBinding
 from hostvlan.model.table import LnidTable
@@ -29,9 +30,12 @@ class Location:
 
 @dataclass(frozen=True)
 class HostView:
+    """`addresses` holds the addresses of entries the view holds (MACs absent: unguarded)."""
+
     host: HostId
     entries: Mapping[Mac, frozenset[Lnid]] = field(default_factory=dict)
     local: Mapping[Mac, PortName | None] = field(default_factory=dict)
+    addresses: Mapping[Mac, Addrs] = field(default_factory=dict)
 
 
 def host_lnids(table: LnidTable, local_macs: set[Mac] | frozenset[Mac]) -> frozenset[Lnid]:
@@ -75,7 +79,7 @@ def filter_state(
         found = explicit or ports.get(mac)
         if found is not None and found not in bindings:
             bindings[found] = PortBinding(found, mac)
-    return FilterState(entries=entries, bindings=bindings)
+    return FilterState(entries=entries, bindings=bindings, addresses=view.addresses)
 
 
 # ----- port bindings ---------------------------------------------------------------------
@@ -184,4 +188,4 @@ def bind_ports(
 
 def bound_state(view: HostView, bindings: PortBindings, uplinks: Mapping[PortName, Mac]) -> FilterState:
     """The filter state of `view` with the ports `bind_ports` chose (and nothing else bound)."""
-    return filter_state(HostView(view.host, view.entries, dict(bindings.enforce)), {}, uplinks)
+    return filter_state(HostView(view.host, view.entries, dict(bindings.enforce), view.addresses), {}, uplinks)

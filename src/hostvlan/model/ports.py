@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hostvlan.model.addresses import Addrs
 from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName
 
 _GLOBAL_SET: frozenset[Lnid] = frozenset({GLOBAL})
@@ -31,10 +32,12 @@ class FilterState:
 
     `entries` maps every source MAC this host knows to the LNIDs that matter here
     (possibly empty: "known, shares nothing", which only `global` ports accept).
+    `addresses` holds the addresses of the entries that have some (absent: unguarded).
     """
 
     entries: Mapping[Mac, frozenset[Lnid]] = field(default_factory=dict)
     bindings: Mapping[PortName, PortBinding] = field(default_factory=dict)
+    addresses: Mapping[Mac, Addrs] = field(default_factory=dict)
 
     def port_lnids(self, port: PortName) -> frozenset[Lnid] | None:
         """The LNIDs of a port, or None when the port is not bound."""
