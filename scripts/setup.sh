@@ -9,7 +9,10 @@ APT_PACKAGES=(systemd nftables libnftables1 iproute2 iputils-ping tcpdump iperf3
   wrk apache2-utils lighttpd  # `hostvlan bench` (web server per VM, ab, wrk)
   gcc libc6-dev  # the testbed's macvtap VM stand-in and bench/frame_cost compile a page of C
   clang libbpf-dev libbpf1  # the bridge's tc/eBPF receive filter: built below, loaded by the agent
-  qemu-system-x86 libvirt-daemon libvirt-clients busybox-static)  # testbed guests (`guests: libvirt`)
+  qemu-system-x86 libvirt-daemon libvirt-clients busybox-static  # testbed guests (`guests: libvirt`)
+  etcd-server etcd-client  # the replicated store (`manager --store etcd://…`, testbed `control:`)
+  prometheus  # the e2e test that scrapes a testbed's manager and agents
+  keepalived arping ndisc6)  # address guard: a VRRP VIP between two VMs; ARP/ND probes from VMs
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -27,6 +30,18 @@ if ((${#missing[@]})); then
   if [[ " ${missing[*]} " == *" openvswitch-switch "* ]] && [[ -x /usr/share/openvswitch/scripts/ovs-ctl ]]; then
     /usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1 || true
   fi
+  # etcd, Prometheus and keepalived run per test inside the run's namespaces and work dir; the
+  # system-wide daemons the packages may have just started are not ours to keep running
+  for pkg_svc in etcd-server:etcd prometheus:prometheus keepalived:keepalived; do
+    pkg=${pkg_svc%%:*} svc=${pkg_svc##*:}
+    [[ " ${missing[*]} " == *" $pkg "* ]] || continue
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    else
+      [[ -x /etc/init.d/$svc ]] && "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+      update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+  done
   # the bench runs its own lighttpd inside each VM namespace; the packaged service must not
   # serve in the root namespace (stopped, and kept from starting at boot; there may be no systemd)
   if [[ " ${missing[*]} " == *" lighttpd "* ]]; then
@@ -47,9 +62,13 @@ fi
 bash scripts/guest-image.sh
 
 # the bridge's BPF programs (src/hostvlan/datapath/bpf/*.c), each rebuilt when a source changed
-for bpf_src in src/hostvlan/datapath/bpf/hv_rx.c src/hostvlan/datapath/bpf/hv_fwd.c; do
+for bpf_src in src/hostvlan/datapath/bpf/*.c; do
   bpf_obj=${bpf_src%.c}.o
-  if [[ ! -f $bpf_obj || $bpf_src -nt $bpf_obj || src/hostvlan/datapath/bpf/hv_rx.c -nt $bpf_obj ]]; then
+  newer=0
+  for dep in "$bpf_src" src/hostvlan/datapath/bpf/hv_rx.c src/hostvlan/datapath/bpf/*.h; do
+    [[ -f $dep && $dep -nt $bpf_obj ]] && newer=1
+  done
+  if [[ ! -f $bpf_obj || $newer == 1 ]]; then
     clang -O2 -g -Wall -Werror -target bpf -I"/usr/include/$(gcc -dumpmachine)" -c "$bpf_src" -o "$bpf_obj.tmp"
     mv "$bpf_obj.tmp" "$bpf_obj"
     echo "setup: built $bpf_obj"
