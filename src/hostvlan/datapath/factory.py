@@ -9,8 +9,9 @@ A Linux bridge back end is composed here (`bridge.backend`): the table, a send c
 (`locked` | `nft`), a receive filter (`tc` | `nft`) and, with `locked` + `tc`, the part that
 closes every port no binding names (`bridge.closing`; keyword `closing=False` leaves it out,
 `fast_path=False` keeps its chains without the fast path: the bench's `tc`, `closedhooks`);
-a macvtap back end is composed of its table and, with keyword `guard=True`, the guard that
-closes every `macvtap*` no binding names (`macvtap_guard`; not the default with nft 1.0.6).
+a macvtap back end is composed of its table and the guard that closes every `macvtap*` no
+binding names (`macvtap_guard`; keyword `guard=False`, the agent's `--no-macvtap-guard`,
+leaves it out).
 Callers that share or record kernel contexts (tests, the bench) pass them as keyword options:
 `nft` (a libnftables context), `ports` (the bridge's netlink ports), `ovs_tools`,
 `ovsdb` (an OVSDB connection the caller
@@ -86,7 +87,7 @@ def build_backend(
     ovsdb: OvsDb | None = None,
     closing: bool = True,
     fast_path: bool = True,
-    guard: bool = False,
+    guard: bool = True,
 ) -> TenantFilter:
     """A back end for `spec`, built in the calling thread's network namespace (see module doc)."""
     if spec.kind == "ovs":
@@ -98,9 +99,10 @@ def build_backend(
         from hostvlan.datapath.macvtap import MacvtapFilter
         from hostvlan.datapath.macvtap_guard import MacvtapGuard
 
-        # the guard (closes every macvtap* no binding names) is not the default yet: nft 1.0.6 hangs
-        # listing counters, tables or the ruleset while its prefix chains exist (docs/closed-ports.md)
-        return MacvtapFilter(nft or Nft(), MacvtapGuard(Nfnl()) if guard else None)
+        # the guard closes every macvtap* no binding names; while it exists nft 1.0.6 hangs listing
+        # counters, tables or the ruleset, so the back end reads counters over nfnetlink
+        # (docs/closed-ports.md)
+        return MacvtapFilter(nft or Nft(), MacvtapGuard(Nfnl()) if guard else None, None if guard else Nfnl())
     return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path)
 
 

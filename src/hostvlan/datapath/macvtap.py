@@ -112,7 +112,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from hostvlan.datapath.base import PortCounters, TenantFilter
+from hostvlan.datapath.base import UNBOUND_PORT_NAME, PortCounters, TenantFilter
+from hostvlan.datapath.kernel.nfnl import NFPROTO_NETDEV, Nfnl
 from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.datapath.macvtap_guard import VERSION as GUARD_VERSION
 from hostvlan.datapath.macvtap_guard import MacvtapGuard
@@ -123,6 +124,8 @@ from hostvlan.datapath.nft_table import (
     PRIORITY,
     SADDR,
     TABLE,
+    UNBOUND_RX,
+    UNBOUND_TX,
     ChainCmds,
     Cmd,
     NftTable,
@@ -130,10 +133,12 @@ from hostvlan.datapath.nft_table import (
     jump,
     receive_rules,
     send_rules,
+    unknown_source_rule,
 )
 from hostvlan.model.facts import Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import PortBinding
+from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
 
 RX = "rx"  # receive filter at a VM port's ingress (output port = iifname)
 RX_WIRE = "wire_rx"  # receive filter at the uplink's egress (output port = oifname)
@@ -190,19 +195,28 @@ def _kind_after(port: PortName, delta: FactsDelta) -> Kind | None:
     return "vm"  # newly bound VM port, or an uplink turned into a VM port
 
 
-VERSION = "layout_macvtap_v2"
+VERSION = "layout_macvtap_v4"
+
+
+def receive_chain(port: dict[str, Any]) -> list[Rule]:
+    """The receive filter with the drops of unknown sources counted apart (`ru:<port>`)."""
+    rules = receive_rules(port)
+    return [*rules[:3], unknown_source_rule(port), *rules[3:]]
 
 
 class MacvtapFilter(TenantFilter):
     """HostVLAN on macvtap devices. Create it inside the host's network namespace (the factory
-    does); it owns and closes `nft` and `guard` (`macvtap_guard.MacvtapGuard`, optional: closes
-    every unbound `macvtap*`; its own table layout version)."""
+    does); it owns and closes `nft`, `guard` (`macvtap_guard.MacvtapGuard`, the factory's
+    default: closes every unbound `macvtap*`; its own table layout version) and `nfnl` (the
+    counters are read over it: nft 1.0.6 hangs listing counters while the guard exists; the
+    guard's own when there is one)."""
 
-    def __init__(self, nft: Nft | None = None, guard: MacvtapGuard | None = None) -> None:
+    def __init__(self, nft: Nft | None = None, guard: MacvtapGuard | None = None, nfnl: Nfnl | None = None) -> None:
         super().__init__()
         self.guard = guard
-        self.table = NftTable(nft or Nft(), "netdev", VERSION if guard is None else GUARD_VERSION)
+        self.table = NftTable(nft or Nft(), "netdev", VERSION if guard is None else GUARD_VERSION, split_unknown=True)
         self._t = self.table.ref
+        self._nfnl = guard.nfnl if guard is not None else (nfnl or Nfnl())
 
     # ----- the back-end contract, on the table ------------------------------------------------
     def _kernel_digest(self) -> int | None:
@@ -225,8 +239,36 @@ class MacvtapFilter(TenantFilter):
         cmds = self.table.element_cmds(delta, digest, self._port_chain_cmds(delta, fresh=False))
         self.table.run(cmds if self.guard is None else self.guard.batch(delta, cmds, fresh=False))
 
+    def _packets(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(the table's named counters, the guard's) → packets, over nfnetlink (never a listing)."""
+        guard = self.guard.counters() if self.guard is not None else {}
+        return self._nfnl.counters(NFPROTO_NETDEV, TABLE), guard
+
     def counters(self) -> dict[str, PortCounters]:
-        return self.table.counters(by_table=self.guard is not None)
+        table, guard = self._packets()
+        out = self.table.port_counters(table)
+        if guard:  # the guard's drops are an unbound macvtap's: copies to it (rx), frames from it (tx)
+            old = out.get(UNBOUND_PORT_NAME, PortCounters())
+            rx, tx = guard.get("guard_in", 0), guard.get("guard_out", 0)
+            out[UNBOUND_PORT_NAME] = PortCounters(old.rx_dropped + rx, old.tx_dropped + tx)
+        return out
+
+    def drops(self) -> dict[tuple[str, str], int]:
+        """Per (port, reason): `rx:P` no shared LNID (its source is known: unknown sources are
+        `ru:P`'s), `ru:P` unknown source, `tx:P` forged source, at the port named; the unbound
+        counters of the table and the guard's chains under (`(unbound)`, unbound_port)."""
+        table, guard = self._packets()
+        reason = {"rx:": NO_SHARED_LNID, "ru:": UNKNOWN_SOURCE, "tx:": FORGED_SOURCE}
+        out: dict[tuple[str, str], int] = {}
+        unbound = sum(guard.values())
+        for name, packets in table.items():
+            if name[:3] in reason:
+                out[(name[3:], reason[name[:3]])] = packets
+            elif name in (UNBOUND_RX, UNBOUND_TX):
+                unbound += packets
+        if table or guard:  # installed
+            out[(UNBOUND_PORT_NAME, UNBOUND_PORT)] = unbound
+        return out
 
     def _remove(self) -> None:
         if self.guard is None:
@@ -238,15 +280,17 @@ class MacvtapFilter(TenantFilter):
     def close(self) -> None:
         self.table.close()
         if self.guard is not None:
-            self.guard.close()
+            self.guard.close()  # and `_nfnl`, the guard's
+        else:
+            self._nfnl.close()
 
     # ----- the layout ---------------------------------------------------------------------------
     def _layout_cmds(self) -> list[Cmd]:
-        wire = receive_rules(OIF)
+        wire = receive_chain(OIF)
         # the uplink is `global`: its `global_ports` rule accepts what leaves for the wire, so it
         # goes first (the accepts commute: same verdict, one (MAC, port) lookup less per frame)
         wire = [wire[1], wire[0], *wire[2:]]
-        rules = {RX: receive_rules(IIF), RX_WIRE: wire, TX: send_rules(OIF)}
+        rules = {RX: receive_chain(IIF), RX_WIRE: wire, TX: send_rules(OIF)}
         cmds: list[Cmd] = []
         for chain, exprs in rules.items():
             cmds.append({"add": {"chain": {**self._t, "name": chain}}})

@@ -8,15 +8,18 @@ bound. With the agent down, libvirt creating and raising a macvtap breaks it.
 What the kernel allows (6.16+): a netdev base chain whose hook names a device-name PREFIX
 (`NFTA_DEVICE_PREFIX`) is attached to every device whose name starts with it, present or
 created later, before the device can come up. `MacvtapGuard`, a part the factory composes into
-`MacvtapFilter` on request (`guard=True`; not the default: nft 1.0.6 hangs listing counters,
-tables or the ruleset while the prefix chains exist), owns two such chains on `macvtap*` (the name the kernel
-and libvirt give macvtaps; configurable), both policy drop:
+`MacvtapFilter` by default (`build_backend(..., guard=False)`, the agent's `--no-macvtap-guard`,
+leave it out), owns two such chains on `macvtap*` (the name the kernel and libvirt give
+macvtaps; configurable), both policy drop:
 
     table netdev hostvlan_guard
         set ports { type ifname }                   = Facts.ports, kept in the SAME
                                                       transaction as the binding
+        counter guard_in, counter guard_out         what each chain drops (`drops`)
         chain guard_in   hook ingress devices macvtap*   iifname @ports accept  (copies to the VM)
+                                                         counter name guard_in
         chain guard_out  hook egress  devices macvtap*   oifname @ports accept  (what the VM sends)
+                                                         counter name guard_out
 
 so a macvtap no binding names receives nothing and sends nothing, whatever its admin state;
 the per-port chains of `MacvtapFilter` keep doing the exact checks of a bound one.
@@ -24,11 +27,12 @@ the per-port chains of `MacvtapFilter` keep doing the exact checks of a bound on
 How, and what it costs. nft 1.0.6 cannot express a prefix hook, so the two chains are created
 through raw nfnetlink (`kernel/nfnl.py`) once, right after the table and set (libnftables); the
 set's elements then move with every libnftables batch of `MacvtapFilter`. The guard lives in its
-own table because nft 1.0.6 cannot LIST a prefix chain (it hangs; `nft list ruleset` too while
-the guard exists): hostvlan reads its own table by name, the guard's set by name and the guard's
-chains over raw nfnetlink. Each macvtap frame passes one more hook per direction (an ifname set
-lookup). A macvtap not named `<prefix>…` is not guarded. May import `hostvlan.datapath` and
-`hostvlan.model` only.
+own table because nft 1.0.6 cannot LIST a prefix chain (it hangs; so do `nft list ruleset`,
+`list tables`, `list counters` and `list counter …` while the guard exists, whatever table they
+name): hostvlan reads its own table by name, the guard's set by name, and the guard's chains and
+every counter over raw nfnetlink (`Nfnl.counters`, `Nfnl.rule_count`). Each macvtap frame
+passes one more hook per direction (an ifname set lookup). A macvtap not named `<prefix>…` is
+not guarded. May import `hostvlan.datapath` and `hostvlan.model` only.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from hostvlan.model.facts import Facts, FactsDelta
 GUARD_TABLE = "hostvlan_guard"
 GUARD_SET = "ports"
 PREFIX = "macvtap"
-VERSION = "layout_macvtap_v3_guard"  # the macvtap table's layout with the guard
+VERSION = "layout_macvtap_v4_guard"  # the macvtap table's layout with the guard
+GUARD_RULES = 2  # per chain: the accept of bound ports, the counter of the rest
 
 
 class MacvtapGuard:
@@ -58,9 +63,13 @@ class MacvtapGuard:
 
     def _guards(self) -> list[GuardChain]:
         return [
-            GuardChain("guard_in", "ingress", self._prefix, GUARD_SET),
-            GuardChain("guard_out", "egress", self._prefix, GUARD_SET),
+            GuardChain("guard_in", "ingress", self._prefix, GUARD_SET, "guard_in"),
+            GuardChain("guard_out", "egress", self._prefix, GUARD_SET, "guard_out"),
         ]
+
+    @property
+    def nfnl(self) -> Nfnl:
+        return self._nfnl
 
     def batch(self, delta: FactsDelta, cmds: list[Cmd], *, fresh: bool) -> list[Cmd]:
         """The macvtap table's batch `cmds` with the guard's set moved along (same transaction):
@@ -68,23 +77,35 @@ class MacvtapGuard:
         g = self._g
         if fresh:
             table = {"family": "netdev", "name": GUARD_TABLE}
-            cmds = [{"add": {"table": table}}, {"add": {"set": {**g, "type": "ifname"}}}, {"flush": {"set": g}}, *cmds]
+            counters = [{"add": {"counter": {**g, "name": c.counter}}} for c in self._guards()]
+            head = [{"add": {"table": table}}, {"add": {"set": {**g, "type": "ifname"}}}, {"flush": {"set": g}}]
+            cmds = [*head, *counters, *cmds]
         elif delta.ports.remove:
             cmds = [{"delete": {"element": {**g, "elem": sorted(delta.ports.remove)}}}, *cmds]
         if delta.ports.add:
             cmds = [*cmds, {"add": {"element": {**g, "elem": sorted(delta.ports.add)}}}]
         return cmds
 
+    def _rules(self) -> dict[str, int | None]:
+        """Chain name → its number of rules (None: no such chain)."""
+        out: dict[str, int | None] = {}
+        for c in self._guards():
+            there = self._nfnl.chain_exists(NFPROTO_NETDEV, GUARD_TABLE, c.name)
+            out[c.name] = self._nfnl.rule_count(NFPROTO_NETDEV, GUARD_TABLE, c.name) if there else None
+        return out
+
     def guarded(self) -> bool:
-        return all(self._nfnl.chain_exists(NFPROTO_NETDEV, GUARD_TABLE, c.name) for c in self._guards())
+        return all(n == GUARD_RULES for n in self._rules().values())
 
     def installed(self) -> None:
-        """After an install's batch: the prefix chains, if missing (one nfnetlink transaction)."""
-        if not self.guarded():
-            self._nfnl.add_guards(GUARD_TABLE, self._guards())
+        """After an install's batch: the prefix chains if missing, their rules if not this layout's
+        (a chain that exists keeps its hook: its rules are replaced in the same transaction)."""
+        rules = self._rules()
+        if any(n != GUARD_RULES for n in rules.values()):
+            self._nfnl.add_guards(GUARD_TABLE, self._guards(), existing={c for c, n in rules.items() if n is not None})
 
     def check(self, nft: Nft, facts: Facts) -> bool:
-        """The chains exist and the set holds exactly `facts.ports`."""
+        """The chains (with this layout's rules) and counters exist, the set holds exactly `facts.ports`."""
         if not self.guarded():
             return False
         try:
@@ -94,7 +115,11 @@ class MacvtapGuard:
                 return False
             raise
         elems = {str(e) for item in items for e in item.get("set", {}).get("elem", [])}
-        return elems == set(facts.ports)
+        return elems == set(facts.ports) and set(self.counters()) == {c.counter for c in self._guards()}
+
+    def counters(self) -> dict[str, int]:
+        """Frames each guard chain dropped (counter name → packets), over nfnetlink."""
+        return self._nfnl.counters(NFPROTO_NETDEV, GUARD_TABLE)
 
     @staticmethod
     def remove_cmds() -> list[Cmd]:

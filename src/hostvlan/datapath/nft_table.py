@@ -110,6 +110,17 @@ def _tx(port: str) -> str:
     return f"tx:{port}"
 
 
+def _ru(port: str) -> str:
+    return f"ru:{port}"
+
+
+def unknown_source_rule(port: dict[str, Any]) -> Rule:
+    """A receive-filter rule placed before the per-port drop (`split_unknown` tables): a frame whose
+    source is not in the table, counted apart (`ru:<port>`, reason unknown_source)."""
+    unknown = {"match": {"op": "!=", "left": SADDR, "right": "@known"}}
+    return [match(port, "ports"), unknown, {"counter": {"map": {"key": port, "data": "@ru_drops"}}}, DROP]
+
+
 def _missing(exc: DatapathError) -> bool:
     return exc.errno == errno.ENOENT
 
@@ -122,11 +133,22 @@ class NftTable:
     """The table `<family> hostvlan` of one back end (see module doc), on one libnftables
     context (bound to the network namespace it was created in)."""
 
-    def __init__(self, nft: Nft, family: str, version: str, extra_counters: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        nft: Nft,
+        family: str,
+        version: str,
+        extra_counters: Mapping[str, str] | None = None,
+        *,
+        split_unknown: bool = False,
+    ) -> None:
         self.nft = nft
         self.family = family
         self.version = version  # a counter of this name marks the table layout
         self.extra_counters = dict(extra_counters or {})  # counter name -> bucket it is reported as (rx)
+        # per-port counters `ru:<port>` (map ru_drops) for the receive drops of unknown sources
+        # (`unknown_source_rule`), so `rx:<port>` counts only those of no shared LNID
+        self._maps = ("rx_drops", "tx_drops", "ru_drops") if split_unknown else ("rx_drops", "tx_drops")
         self._t = {"family": family, "table": TABLE}
         # mixed into the stored digest: an agent of another layout (flavour, version) never takes
         # the kernel's digest for its own, so it reinstalls instead of trusting a layout it does not run
@@ -152,20 +174,20 @@ class NftTable:
                 cmds.append({"delete": {"element": {**t, "name": name, "elem": [_elem(name, i) for i in items]}}})
         gone = sorted(delta.ports.remove)
         if gone:
-            for mapname in ("rx_drops", "tx_drops"):
+            for mapname in self._maps:
                 cmds.append({"delete": {"element": {**t, "name": mapname, "elem": gone}}})
             for port in gone:
-                cmds.append({"delete": {"counter": {**t, "name": _rx(port)}}})
-                cmds.append({"delete": {"counter": {**t, "name": _tx(port)}}})
+                for name in self._port_counters(port):
+                    cmds.append({"delete": {"counter": {**t, "name": name}}})
         old_chains, new_chains = chains
         cmds.extend(old_chains)
         new = sorted(delta.ports.add)
         for port in new:
-            cmds.append({"add": {"counter": {**t, "name": _rx(port)}}})
-            cmds.append({"add": {"counter": {**t, "name": _tx(port)}}})
+            for name in self._port_counters(port):
+                cmds.append({"add": {"counter": {**t, "name": name}}})
         if new:
-            cmds.append({"add": {"element": {**t, "name": "rx_drops", "elem": [[p, _rx(p)] for p in new]}}})
-            cmds.append({"add": {"element": {**t, "name": "tx_drops", "elem": [[p, _tx(p)] for p in new]}}})
+            for mapname, counter in zip(self._maps, (_rx, _tx, _ru), strict=False):
+                cmds.append({"add": {"element": {**t, "name": mapname, "elem": [[p, counter(p)] for p in new]}}})
         for name in SETS:
             items = getattr(delta, name).add
             if items:
@@ -187,13 +209,16 @@ class NftTable:
         for name, typ in SETS.items():
             cmds.append({"add": {"set": {**t, "name": name, "type": typ}}})
         cmds.append({"add": {"set": {**t, "name": "digest", "type": "ifname"}}})
-        for name in ("rx_drops", "tx_drops"):
+        for name in self._maps:
             cmds.append({"add": {"map": {**t, "name": name, "type": "ifname", "map": "counter"}}})
         for name in (UNBOUND_RX, UNBOUND_TX, *self.extra_counters):
             cmds.append({"add": {"counter": {**t, "name": name}}})
         cmds.extend(layout)
         cmds.extend(self.element_cmds(delta, digest, chains))
         return cmds
+
+    def _port_counters(self, port: str) -> list[str]:
+        return [_rx(port), _tx(port), _ru(port)][: len(self._maps)]
 
     def run(self, cmds: list[Cmd]) -> None:
         """One batch: one kernel transaction."""
@@ -274,15 +299,19 @@ class NftTable:
             if _missing(exc):
                 return {}
             raise
+        packets = {str(i["counter"]["name"]): int(i["counter"].get("packets", 0)) for i in items if i.get("counter")}
+        return self.port_counters(packets)
+
+    def port_counters(self, counts: Mapping[str, int]) -> dict[str, PortCounters]:
+        """`counters()` from the packets of each named counter of this table (read otherwise,
+        e.g. over nfnetlink); an `ru:<port>` counter adds to the port's receive drops."""
         rx: dict[str, int] = {}
         tx: dict[str, int] = {}
-        for item in items:
-            c = item.get("counter")
-            if not c:
-                continue
-            name, packets = str(c["name"]), int(c.get("packets", 0))
-            if name.startswith("rx:"):
-                rx[name[3:]] = packets
+        for name, packets in counts.items():
+            if name.startswith("ru:"):
+                rx[name[3:]] = rx.get(name[3:], 0) + packets
+            elif name.startswith("rx:"):
+                rx[name[3:]] = rx.get(name[3:], 0) + packets
             elif name.startswith("tx:"):
                 tx[name[3:]] = packets
             elif name == UNBOUND_RX:
