@@ -93,7 +93,7 @@ class Host(NftHost):
     KIND: ClassVar[str] = "macvtap"
     FAMILY: ClassVar[str] = "netdev"
     SPEC: ClassVar[BackendSpec] = BackendSpec(kind="macvtap")
-    OPTIONS: ClassVar[dict[str, Any]] = {}  # the default: per-port chains alone (test_macvtap_closed: the guard)
+    OPTIONS: ClassVar[dict[str, Any]] = {}  # the default: per-port chains and the guard on macvtap*
     UNBOUND_UP: ClassVar[bool] = False  # the contract: an unbound macvtap stays down
     FLOODS_UNKNOWN_UNICAST: ClassVar[bool] = False  # macvlan: unicast no macvtap owns goes to the wire
     PACE: ClassVar[float] = 0.0005  # the stand-ins are Python: no queue may overflow

@@ -155,8 +155,19 @@ def manager(
     help="The virtual switch whose tenant filter this agent programs: a Linux bridge, an Open vSwitch "
     "bridge (OpenFlow, fail-mode=secure), or the macvtap devices on the uplink. On each, a port no binding "
     "names (a new VM's tap or macvtap, also one added while no agent runs) is closed: it receives nothing "
-    "and sends nothing until the agent binds it (macvtap: as long as an unbound macvtap stays down; the "
-    "guard that closes macvtap* devices by construction is not enabled with nft 1.0.6).",
+    "and sends nothing until the agent binds it (macvtap: every device named macvtap*, by the guard, see "
+    "--macvtap-guard).",
+)
+@click.option(
+    "--macvtap-guard/--no-macvtap-guard",
+    default=True,
+    show_default=True,
+    help="--backend macvtap only: close every macvtap* device no binding names, agent running or not, with "
+    "two netdev chains on the device-name prefix macvtap (table `netdev hostvlan_guard`, Linux 6.16+; one "
+    "more hook per frame and direction). While they exist, nft 1.0.6 hangs in `nft list ruleset`, `list "
+    "tables` and `list counters` (list a table by name instead); the agent reads over nfnetlink and is not "
+    "affected. Without the guard an unbound macvtap is closed only while it is down (the agent keeps it "
+    "down; a macvtap raised while no agent runs is open).",
 )
 @click.option(
     "--send-check",
@@ -240,6 +251,7 @@ def agent(
     token: str | None,
     cacert: str | None,
     backend: str,
+    macvtap_guard: bool,
     send_check: str,
     receive_filter: str | None,
     bpf_pins: str | None,
@@ -306,7 +318,7 @@ def agent(
     except (InvalidValue, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        filt = build_backend(spec)
+        filt = build_backend(spec, guard=macvtap_guard)
     except (DatapathError, ValueError) as exc:
         raise click.ClickException(f"cannot open the {backend} back end: {exc}") from None
     cfg = AgentConfig(
