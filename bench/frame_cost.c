@@ -2,7 +2,9 @@
  *
  * usage: frame_cost TAP_IN TAP_OUT FRAMES LEN SRC_MAC DST_MAC
  * Writes FRAMES frames of LEN bytes (EtherType 0x88b5, local experimental) into tap TAP_IN
- * and reads them from tap TAP_OUT, at most 256 in flight. A tap write runs the bridge's whole
+ * and reads them from tap TAP_OUT, at most 256 in flight. A name starting with '/' is a macvtap's
+ * character device (what QEMU opens), one starting with '@' a packet socket on that device (the
+ * far end of a veth "wire"; bench/frame_cost_macvtap.py), else a tap device's name. A tap write runs the bridge's whole
  * receive/forward/transmit path in this process (softirq on the same CPU), so
  * getrusage(user+sys) / frames is the CPU the path costs per frame, steady however busy the
  * other CPU is. Prints: cpu_ns_per_frame wall_ns_per_frame frames_received write_retries
@@ -10,8 +12,12 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/if.h>
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,10 +26,20 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
-static int op(const char *name) { const char *p = "/dev/net/tun";
+static int op(const char *name) {
+    if (name[0] == '@') {
+        int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, htons(ETH_P_ALL)), one = 1;
+        struct sockaddr_ll a; memset(&a, 0, sizeof a);
+        a.sll_family = AF_PACKET; a.sll_protocol = htons(ETH_P_ALL); a.sll_ifindex = if_nametoindex(name + 1);
+        if (fd < 0 || !a.sll_ifindex || bind(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror(name); exit(1); }
+        if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) < 0) { perror("PACKET_IGNORE_OUTGOING"); exit(1); }
+        return fd;
+    }
+    const char *p = name[0] == '/' ? name : "/dev/net/tun";
     int fd = open(p, O_RDWR | O_NONBLOCK);
     if (fd < 0) { perror(p); exit(1); }
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr); ifr.ifr_flags = IFF_TAP | IFF_NO_PI; strncpy(ifr.ifr_name, name, IFNAMSIZ-1);
+    struct ifreq ifr; memset(&ifr, 0, sizeof ifr); ifr.ifr_flags = IFF_TAP | IFF_NO_PI;  /* macvtap: no vnet header */
+    if (name[0] != '/') strncpy(ifr.ifr_name, name, IFNAMSIZ-1);
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) { perror("TUNSETIFF"); exit(1); }
     return fd;
 }

@@ -25,6 +25,9 @@ Configurations, alternating every round (order flipped each round):
 
     sudo .venv/bin/python bench/frame_cost.py [--rounds 9] [--frames 300000] [--len 64]
 
+`--switch macvtap` measures the macvtap back end and its guard instead (frame_cost_macvtap.py:
+wire to VM, VM to wire, VM to VM; `--configs` from its list).
+
 Prints JSON: per configuration the median/min/max CPU ns per frame and the median of the
 paired differences to `none`. A benchmark: it asserts nothing and never gates CI.
 """
@@ -89,13 +92,20 @@ def main() -> int:
     ap.add_argument("--macs", type=int, default=8192)
     ap.add_argument("--lnids", type=int, default=128)
     ap.add_argument("--ports", type=int, default=126)
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default=None, help=f"default: {','.join(CONFIGS)} (bridge)")
+    ap.add_argument("--switch", choices=("bridge", "macvtap"), default="bridge")
     args = ap.parse_args()
-    configs = [c for c in args.configs.split(",") if c]
-    ns = f"hvfc{secrets.token_hex(3)}-h"
     tmp = Path(tempfile.mkdtemp(prefix="hostvlan-frame-cost-"))
     exe = tmp / "frame_cost"
     subprocess.run(["gcc", "-O2", "-o", str(exe), str(Path(__file__).with_name("frame_cost.c"))], check=True)
+    if args.switch == "macvtap":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from frame_cost_macvtap import run as run_macvtap
+
+        print(json.dumps(run_macvtap(args, exe, tmp), indent=2))
+        return 0
+    configs = [c for c in (args.configs or ",".join(CONFIGS)).split(",") if c]
+    ns = f"hvfc{secrets.token_hex(3)}-h"
     sh = ["ip", "netns", "exec", ns]
 
     def run(*argv: str) -> None:
