@@ -45,7 +45,12 @@ nftables back end, `nft_table.NftTable`, which this back end holds):
   per bound uplink U:    chain rx_U  hook egress  device U policy drop { jump wire_rx }
 
 (Per-port chains start with `rx_`/`tx_`, shared ones never do: no port name collides.
-Drop counters are named `rx:P`/`tx:P` as on the bridge.)
+Drop counters are named `rx:P`/`tx:P` as on the bridge, plus `ru:P`: `rx` and `wire_rx` drop
+a frame whose source is not in `known` by a rule of its own before the per-port drop
+(`receive_chain`), so `drops()` tells unknown_source (`ru:P`) from no_shared_lnid (`rx:P`);
+forged_source is `tx:P`, unbound_port the unbound counters and the guard's. Counters are
+read over nfnetlink (`kernel.nfnl.Nfnl.counters`): nft 1.0.6 hangs listing counters while
+the guard's prefix chains exist; the table and sets are listed by name, which does not.)
 
 Per-frame cost. A frame from VM to VM passes two hooks: its port's egress, its peer's
 ingress; each hook's tenant traffic is accepted by the first rule. The egress chain
@@ -67,12 +72,13 @@ it from birth. (Verified on 6.18 only. Older kernels, before the netdev-hook rew
 about 6.16, refuse a chain for a missing device and delete it with the device: there the
 device must exist when its port is bound, and be re-bound when it is re-created.)
 
-Fail closed. Every base chain has policy drop. A macvtap that is NOT bound has no chain,
-and nothing else sees all of its frames (its broadcasts reach siblings without passing
-any hook of the lower device). `macvtap_guard.MacvtapGuard` (not the default with nft 1.0.6, see there),
-which closes such a macvtap with prefix-hook chains on `macvtap*` (raw nfnetlink: nft 1.0.6
-cannot express them). Without that guard, or for a macvtap named otherwise, the contract
-the agent and the testbed follow is:
+Fail closed. Every base chain has policy drop. A macvtap that is NOT bound has no chain of
+its own, and nothing else of this table sees all of its frames (its broadcasts reach siblings
+without passing any hook of the lower device). `macvtap_guard.MacvtapGuard`, which the
+factory composes by default, closes such a macvtap with prefix-hook chains on `macvtap*`
+(raw nfnetlink: nft 1.0.6 cannot express them), agent running or not. For a macvtap named
+otherwise, or without the guard (`--no-macvtap-guard`), the contract the agent and the
+testbed follow is:
 
   1. create the macvtap DOWN (the kernel's default) or bind its port first;
   2. bind its port (apply) before bringing it up and before QEMU opens /dev/tapN;
@@ -104,7 +110,8 @@ port. An agent always binds its uplink.
 
 Atomicity: install, every change and removal is one libnftables JSON batch, which the
 kernel commits as one transaction or not at all; chain hooks registered by a batch drop
-(policy) until it commits and vanish if it aborts. Counters per port: `counters()`.
+(policy) until it commits and vanish if it aborts. Counters per port: `counters()`; per
+(port, reason): `drops()`.
 """
 
 from __future__ import annotations
@@ -245,13 +252,9 @@ class MacvtapFilter(TenantFilter):
         return self._nfnl.counters(NFPROTO_NETDEV, TABLE), guard
 
     def counters(self) -> dict[str, PortCounters]:
-        table, guard = self._packets()
-        out = self.table.port_counters(table)
-        if guard:  # the guard's drops are an unbound macvtap's: copies to it (rx), frames from it (tx)
-            old = out.get(UNBOUND_PORT_NAME, PortCounters())
-            rx, tx = guard.get("guard_in", 0), guard.get("guard_out", 0)
-            out[UNBOUND_PORT_NAME] = PortCounters(old.rx_dropped + rx, old.tx_dropped + tx)
-        return out
+        """The table's drop counters per port (the guard's are in `drops()` only: they also count
+        what a macvtap that is DOWN sends, which reaches its egress hook and no further)."""
+        return self.table.port_counters(self._packets()[0])
 
     def drops(self) -> dict[tuple[str, str], int]:
         """Per (port, reason): `rx:P` no shared LNID (its source is known: unknown sources are
