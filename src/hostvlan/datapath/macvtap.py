@@ -254,7 +254,7 @@ class MacvtapFilter(TenantFilter):
     def counters(self) -> dict[str, PortCounters]:
         """The table's drop counters per port (the guard's are in `drops()` only: they also count
         what a macvtap that is DOWN sends, which reaches its egress hook and no further)."""
-        return self.table.port_counters(self._packets()[0])
+        return self.table.port_counters(self._nfnl.counters(NFPROTO_NETDEV, TABLE))
 
     def drops(self) -> dict[tuple[str, str], int]:
         """Per (port, reason): `rx:P` no shared LNID (its source is known: unknown sources are
