@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hostvlan.datapath.base import UNBOUND_PORT_NAME
+from hostvlan.datapath.factory import build_backend
 from hostvlan.datapath.kernel.nfnl import NFPROTO_NETDEV, NFT_MSG_DELRULE, RULE_CHAIN, RULE_TABLE, _str
 from hostvlan.datapath.macvtap import MacvtapFilter
 from hostvlan.datapath.macvtap_guard import GUARD_SET, GUARD_TABLE
 from hostvlan.model.ids import Mac
 from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
+from hostvlan.testbed import netns
 from hostvlan.testbed.traffic import BROADCAST, frame
 
 from .macvtapnet import OUTSIDE, OUTSIDE_MAC, Host, host_factory, host_state, received
@@ -157,3 +159,23 @@ def test_guard_chains_of_the_old_layout_are_upgraded_in_place(make_host: Callabl
     probe.send(a.name, frame(BROADCAST, a.mac, "a-bcast"))
     probe.send(b.name, frame(BROADCAST, b.mac, "b-bcast"))
     assert received(probe.collect()) == {a.name: [], b.name: [], OUTSIDE: ["a-bcast"]}
+
+
+def test_an_agent_without_the_guard_removes_an_earlier_agents_guard(make_host: Callable[[int], Host]) -> None:
+    """`--no-macvtap-guard` after a guarded agent: its install drops the guard's table in the same
+    batch (its set would no longer follow the bindings), and a port bound then works."""
+    host = make_host(2)
+    a, b = host.vms
+    entries = {a.mac: [1], b.mac: [1], OUTSIDE_MAC: [1]}
+    _guarded(host.boot(host_state(entries, {a.port: a.mac}))).close()
+    with netns.inside(host.ns):
+        plain = build_backend(host.spec(), guard=False)
+    host._closers.append(plain.close)
+    plain.sync(host_state(entries, {a.port: a.mac, b.port: b.mac}))
+    plain.apply()
+    assert plain.read() == plain.desired()
+    assert GUARD_TABLE not in {name for _, name in host.nfnl().tables()}
+    host.set_up(b.port)
+    probe = host.probe()
+    probe.send(b.name, frame(BROADCAST, b.mac, "b-bcast"))
+    assert received(probe.collect()) == {a.name: ["b-bcast"], b.name: [], OUTSIDE: ["b-bcast"]}

@@ -238,9 +238,11 @@ class MacvtapFilter(TenantFilter):
     def _install(self, delta: FactsDelta, digest: int) -> None:
         chains = self._port_chain_cmds(delta, fresh=True)
         cmds = self.table.install_cmds(self._layout_cmds(), delta, digest, chains)
-        self.table.run(cmds if self.guard is None else self.guard.batch(delta, cmds, fresh=True))
-        if self.guard is not None:
-            self.guard.installed()
+        if self.guard is None:  # without the guard: a guard left by an earlier agent goes in the same batch
+            self.table.run([*cmds, *MacvtapGuard.remove_cmds()])  # (its set would no longer follow the bindings)
+            return
+        self.table.run(self.guard.batch(delta, cmds, fresh=True))
+        self.guard.installed()
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
         cmds = self.table.element_cmds(delta, digest, self._port_chain_cmds(delta, fresh=False))
