@@ -10,7 +10,7 @@ from typing import Any
 from hostvlan.datapath.base import UNBOUND_PORT_NAME
 from hostvlan.datapath.kernel import nfnl
 from hostvlan.datapath.macvtap import MacvtapFilter
-from hostvlan.datapath.macvtap_guard import GUARD_TABLE, MacvtapGuard
+from hostvlan.datapath.macvtap_guard import GUARD_RULES, GUARD_TABLE, SEEN, MacvtapGuard
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import PortBinding
 from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
@@ -27,12 +27,21 @@ class FakeNft:
         self.batches += 1
         return {}
 
+    def run_text(self, text: str) -> None:
+        self.batches += 1
+
     def list(self, what: str) -> dict[str, Any]:
         kind, family, table = what.split()
         return self.list_obj({kind: {"family": family, "name": table}})
 
+    def list_counted(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.list_obj(obj)
+
     def list_obj(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.listed.append(obj)
+        if obj.get("set", {}).get("name") == SEEN:  # the guard's drops per device
+            elems = [{"elem": {"val": "macvtap7", "counter": {"packets": 8, "bytes": 512}}}]
+            return {"nftables": [{"set": {"name": SEEN, "elem": elems}}]}
         return {"nftables": []}
 
     def close(self) -> None:
@@ -50,7 +59,7 @@ class FakeNfnl:
         return True
 
     def rule_count(self, family: int, table: str, chain: str) -> int:
-        return 2
+        return GUARD_RULES
 
     def add_guards(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -74,7 +83,7 @@ TABLE_COUNTERS = {
 
 def _filter() -> tuple[MacvtapFilter, FakeNft]:
     nft = FakeNft()
-    fake = FakeNfnl({"hostvlan": TABLE_COUNTERS, GUARD_TABLE: {"guard_in": 5, "guard_out": 6}})
+    fake = FakeNfnl({"hostvlan": TABLE_COUNTERS, GUARD_TABLE: {"guard_in": 5, "guard_out": 6 + 8}})
     guard = MacvtapGuard(fake)  # type: ignore[arg-type]
     return MacvtapFilter(nft, guard), nft  # type: ignore[arg-type]
 
@@ -88,7 +97,8 @@ def test_drops_map_each_counter_to_its_port_and_reason() -> None:
         ("uplink0", NO_SHARED_LNID): 0,
         ("uplink0", UNKNOWN_SOURCE): 4,
         ("uplink0", FORGED_SOURCE): 0,
-        (UNBOUND_PORT_NAME, UNBOUND_PORT): 1 + 5 + 6,
+        ("macvtap7", UNBOUND_PORT): 8,  # the guard's, per device
+        (UNBOUND_PORT_NAME, UNBOUND_PORT): 1 + 5 + 6,  # the table's, and the guard's of no recorded device
     }
     c = filt.counters()
     assert (c["macvtap0"].rx_dropped, c["macvtap0"].tx_dropped) == (3, 3)

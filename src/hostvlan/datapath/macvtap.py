@@ -242,7 +242,7 @@ class MacvtapFilter(TenantFilter):
             self.table.run([*cmds, *MacvtapGuard.remove_cmds()])  # (its set would no longer follow the bindings)
             return
         self.table.run(self.guard.batch(delta, cmds, fresh=True))
-        self.guard.installed()
+        self.guard.installed(self.table.nft)
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
         cmds = self.table.element_cmds(delta, digest, self._port_chain_cmds(delta, fresh=False))
@@ -260,17 +260,22 @@ class MacvtapFilter(TenantFilter):
 
     def drops(self) -> dict[tuple[str, str], int]:
         """Per (port, reason): `rx:P` no shared LNID (its source is known: unknown sources are
-        `ru:P`'s), `ru:P` unknown source, `tx:P` forged source, at the port named; the unbound
-        counters of the table and the guard's chains under (`(unbound)`, unbound_port)."""
-        table, guard = self._packets()
+        `ru:P`'s), `ru:P` unknown source, `tx:P` forged source, at the port named; what the guard
+        dropped per unbound macvtap (its set `unbound`) as (that macvtap, unbound_port); the
+        table's unbound counters and the guard's drops no device was recorded for (set full)
+        under (`(unbound)`, unbound_port)."""
+        per_device = self.guard.by_device(self.table.nft) if self.guard is not None else {}
+        table, guard = self._packets()  # after the set: its counts never run ahead of the totals
         reason = {"rx:": NO_SHARED_LNID, "ru:": UNKNOWN_SOURCE, "tx:": FORGED_SOURCE}
         out: dict[tuple[str, str], int] = {}
-        unbound = sum(guard.values())
+        unbound = max(0, sum(guard.values()) - sum(per_device.values()))
         for name, packets in table.items():
             if name[:3] in reason:
                 out[(name[3:], reason[name[:3]])] = packets
             elif name in (UNBOUND_RX, UNBOUND_TX):
                 unbound += packets
+        for port, packets in per_device.items():
+            out[(port, UNBOUND_PORT)] = out.get((port, UNBOUND_PORT), 0) + packets
         if table or guard:  # installed
             out[(UNBOUND_PORT_NAME, UNBOUND_PORT)] = unbound
         return out

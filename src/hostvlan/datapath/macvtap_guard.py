@@ -16,10 +16,13 @@ macvtaps; configurable), both policy drop:
         set ports { type ifname }                   = Facts.ports, kept in the SAME
                                                       transaction as the binding
         counter guard_in, counter guard_out         what each chain drops (`drops`)
+        set unbound { type ifname; flags dynamic }  the same per device (a counter each)
         chain guard_in   hook ingress devices macvtap*   iifname @ports accept  (copies to the VM)
                                                          counter name guard_in
+                                                         update @unbound { iifname counter }
         chain guard_out  hook egress  devices macvtap*   oifname @ports accept  (what the VM sends)
                                                          counter name guard_out
+                                                         update @unbound { oifname counter }
 
 so a macvtap no binding names receives nothing and sends nothing, whatever its admin state;
 the per-port chains of `MacvtapFilter` keep doing the exact checks of a bound one.
@@ -50,7 +53,9 @@ GUARD_TABLE = "hostvlan_guard"
 GUARD_SET = "ports"
 PREFIX = "macvtap"
 VERSION = "layout_macvtap_v4_guard"  # the macvtap table's layout with the guard
-GUARD_RULES = 2  # per chain: the accept of bound ports, the counter of the rest
+GUARD_RULES = 3  # per chain: the accept of bound ports, the counter of the rest, the same per device
+SEEN = "unbound"  # dynamic set: every device the guard dropped frames of, with a counter each
+SEEN_SIZE = 1024  # when full, a new device's drops are only in the chains' counters
 
 
 class MacvtapGuard:
@@ -63,8 +68,8 @@ class MacvtapGuard:
 
     def _guards(self) -> list[GuardChain]:
         return [
-            GuardChain("guard_in", "ingress", self._prefix, GUARD_SET, "guard_in"),
-            GuardChain("guard_out", "egress", self._prefix, GUARD_SET, "guard_out"),
+            GuardChain("guard_in", "ingress", self._prefix, GUARD_SET, "guard_in", SEEN),
+            GuardChain("guard_out", "egress", self._prefix, GUARD_SET, "guard_out", SEEN),
         ]
 
     @property
@@ -97,9 +102,12 @@ class MacvtapGuard:
     def guarded(self) -> bool:
         return all(n == GUARD_RULES for n in self._rules().values())
 
-    def installed(self) -> None:
-        """After an install's batch: the prefix chains if missing, their rules if not this layout's
-        (a chain that exists keeps its hook: its rules are replaced in the same transaction)."""
+    def installed(self, nft: Nft) -> None:
+        """After an install's batch: the set `unbound` (nft syntax: 1.0.6's JSON has no `dynamic`
+        flag; `add` of an existing one is a no-op), the prefix chains if missing, their rules if not
+        this layout's (a chain that exists keeps its hook: its rules are replaced in the same
+        transaction)."""
+        nft.run_text(f"add set netdev {GUARD_TABLE} {SEEN} {{ type ifname ; flags dynamic ; size {SEEN_SIZE} ; }}")
         rules = self._rules()
         if any(n != GUARD_RULES for n in rules.values()):
             self._nfnl.add_guards(GUARD_TABLE, self._guards(), existing={c for c, n in rules.items() if n is not None})
@@ -120,6 +128,23 @@ class MacvtapGuard:
     def counters(self) -> dict[str, int]:
         """Frames each guard chain dropped (counter name → packets), over nfnetlink."""
         return self._nfnl.counters(NFPROTO_NETDEV, GUARD_TABLE)
+
+    def by_device(self, nft: Nft) -> dict[str, int]:
+        """Frames dropped per device (both chains), from the set `unbound` listed by name (which
+        nft 1.0.6 does beside the prefix chains); absent: {}."""
+        try:
+            items: list[dict[str, Any]] = nft.list_counted({"set": {**self._g, "name": SEEN}}).get("nftables", [])
+        except DatapathError as exc:
+            if exc.errno == errno.ENOENT:
+                return {}
+            raise
+        out: dict[str, int] = {}
+        for item in items:
+            for e in item.get("set", {}).get("elem", []):
+                elem = e.get("elem", {}) if isinstance(e, dict) else {}
+                if "val" in elem:
+                    out[str(elem["val"])] = int((elem.get("counter") or {}).get("packets", 0))
+        return out
 
     @staticmethod
     def remove_cmds() -> list[Cmd]:

@@ -5,9 +5,9 @@ Since Linux 6.16 a netdev chain's hook may name devices by prefix (`NFTA_DEVICE_
 starts with it, present or created later (before the device can come up), and detaches it
 when the device goes. nft 1.0.6 (libnftnl 1.2.4) has no syntax or JSON for that, so this
 module builds the one batch it needs by hand: base chains whose first rule accepts a device
-in a set of the same table, whose second counts the rest in a named counter, and whose policy
-drops it (`GuardChain`). The table, the set and the counters exist already (created through
-libnftables); every change stays libnftables.
+in a set of the same table, whose second counts the rest in a named counter and third per
+device in a dynamic set, and whose policy drops it (`GuardChain`). The table, the sets and the
+counter exist already (created through libnftables); every change stays libnftables.
 
 Reading: nft 1.0.6 hangs in any listing whose cache fill dumps every chain of the namespace
 (`list ruleset`, `list tables`, `list counters`, `list counter …`) while a prefix chain
@@ -60,6 +60,7 @@ LOOKUP_SET, LOOKUP_SREG = 1, 2
 IMMEDIATE_DREG, IMMEDIATE_DATA = 1, 2
 DATA_VERDICT, VERDICT_CODE = 2, 1
 OBJREF_IMM_TYPE, OBJREF_IMM_NAME = 1, 2
+DYNSET_SET_NAME, DYNSET_OP, DYNSET_SREG_KEY, DYNSET_EXPR, DYNSET_OP_UPDATE = 1, 3, 4, 7, 1
 OBJ_TABLE, OBJ_NAME, OBJ_TYPE, OBJ_DATA = 1, 2, 3, 4
 NFT_OBJECT_COUNTER = 1
 COUNTER_BYTES, COUNTER_PACKETS = 1, 2
@@ -114,6 +115,7 @@ class GuardChain:
     prefix: str
     allow: str  # a set of ifnames in the same table
     counter: str  # a named counter of the same table: what the policy drops
+    seen: str  # a dynamic ifname set of the same table: per device, what the policy drops (counter each)
     priority: int = -300
 
 
@@ -269,11 +271,14 @@ class Nfnl:
 
     @staticmethod
     def _guard_rules(table: str, c: GuardChain) -> list[tuple[int, int, int, bytes]]:
-        """`<dir>ifname @<allow> accept`, then `counter name <counter>` (the policy drops)."""
-        key = META_IIFNAME if c.hook == "ingress" else META_OIFNAME
+        """`<dir>ifname @<allow> accept`; `counter name <counter>`; `update @<seen> { <dir>ifname
+        counter }` (the policy drops what reaches the end; a full `seen` breaks only its rule)."""
+        key = _expr(
+            "meta", _be32(META_KEY, META_IIFNAME if c.hook == "ingress" else META_OIFNAME), _be32(META_DREG, REG_1)
+        )
         accept = _nest(
             RULE_EXPRESSIONS,
-            _expr("meta", _be32(META_KEY, key), _be32(META_DREG, REG_1)),
+            key,
             _expr("lookup", _str(LOOKUP_SET, c.allow), _be32(LOOKUP_SREG, REG_1)),
             _expr(
                 "immediate",
@@ -285,5 +290,18 @@ class Nfnl:
             RULE_EXPRESSIONS,
             _expr("objref", _be32(OBJREF_IMM_TYPE, NFT_OBJECT_COUNTER), _str(OBJREF_IMM_NAME, c.counter)),
         )
+        zero = _attr(COUNTER_BYTES, struct.pack("!Q", 0)) + _attr(COUNTER_PACKETS, struct.pack("!Q", 0))
+        per_device = _nest(
+            RULE_EXPRESSIONS,
+            key,
+            _expr(
+                "dynset",
+                _str(DYNSET_SET_NAME, c.seen),
+                _be32(DYNSET_OP, DYNSET_OP_UPDATE),
+                _be32(DYNSET_SREG_KEY, REG_1),
+                _nest(DYNSET_EXPR, _str(EXPR_NAME, "counter"), _nest(EXPR_DATA, zero)),
+            ),
+        )
         where = _str(RULE_TABLE, table) + _str(RULE_CHAIN, c.name)
-        return [(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, NFPROTO_NETDEV, where + e) for e in (accept, count)]
+        rules = (accept, count, per_device)
+        return [(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, NFPROTO_NETDEV, where + e) for e in rules]

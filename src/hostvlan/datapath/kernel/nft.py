@@ -72,6 +72,11 @@ class Nft:
         """Run a batch of JSON commands as one transaction; raise DatapathError on failure."""
         return self._run(json.dumps({"nftables": commands}), what=f"batch of {len(commands)} commands")
 
+    def run_text(self, text: str) -> None:
+        """Commands in nft's own syntax, one transaction (for what nft 1.0.6's JSON cannot say,
+        e.g. a set's `flags dynamic`)."""
+        self._run(text, what="commands")
+
     def list(self, what: str) -> dict[str, Any]:
         """`nft -j list …` as a dict, e.g. list("table bridge hostvlan")."""
         return self.list_obj(_list_obj(what))
@@ -79,6 +84,16 @@ class Nft:
     def list_obj(self, obj: dict[str, Any]) -> dict[str, Any]:
         """List one JSON object spec, e.g. {"set": {"family": …, "table": …, "name": …}}."""
         return self._run(json.dumps({"nftables": [{"list": obj}]}), what=f"list {next(iter(obj))}")
+
+    def list_counted(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """`list_obj` without handles: with them nft 1.0.6 prints a set element's counter as null."""
+        if self._ctx is None:
+            raise DatapathError("nftables context is closed")
+        self._lib.nft_ctx_output_set_flags(self._ctx, _NFT_CTX_OUTPUT_JSON)
+        try:
+            return self.list_obj(obj)
+        finally:
+            self._lib.nft_ctx_output_set_flags(self._ctx, _NFT_CTX_OUTPUT_JSON | _NFT_CTX_OUTPUT_HANDLE)
 
     def _run(self, text: str, what: str) -> dict[str, Any]:
         if self._ctx is None:
