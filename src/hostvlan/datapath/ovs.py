@@ -12,6 +12,7 @@ OpenFlow port number, so facts about a port exist before the port does):
                       reg1=<pid>,dl_src=<MAC> → goto 2             fact `bound`
                       reg1=<pid> → drop, counted tx:<port>          fact `ports` (forged)
   table 2  known      dl_src=<MAC> → goto 3                         fact `known`
+                      reg1=<uplink> → drop, counted per uplink       unknown source (fact `uplinks`)
                       else drop, counted "(unknown)"                 unknown source
   table 3  forward    dl_dst=<local MAC> → a copy to each port bound to it
                       dl_dst=<known MAC> → a copy to each uplink     (known, not local)
@@ -75,8 +76,9 @@ from hostvlan.datapath.kernel.ovs_proc import OvsTools
 from hostvlan.datapath.kernel.ovsdb import OvsDb
 from hostvlan.model.facts import FACT_NAMES, Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
+from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
 
-VERSION = "hostvlan-ovs-v1"
+VERSION = "hostvlan-ovs-v2"  # v2: unknown sources counted per uplink
 
 COOKIE_BASE = 0x4856 << 48
 GUARD_GROUP = 0x4856  # an empty OpenFlow group that every bundle's digest flow refers to
@@ -108,6 +110,7 @@ K_UNBOUND_TX = 0x82
 K_UNKNOWN_SRC = 0x83
 K_PORT_IN = 0x84
 K_PORT_OUT = 0x85
+K_UNKNOWN_IN = 0x86  # fact `uplinks`: a source not in the table, from this uplink (counted rx)
 _PORT_GROUP = (COOKIE_BASE | K_PORT << 32, (_ALL << 35) & _ALL)
 
 UNBOUND = "(unbound)"  # counters(): frames from ports without a binding
@@ -172,6 +175,7 @@ def fact_flows(name: str, item: object, pid: Callable[[PortName], int]) -> list[
         act = f"{note('u', port)},load:1->NXM_NX_REG2[0],goto_table:{T_KNOWN}"
         return [
             Flow(T_SEND, 200, cookie(K_UPLINK, p), f"reg1={p}", act),
+            Flow(T_KNOWN, 50, cookie(K_UNKNOWN_IN, p), f"reg1={p}", "drop"),
             Flow(T_RECEIVE, 300, cookie(K_NO_UPLINK_HAIRPIN, p), f"reg0={p},reg2=0x1/0x1", "drop"),
         ]
     if name == "bound":
@@ -545,25 +549,47 @@ class OvsFilter(TenantFilter):
         it revalidates them (asynchronously); purging the cache first pushes every pending
         count, so the numbers are exact at the time of the call (the price: every active flow
         takes one slow-path lookup again)."""
-        self._tools.flush_datapath_cache()
         rx: dict[str, int] = {}
         tx: dict[str, int] = {}
+        for (port, reason), n in self._drops(with_zeros=True).items():
+            if reason == FORGED_SOURCE or (reason == UNBOUND_PORT and port == UNBOUND):
+                tx[port] = tx.get(port, 0) + n
+            elif reason == UNKNOWN_SOURCE:
+                rx[UNKNOWN] = rx.get(UNKNOWN, 0) + n
+            else:
+                rx[port] = rx.get(port, 0) + n
+        return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
+
+    def drops(self) -> dict[tuple[str, str], int]:
+        """Drops per (port, reason) from the n_packets of the counted drop flows, exact at the
+        time of the call (the datapath cache is purged first, see `counters`): a forged source
+        at its input port (table 1), an unknown source at the uplink it came in by (table 2;
+        the frames of VM ports carry their own, known MAC by then), no shared LNID at the port a
+        copy would have left by (table 4), a port without a binding as ("(unbound)",
+        unbound_port) (table 0)."""
+        return {k: n for k, n in self._drops(with_zeros=False).items() if n}
+
+    def _drops(self, with_zeros: bool) -> dict[tuple[str, str], int]:
+        self._tools.flush_datapath_cache()
+        out: dict[tuple[str, str], int] = {}
         names: dict[int, str] = {}
-        rx_by_pid: dict[int, int] = {}
+        by_pid: list[tuple[int, str, int]] = []
         for f in self._dump(f"cookie={_PORT_GROUP[0]:#x}/{_PORT_GROUP[1]:#x}", stats=True):
             if f.kind == K_PORT and f.fields[:1] == ["p"]:
                 names[f.pid] = f.fields[1]
-                tx[f.fields[1]] = f.packets
+                out[(f.fields[1], FORGED_SOURCE)] = f.packets
             elif f.kind == K_PORT_RX:
-                rx_by_pid[f.pid] = f.packets
+                by_pid.append((f.pid, NO_SHARED_LNID, f.packets))
+            elif f.kind == K_UNKNOWN_IN:
+                by_pid.append((f.pid, UNKNOWN_SOURCE, f.packets))
             elif f.kind == K_UNBOUND_TX:
-                tx[UNBOUND] = f.packets
-            elif f.kind == K_UNKNOWN_SRC:
-                rx[UNKNOWN] = f.packets
-        for p, packets in rx_by_pid.items():
+                out[(UNBOUND, UNBOUND_PORT)] = f.packets
+            elif f.kind == K_UNKNOWN_SRC and (f.packets or with_zeros):
+                out[(UNBOUND, UNKNOWN_SOURCE)] = f.packets
+        for p, reason, packets in by_pid:
             if p in names:
-                rx[names[p]] = packets
-        return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
+                out[(names[p], reason)] = packets
+        return out
 
     def installed(self) -> bool:
         """Whether any flow of hostvlan's cookie range or its guard group is on the bridge."""
