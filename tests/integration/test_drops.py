@@ -76,7 +76,7 @@ def _expected(host: SwitchHost) -> dict[tuple[str, str], int]:
 
 
 def test_drops_per_port_and_reason_match_the_frames_sent(host: SwitchHost) -> None:
-    a, b, c, d = host.vms
+    a, b, c, _ = host.vms
     entries = {a.mac: [1], b.mac: [1], c.mac: [2], OUTSIDE_MAC: [1]}
     filt: Any = host.boot(host_state(entries, {a.port: a.mac, b.port: b.mac, c.port: c.mac}))
     assert filt.drops() == {}

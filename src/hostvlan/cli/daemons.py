@@ -70,8 +70,11 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 )
 @click.option(
     "--metrics-listen",
+    "metrics_listens",
+    multiple=True,
     metavar="[NETNS/]HOST:PORT",
-    help="Serve Prometheus metrics (GET /metrics, no token) here, apart from the API (docs/observability.md).",
+    help="Serve Prometheus metrics (GET /metrics, no token) here, apart from the API (docs/observability.md); "
+    "repeatable, like --listen.",
 )
 @click.option(
     "--max-body",
@@ -93,7 +96,7 @@ def manager(
     audit_log: str | None,
     backup_to: str | None,
     max_body: int,
-    metrics_listen: str | None,
+    metrics_listens: tuple[str, ...],
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -116,7 +119,7 @@ def manager(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     try:
-        metrics = Listen.parse(metrics_listen) if metrics_listen else None
+        metrics = [Listen.parse(x) for x in metrics_listens]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
     try:

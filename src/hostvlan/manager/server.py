@@ -219,7 +219,7 @@ def run(
     audit_log: Path | None = None,
     max_body: int = MAX_BODY,
     max_batch_body: int = MAX_BATCH_BODY,
-    metrics_listen: Listen | None = None,
+    metrics_listen: list[Listen] | None = None,
 ) -> None:
     """Serve until stopped. Raises ValueError (address, store) with a message for the operator.
     `metrics_listen`: the Prometheus scrape listener (manager/metrics.py)."""
@@ -227,7 +227,7 @@ def run(
         raise ValueError(f"the body limit must be at least 1 byte, got {max_body}")
     configure_logging(log_level, log_format)
     socks = [bind(x) for x in listens]
-    msock = bind(metrics_listen) if metrics_listen is not None else None
+    msocks = [bind(x) for x in metrics_listen or []]
     db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db)
     # The table is long-lived and acyclic: no collection while it loads (each full pass
@@ -258,12 +258,13 @@ def run(
         url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
         urls.append({"url": url, "netns": x.netns})
         log.info("listening on %s%s", url, f" in netns {x.netns}" if x.netns else "")
-    metrics_url = None
-    if msock is not None and metrics_listen is not None:
-        msock.listen(BACKLOG)
-        host, port = msock.getsockname()[:2]
-        metrics_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
-        log.info("metrics on %s%s", metrics_url, f" in netns {metrics_listen.netns}" if metrics_listen.netns else "")
+    metrics_urls = []
+    for s, x in zip(msocks, metrics_listen or [], strict=True):
+        s.listen(BACKLOG)
+        host, port = s.getsockname()[:2]
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+        metrics_urls.append({"url": url, "netns": x.netns})
+        log.info("metrics on %s%s", url, f" in netns {x.netns}" if x.netns else "")
     config = uvicorn.Config(
         create_asgi(service, max_body=max_body, max_batch_body=max_batch_body),
         http=ManagerProtocol,
@@ -279,12 +280,12 @@ def run(
     if ready_file:
         tmp = ready_file.with_suffix(".tmp")
         ready = {"listen": urls, "revision": service.revision, "token_file": str(token_file)}
-        if metrics_url is not None:
-            ready["metrics"] = {"url": metrics_url, "netns": metrics_listen.netns if metrics_listen else None}
+        if metrics_urls:
+            ready["metrics"] = metrics_urls
         tmp.write_text(json.dumps(ready))
         tmp.replace(ready_file)
     try:
-        _serve(_with_metrics(server.serve(sockets=socks), service, msock))
+        _serve(_with_metrics(server.serve(sockets=socks), service, msocks))
     finally:
         store.close()
         service.audit.close()
@@ -296,12 +297,12 @@ def backup_db(db: Path, dest: Path) -> None:
     log.info("backed up %s to %s", db, dest)
 
 
-async def _with_metrics(main: Coroutine[Any, Any, None], service: Service, msock: socket.socket | None) -> None:
-    scraper = await scrape.serve(service.metrics.registry, sock=msock) if msock is not None else None
+async def _with_metrics(main: Coroutine[Any, Any, None], service: Service, msocks: list[socket.socket]) -> None:
+    scrapers = [await scrape.serve(service.metrics.registry, sock=s) for s in msocks]
     try:
         await main
     finally:
-        if scraper is not None:
+        for scraper in scrapers:
             scraper.close()
 
 
