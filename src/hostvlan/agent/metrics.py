@@ -156,6 +156,7 @@ class DropWatch:
         self._unsent: list[DropEvent] = []
         self._sent: dict[tuple[str, str], int] | None = None
         self._client: httpx.AsyncClient | None = None
+        self.since = time.time()  # the counters are the kernel's, but this agent saw them from here
 
     def _read(self) -> tuple[dict[tuple[str, str], int], list[DropEvent]]:
         return self.backend.drops(), self.backend.drop_events()
@@ -186,6 +187,7 @@ class DropWatch:
         body = {
             "drops": [{"port": p, "reason": r, "count": n} for (p, r), n in sorted(drops.items())],
             "events": [event_json(e) for e in self._unsent],
+            "since": round(self.since, 3),
         }
         try:
             if self._client is None:

@@ -43,6 +43,7 @@ class HostDrops:
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     next_id: int = 1
     reported_at: float = 0.0
+    since: float = 0.0  # when the agent started counting (its report's `since`; 0: unknown)
 
     def by_reason(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -51,15 +52,18 @@ class HostDrops:
         return out
 
     def last_minute(self, now: float) -> dict[str, int]:
-        """Drops per reason since the oldest report of the last minute (a counter that went
-        back, its data path reloaded, counts from zero)."""
+        """Drops per reason since the last report a minute old or older; with none, since the
+        agent started if that is within the minute, else since its oldest report (a counter
+        that went back, its data path reloaded, counts from zero)."""
         if not self.history:
             return {}
-        base = self.history[-1][1]
-        for t, totals in self.history:
-            if now - t <= WINDOW_S:
-                base = totals
-                break
+        older = [totals for t, totals in self.history if now - t >= WINDOW_S]
+        if older:
+            base = older[-1]
+        elif now - self.since <= WINDOW_S:
+            base = {}
+        else:
+            base = self.history[0][1]
         out = {}
         for reason, n in self.by_reason().items():
             d = n - base.get(reason, 0)
@@ -127,6 +131,9 @@ class DropLog:
         h = self.hosts.setdefault(host, HostDrops())
         h.counters = counters
         h.reported_at = now
+        since = body.get("since")
+        if isinstance(since, int | float) and not isinstance(since, bool):
+            h.since = float(since)
         h.history.append((now, h.by_reason()))
         while len(h.history) > 1 and now - h.history[1][0] > WINDOW_S:
             h.history.popleft()  # keep one report older than the window: the baseline
