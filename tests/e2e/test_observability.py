@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +52,7 @@ hosts:
       - {name: o2, mac: "52:54:00:0e:00:02", lnids: [2]}
 """
 FORGED = Mac("02:de:ad:be:ef:15")
+OTHER_FORGED = Mac("02:de:ad:be:ef:16")
 
 
 @pytest.fixture
@@ -200,6 +203,26 @@ def test_prometheus_scrapes_drops_and_lag_and_hostvlan_drops_names_the_forged_so
         time.sleep(0.5)
     assert len(events) == 3
     assert {(e["src"], e["dst"], e["port"], e["reason"]) for e in events} == {(FORGED, b2.mac, b1.port, FORGED_SOURCE)}
+    # --follow: a new forged frame shows up as one JSON line
+    env = {**os.environ, "HOSTVLAN_MANAGER": tb.manager_url, "HOSTVLAN_TOKEN": tb.manager_token}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "hostvlan.cli", "drops", "hb", "--follow", "--json", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert follow.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout or []], daemon=True).start()
+    try:
+        for _ in range(3):  # the three already reported come first
+            assert json.loads(lines.get(timeout=15))["src"] == FORGED
+        _send(tb, "b2", b1.mac, OTHER_FORGED, 1, "forged-b2")
+        line = json.loads(lines.get(timeout=15))  # within the agent's report period (2 s)
+        assert (line["src"], line["port"], line["reason"]) == (OTHER_FORGED, b2.port, FORGED_SOURCE)
+    finally:
+        follow.terminate()
+        follow.wait(10)
     text_out = _hv(tb, "drops", "hb").stdout
     assert FORGED in text_out and "DROPPED forged_source" in text_out
     status = _hv(tb, "status", "--json")
@@ -207,6 +230,6 @@ def test_prometheus_scrapes_drops_and_lag_and_hostvlan_drops_names_the_forged_so
     st = json.loads(status.stdout)
     assert st["summary"]["hosts"] == 2 and st["summary"]["in_sync"] == 2
     minute = {h["name"]: h["drops_last_minute"] for h in st["hosts"]}  # each agent reported zero drops first
-    assert minute == {"hb": {FORGED_SOURCE: 3, NO_SHARED_LNID: 2}, "ho": {FORGED_SOURCE: 4, NO_SHARED_LNID: 2}}
-    assert st["drops_last_minute"] == {FORGED_SOURCE: 7, NO_SHARED_LNID: 4}
+    assert minute == {"hb": {FORGED_SOURCE: 4, NO_SHARED_LNID: 2}, "ho": {FORGED_SOURCE: 4, NO_SHARED_LNID: 2}}
+    assert st["drops_last_minute"] == {FORGED_SOURCE: 8, NO_SHARED_LNID: 4}
     assert "drops in the last minute" in _hv(tb, "status").stdout
