@@ -206,7 +206,19 @@ def test_prometheus_scrapes_drops_and_lag_and_hostvlan_drops_names_the_forged_so
     # --follow: a new forged frame shows up as one JSON line
     env = {**os.environ, "HOSTVLAN_MANAGER": tb.manager_url, "HOSTVLAN_TOKEN": tb.manager_token}
     follow = subprocess.Popen(
-        [sys.executable, "-m", "hostvlan.cli", "drops", "hb", "--follow", "--json", "--interval", "0.2"],
+        [
+            sys.executable,
+            "-m",
+            "hostvlan.cli",
+            "drops",
+            "hb",
+            "--follow",
+            "--json",
+            "--interval",
+            "0.2",
+            "--reason",
+            FORGED_SOURCE,
+        ],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -223,6 +235,7 @@ def test_prometheus_scrapes_drops_and_lag_and_hostvlan_drops_names_the_forged_so
     finally:
         follow.terminate()
         follow.wait(10)
+        follow.stdout.close()
     text_out = _hv(tb, "drops", "hb").stdout
     assert FORGED in text_out and "DROPPED forged_source" in text_out
     status = _hv(tb, "status", "--json")

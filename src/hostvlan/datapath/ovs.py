@@ -549,6 +549,7 @@ class OvsFilter(TenantFilter):
         it revalidates them (asynchronously); purging the cache first pushes every pending
         count, so the numbers are exact at the time of the call (the price: every active flow
         takes one slow-path lookup again)."""
+        self._tools.flush_datapath_cache()
         rx: dict[str, int] = {}
         tx: dict[str, int] = {}
         for (port, reason), n in self._drops(with_zeros=True).items():
@@ -561,16 +562,16 @@ class OvsFilter(TenantFilter):
         return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
 
     def drops(self) -> dict[tuple[str, str], int]:
-        """Drops per (port, reason) from the n_packets of the counted drop flows, exact at the
-        time of the call (the datapath cache is purged first, see `counters`): a forged source
+        """Drops per (port, reason) from the n_packets of the counted drop flows: a forged source
         at its input port (table 1), an unknown source at the uplink it came in by (table 2;
         the frames of VM ports carry their own, known MAC by then), no shared LNID at the port a
         copy would have left by (table 4), a port without a binding as ("(unbound)",
-        unbound_port) (table 0)."""
+        unbound_port) (table 0). Unlike `counters` it does not purge the datapath's flow cache
+        (the agent reads this every few seconds): the frames of cached flows are added when the
+        revalidators next dump them, within about a second."""
         return {k: n for k, n in self._drops(with_zeros=False).items() if n}
 
     def _drops(self, with_zeros: bool) -> dict[tuple[str, str], int]:
-        self._tools.flush_datapath_cache()
         out: dict[tuple[str, str], int] = {}
         names: dict[int, str] = {}
         by_pid: list[tuple[int, str, int]] = []
