@@ -71,12 +71,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from hostvlan.datapath import ovs_drops
 from hostvlan.datapath.base import ApplyReport, DatapathError, PortCounters, TenantFilter
 from hostvlan.datapath.kernel.ovs_proc import OvsTools
 from hostvlan.datapath.kernel.ovsdb import OvsDb
+from hostvlan.datapath.ovs_drops import (  # the counted drop flows (port group 0x80-0x87)
+    K_PORT,
+    K_PORT_RX,
+    K_UNBOUND_TX,
+    K_UNKNOWN_IN,
+    K_UNKNOWN_SRC,
+)
+from hostvlan.datapath.ovs_drops import UNBOUND as UNBOUND  # re-exported: counters()' buckets
+from hostvlan.datapath.ovs_drops import UNKNOWN as UNKNOWN
 from hostvlan.model.facts import FACT_NAMES, Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
-from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
 
 VERSION = "hostvlan-ovs-v2"  # v2: unknown sources counted per uplink
 
@@ -104,17 +113,10 @@ K_DST = 0x30
 K_FLOOD = 0x31
 K_TO_UPLINKS = 0x32
 # the port group 0x80-0x87: the counted drops and the port flows, read in one dump
-K_PORT = 0x80  # fact `ports`: the send check's per-port drop (counted tx)
-K_PORT_RX = 0x81  # the receive filter's per-port drop (counted rx)
-K_UNBOUND_TX = 0x82
-K_UNKNOWN_SRC = 0x83
 K_PORT_IN = 0x84
 K_PORT_OUT = 0x85
-K_UNKNOWN_IN = 0x86  # fact `uplinks`: a source not in the table, from this uplink (counted rx)
 _PORT_GROUP = (COOKIE_BASE | K_PORT << 32, (_ALL << 35) & _ALL)
 
-UNBOUND = "(unbound)"  # counters(): frames from ports without a binding
-UNKNOWN = "(unknown)"  # counters(): frames whose source MAC is not in the host's table
 
 _R_OUT, _R_IN = "NXM_NX_REG0[]", "NXM_NX_REG1[]"
 
@@ -550,47 +552,16 @@ class OvsFilter(TenantFilter):
         count, so the numbers are exact at the time of the call (the price: every active flow
         takes one slow-path lookup again)."""
         self._tools.flush_datapath_cache()
-        rx: dict[str, int] = {}
-        tx: dict[str, int] = {}
-        for (port, reason), n in self._drops(with_zeros=True).items():
-            if reason == FORGED_SOURCE or (reason == UNBOUND_PORT and port == UNBOUND):
-                tx[port] = tx.get(port, 0) + n
-            elif reason == UNKNOWN_SOURCE:
-                rx[UNKNOWN] = rx.get(UNKNOWN, 0) + n
-            else:
-                rx[port] = rx.get(port, 0) + n
-        return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
+        return ovs_drops.as_counters(ovs_drops.tally(self._counted(), with_zeros=True))
 
     def drops(self) -> dict[tuple[str, str], int]:
-        """Drops per (port, reason) from the n_packets of the counted drop flows: a forged source
-        at its input port (table 1), an unknown source at the uplink it came in by (table 2;
-        the frames of VM ports carry their own, known MAC by then), no shared LNID at the port a
-        copy would have left by (table 4), a port without a binding as ("(unbound)",
-        unbound_port) (table 0). Unlike `counters` it does not purge the datapath's flow cache
-        (the agent reads this every few seconds): the frames of cached flows are added when the
-        revalidators next dump them, within about a second."""
-        return {k: n for k, n in self._drops(with_zeros=False).items() if n}
+        """Drops per (port, reason) (`ovs_drops.tally`). Unlike `counters` it does not purge the
+        datapath's flow cache (the agent reads this every few seconds): the frames of cached
+        flows are added when the revalidators next dump them, within about a second."""
+        return ovs_drops.tally(self._counted(), with_zeros=False)
 
-    def _drops(self, with_zeros: bool) -> dict[tuple[str, str], int]:
-        out: dict[tuple[str, str], int] = {}
-        names: dict[int, str] = {}
-        by_pid: list[tuple[int, str, int]] = []
-        for f in self._dump(f"cookie={_PORT_GROUP[0]:#x}/{_PORT_GROUP[1]:#x}", stats=True):
-            if f.kind == K_PORT and f.fields[:1] == ["p"]:
-                names[f.pid] = f.fields[1]
-                out[(f.fields[1], FORGED_SOURCE)] = f.packets
-            elif f.kind == K_PORT_RX:
-                by_pid.append((f.pid, NO_SHARED_LNID, f.packets))
-            elif f.kind == K_UNKNOWN_IN:
-                by_pid.append((f.pid, UNKNOWN_SOURCE, f.packets))
-            elif f.kind == K_UNBOUND_TX:
-                out[(UNBOUND, UNBOUND_PORT)] = f.packets
-            elif f.kind == K_UNKNOWN_SRC and (f.packets or with_zeros):
-                out[(UNBOUND, UNKNOWN_SOURCE)] = f.packets
-        for p, reason, packets in by_pid:
-            if p in names:
-                out[(names[p], reason)] = packets
-        return out
+    def _counted(self) -> list[_Dumped]:
+        return self._dump(f"cookie={_PORT_GROUP[0]:#x}/{_PORT_GROUP[1]:#x}", stats=True)
 
     def installed(self) -> bool:
         """Whether any flow of hostvlan's cookie range or its guard group is on the bridge."""
