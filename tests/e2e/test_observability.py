@@ -236,6 +236,8 @@ def test_prometheus_scrapes_drops_and_lag_and_hostvlan_drops_names_the_forged_so
         follow.terminate()
         follow.wait(10)
         follow.stdout.close()
+    ovs = json.loads(_hv(tb, "drops", "ho", "--json", "--reason", FORGED_SOURCE).stdout)["events"]
+    assert {(e["src"], e["port"]) for e in ovs} == {(FORGED, o1.port)}  # OVS: the drop flow's packet-ins
     text_out = _hv(tb, "drops", "hb").stdout
     assert FORGED in text_out and "DROPPED forged_source" in text_out
     status = _hv(tb, "status", "--json")

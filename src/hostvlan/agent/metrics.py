@@ -204,9 +204,9 @@ class DropWatch:
 
     async def run(self) -> None:
         try:
-            while True:
-                await asyncio.sleep(self.interval)
+            while True:  # the first read at once: it also subscribes to OVS's packet-ins
                 await self.tick()
+                await asyncio.sleep(self.interval)
         finally:
             if self._client is not None:
                 await self._client.aclose()

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from hostvlan.datapath import ovs_drops
-from hostvlan.datapath.base import ApplyReport, DatapathError, PortCounters, TenantFilter
+from hostvlan.datapath.base import ApplyReport, DatapathError, DropEvent, PortCounters, TenantFilter
 from hostvlan.datapath.kernel.ovs_proc import OvsTools
 from hostvlan.datapath.kernel.ovsdb import OvsDb
 from hostvlan.datapath.ovs_drops import (  # the counted drop flows (port group 0x80-0x87)
@@ -163,8 +163,8 @@ def fact_flows(name: str, item: object, pid: Callable[[PortName], int]) -> list[
         port = PortName(str(item))
         p = pid(port)
         return [
-            Flow(T_SEND, 100, cookie(K_PORT, p), f"reg1={p}", note("p", port)),
-            Flow(T_RECEIVE, 100, cookie(K_PORT_RX, p), f"reg0={p}", "drop"),
+            Flow(T_SEND, 100, cookie(K_PORT, p), f"reg1={p}", ovs_drops.sampled(note("p", port))),
+            Flow(T_RECEIVE, 100, cookie(K_PORT_RX, p), f"reg0={p}", "drop"),  # a copy: never sampled
             Flow(T_RECEIVE, 300, cookie(K_HAIRPIN, p), f"reg0={p},reg1={p}", "drop"),
         ]
     if name == "global_ports":
@@ -177,7 +177,7 @@ def fact_flows(name: str, item: object, pid: Callable[[PortName], int]) -> list[
         act = f"{note('u', port)},load:1->NXM_NX_REG2[0],goto_table:{T_KNOWN}"
         return [
             Flow(T_SEND, 200, cookie(K_UPLINK, p), f"reg1={p}", act),
-            Flow(T_KNOWN, 50, cookie(K_UNKNOWN_IN, p), f"reg1={p}", "drop"),
+            Flow(T_KNOWN, 50, cookie(K_UNKNOWN_IN, p), f"reg1={p}", ovs_drops.sampled()),
             Flow(T_RECEIVE, 300, cookie(K_NO_UPLINK_HAIRPIN, p), f"reg0={p},reg2=0x1/0x1", "drop"),
         ]
     if name == "bound":
@@ -237,9 +237,9 @@ def meta_flow(digest: int) -> Flow:
 
 
 STATIC = [
-    Flow(T_CLASSIFY, 0, cookie(K_UNBOUND_TX), "", "drop"),
+    Flow(T_CLASSIFY, 0, cookie(K_UNBOUND_TX), "", ovs_drops.sampled()),
     Flow(T_SEND, 0, cookie(K_DEFAULT), "", "drop"),
-    Flow(T_KNOWN, 0, cookie(K_UNKNOWN_SRC), "", "drop"),
+    Flow(T_KNOWN, 0, cookie(K_UNKNOWN_SRC), "", ovs_drops.sampled()),
     Flow(T_RECEIVE, 0, cookie(K_DEFAULT), "", "drop"),
     Flow(T_OUTPUT, 0, cookie(K_DEFAULT), "", "drop"),
 ]
@@ -306,6 +306,7 @@ class OvsFilter(TenantFilter):
         self._own_db = own_db  # close the OVSDB connection with the filter (the factory's)
         self._target = tools.of_target(bridge)
         self._mirror: _Mirror | None = None
+        self._events = ovs_drops.Sampler(self._target.removeprefix("unix:"))  # drop events (packet-ins)
 
     # ----- process plumbing ---------------------------------------------------------
     def _bundle(self, lines: list[str]) -> None:
@@ -480,6 +481,7 @@ class OvsFilter(TenantFilter):
 
     def _install(self, delta: FactsDelta, digest: int) -> None:
         self.check_bridge()
+        ovs_drops.ensure_meter(self._tools, self._target)  # the drop flows' rate limit: before them
         self._mirror = None
         fresh = _Mirror()
         lines, after = self._plan(fresh, delta, digest)
@@ -573,6 +575,11 @@ class OvsFilter(TenantFilter):
     def _remove(self) -> None:
         self._mirror = None
         self._bundle([f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", f"group delete group_id={GUARD_GROUP}"])
+        ovs_drops.remove_meter(self._tools, self._target)
+
+    def drop_events(self, after: int = 0) -> list[DropEvent]:
+        """The drop flows' packet-ins (`ovs_drops.Sampler`), at most 64 a second."""
+        return self._events.read(after, self._mirror.pids if self._mirror else {})
 
     def poll_interval(self) -> float:
         return 0.2  # OVSDB's replica changes without a netlink event the agent would see
@@ -583,5 +590,6 @@ class OvsFilter(TenantFilter):
 
     def close(self) -> None:
         """Close the OVSDB connection if the filter owns it (built by the factory); else it is its maker's."""
+        self._events.close()
         if self._own_db:
             self._db.close()

@@ -11,15 +11,29 @@ kind says what they drop and whose low bits name the port's pid; one `dump-flows
   K_UNBOUND_TX  table 0 default                    unbound_port, as "(unbound)"
   K_UNKNOWN_SRC table 2 default                    unknown_source, as "(unbound)" (none once every
                                                    uplink has its flow)
-May import `hostvlan.datapath.base` and `hostvlan.model` only.
+
+Drop events: the flows that drop a whole frame (tables 0, 1, 2: forged, unbound, unknown)
+also send it to the controller through hostvlan's meter (`METER`: at most `EVENTS_PER_S` a
+second, the excess dropped in the datapath; the flow's n_packets still counts every frame),
+and `Sampler` reads the packet-ins over the bridge's management socket (`kernel.ofmonitor`):
+the cookie says the reason and the port's pid. The receive filter's drops (table 4) are copies
+of a frame whose other copies go on: a meter there would cut the rest of the flood's actions
+and a controller action would send the whole flood's datapath flow to the slow path, so they
+are counted, never sampled. No allowed frame meets a meter or a controller action.
+May import `hostvlan.datapath` and `hostvlan.model` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from hostvlan.datapath.base import PortCounters
+from hostvlan.datapath.base import DropEvent, PortCounters
+from hostvlan.datapath.kernel.ofmonitor import PacketIns
+from hostvlan.datapath.kernel.ovs_proc import OvsTools
+from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
 
 K_PORT = 0x80  # fact `ports`: the send check's per-port drop (counted tx)
@@ -27,6 +41,16 @@ K_PORT_RX = 0x81  # the receive filter's per-port drop (counted rx)
 K_UNBOUND_TX = 0x82
 K_UNKNOWN_SRC = 0x83
 K_UNKNOWN_IN = 0x86  # fact `uplinks`: a source not in the table, from this uplink (counted rx)
+
+METER = 0x4856  # hostvlan's OpenFlow meter: the drop events' rate limit
+EVENTS_PER_S = 64
+SAMPLE = "controller(max_len=64)"  # after a drop flow's own actions (its first: f"meter:{METER}")
+REASONS = {  # the sampled drop flows' reasons
+    K_PORT: FORGED_SOURCE,
+    K_UNKNOWN_IN: UNKNOWN_SOURCE,
+    K_UNBOUND_TX: UNBOUND_PORT,
+    K_UNKNOWN_SRC: UNKNOWN_SOURCE,
+}
 
 UNBOUND = "(unbound)"  # counters(): frames from ports without a binding
 UNKNOWN = "(unknown)"  # counters(): frames whose source MAC is not in the host's table
@@ -79,3 +103,44 @@ def as_counters(drops: dict[tuple[str, str], int]) -> dict[str, PortCounters]:
         else:
             rx[port] = rx.get(port, 0) + n
     return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
+
+
+def sampled(actions: str = "") -> str:
+    """A drop flow's actions: its own (a note), then a rate-limited copy to the controller."""
+    return ",".join(a for a in (f"meter:{METER}", actions, SAMPLE) if a)
+
+
+def ensure_meter(tools: OvsTools, target: str) -> None:
+    """hostvlan's meter on the bridge (before any flow refers to it): added, or left as it is."""
+    if f"meter={METER} " not in tools.ofctl("-O", "OpenFlow13", "dump-meters", target, f"meter={METER}"):
+        tools.ofctl("-O", "OpenFlow13", "add-meter", target, f"meter={METER},pktps,band=type=drop,rate={EVENTS_PER_S}")
+
+
+def remove_meter(tools: OvsTools, target: str) -> None:
+    """After hostvlan's flows are gone (deleting a meter deletes the flows that use it)."""
+    tools.ofctl("-O", "OpenFlow13", "del-meters", target, f"meter={METER}")
+
+
+class Sampler:
+    """The drop events of one bridge: packet-ins of hostvlan's drop flows, numbered."""
+
+    def __init__(self, path: str) -> None:
+        self._ins = PacketIns(path)
+        self._events: deque[DropEvent] = deque(maxlen=256)
+        self._seq = 0
+
+    def read(self, after: int, pids: Mapping[PortName, int]) -> list[DropEvent]:
+        names = {pid: str(p) for p, pid in pids.items()}
+        now = time.time()
+        for cookie, data in self._ins.poll():
+            kind, pid = (cookie >> 32) & 0xFFFF, cookie & 0xFFFFFFFF
+            if kind not in REASONS or len(data) < 14:
+                continue
+            port = UNBOUND if kind in (K_UNBOUND_TX, K_UNKNOWN_SRC) else names.get(pid, f"pid {pid}")
+            self._seq += 1
+            dst, src, ethertype = Mac(data[0:6].hex(":")), Mac(data[6:12].hex(":")), int.from_bytes(data[12:14])
+            self._events.append(DropEvent(self._seq, now, port, src, dst, ethertype, REASONS[kind]))
+        return [e for e in self._events if e.seq > after]
+
+    def close(self) -> None:
+        self._ins.close()
