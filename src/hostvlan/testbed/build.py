@@ -596,6 +596,7 @@ def from_record(data: dict[str, Any]) -> Testbed:
     tb = Testbed(topo, prefix=str(data["prefix"]), record=True, workdir=Path(data["workdir"]))
     tb.manager_url = data["manager"]["url"]
     tb.manager_token = data["manager"]["token"]
+    tb.manager_metrics = {k: str(v) for k, v in data["manager"].items() if k.startswith("metrics")}
     tb.api = Client(tb.manager_url, tb.manager_token)
     tb.pids = {k: int(v) for k, v in data.get("pids", {}).items()}
     if data.get("vms"):  # where the VMs are now (libvirt's ports, migrated guests)
