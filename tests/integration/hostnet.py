@@ -173,6 +173,7 @@ class LockedHost(Host):
 class ClosedHost(Host):
     KIND: ClassVar[str] = "bridge-closed"
     OPTIONS: ClassVar[dict[str, Any]] = {}  # the agent's default: no port open until bound (bridge.closing)
+    COUNTS_SEND: ClassVar[bool] = True  # hv_fwd counts forged sources, prerouting the unbound ports' frames
 
 
 @dataclass

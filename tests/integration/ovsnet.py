@@ -165,6 +165,7 @@ class OvsHost(SwitchHost):
         object.__setattr__(rec, "calls", [])
         filt = build_backend(SPEC, ovs_tools=rec, ovsdb=db)
         assert isinstance(filt, OvsFilter)
+        self._closers.append(filt.close)  # its drop events' OpenFlow connection
         return filt
 
     def clean(self) -> list[str]:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,9 @@ from typing import Any
 import httpx
 from pyroute2 import NetlinkError
 
-from hostvlan import wire
+from hostvlan import scrape, wire
 from hostvlan.agent.kernel import KernelWorker, Links, Outcome
+from hostvlan.agent.metrics import AgentMetrics, DropWatch
 from hostvlan.agent.ports import LinkWatcher, link_mac
 from hostvlan.agent.status import Backoff, Connection, Report, StatusReporter
 from hostvlan.datapath.base import DatapathError, TenantFilter
@@ -68,6 +70,8 @@ class AgentConfig:
     retry_max: float = 30.0
     read_links: Callable[[], Links] | None = None  # None: this namespace's links over netlink
     watch_links: bool = True  # False: no netlink watcher (tests call `Agent.links_changed`)
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus scrape listener (agent.metrics)
+    drops_interval: float = 2.0  # seconds between two reads (and reports) of the drop counters; 0: none
 
 
 @dataclass
@@ -137,6 +141,9 @@ class Agent:
             transport=transport,
         )
         self.status = StatusReporter(self.conn, self._status_now, config.backoff_max)
+        self.metrics = AgentMetrics()
+        self.drop_watch = DropWatch(backend, self.kernel.run, self.conn, self.metrics, config.drops_interval)
+        self.metrics_address: tuple[str, int] | None = None  # where the scrape listener is bound
         self._work = _Work()
         self._unfolded: HostDelta | None = None  # deltas received, not yet folded into state.view
         self._failing: set[str] = set()  # kinds of kernel work that failed and await their retry
@@ -179,6 +186,7 @@ class Agent:
 
     def links_changed(self) -> None:
         """A link came, went or changed (event loop thread); bursts within 10 ms make one repair."""
+        self.metrics.link_events.inc()
         if not self._work.links:
             self._work.links = True
             asyncio.get_running_loop().call_later(0.01, self._wake.set)
@@ -282,6 +290,7 @@ class Agent:
         self._mark_ready()
 
     async def _run_full(self, view: HostView, revision: int, snapshot: bool) -> None:
+        t0 = time.monotonic()
         try:
             out = await self.kernel.run(self.kernel.full, view)
         except KERNEL_ERRORS:
@@ -290,7 +299,7 @@ class Agent:
         assert out.report is not None
         self.state.synced = True
         self._bindings_known = True
-        self._done(revision, out)
+        self._done(revision, out, "full", t0)
         log.info(
             "%s: r%d, %d element changes%s",
             "snapshot enforced" if snapshot else "view enforced again",
@@ -301,17 +310,22 @@ class Agent:
         self._mark_ready()
 
     async def _run_delta(self, view: HostView, delta: HostDelta, revision: int) -> None:
-        self._done(revision, await self.kernel.run(self.kernel.delta, view, delta))
+        t0 = time.monotonic()
+        self._done(revision, await self.kernel.run(self.kernel.delta, view, delta), "delta", t0)
 
     async def _run_links(self, view: HostView, revision: int) -> None:
-        self._done(revision, await self.kernel.run(self.kernel.links, view))
+        t0 = time.monotonic()
+        self._done(revision, await self.kernel.run(self.kernel.links, view), "ports", t0)
 
     async def _run_audit(self) -> None:
         rep = await self.kernel.run(self.kernel.audit)
+        self.metrics.audits.inc()
+        self.metrics.audit_repairs.inc(rep.elements)
         if rep.elements:
             log.warning("audit repaired %d drifted elements", rep.elements)
 
-    def _done(self, revision: int, out: Outcome) -> None:
+    def _done(self, revision: int, out: Outcome, kind: str, t0: float) -> None:
+        self.metrics.applied(kind, time.monotonic() - t0)
         self.state.revision = revision
         if out.bindings is not None:
             self._note_bindings(out.bindings.report)
@@ -335,6 +349,9 @@ class Agent:
 
     def _status_now(self) -> Report:
         st = self.state
+        bound = len(st.ports)
+        entries = len(st.view.entries) if st.view is not None else 0
+        self.metrics.state(st.revision, st.received, st.in_sync, st.synced, entries, bound, len(st.bindings) - bound)
         return Report(st.revision, st.in_sync, st.error, st.bindings if self._bindings_known else None)
 
     def _mark_ready(self) -> None:
@@ -355,6 +372,7 @@ class Agent:
                     raise TokenRejected(resp.status_code, body)
                 raise FeedRefused(f"manager refused the feed ({resp.status_code}): {body}")
             log.info("connected to %s as %s", self.cfg.manager, self.cfg.host)
+            self.metrics.connected.set(1)
             async for line in resp.aiter_lines():
                 if line.strip():
                     await self.handle(json.loads(line))
@@ -366,6 +384,7 @@ class Agent:
             try:
                 await self._follow_feed()
                 log.warning("feed closed by the manager; reconnecting")
+                self.metrics.connected.set(0)
             except TokenRejected as exc:
                 log.error(
                     "manager rejected the token of host %s (%s); enforcing the last view (r%d); "
@@ -380,6 +399,7 @@ class Agent:
                 log.warning("manager unreachable (%s); enforcing the last view (r%d)", exc, self.state.revision)
             except (ValueError, KeyError) as exc:  # a line that breaks the feed's contract: start again
                 log.error("feed line not understood (%r); reconnecting", exc)
+            self.metrics.connected.set(0)
             if self._snapshots_seen:  # the connection worked: the next outage starts the backoff anew
                 self._snapshots_seen = 0
                 backoff.reset()
@@ -389,6 +409,11 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled; a bug in the feed or the reconciler ends it (loudly), nothing else."""
         loop = asyncio.get_running_loop()
+        scraper = None
+        if self.cfg.metrics_listen:
+            scraper = await scrape.serve(self.metrics.registry, *scrape.parse_listen(self.cfg.metrics_listen))
+            self.metrics_address = scraper.sockets[0].getsockname()[:2]
+            log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
 
         def links_changed() -> None:  # from the watcher's thread
             loop.call_soon_threadsafe(self.links_changed)
@@ -398,6 +423,8 @@ class Agent:
             watcher.start()
         main = [loop.create_task(self._reconcile()), loop.create_task(self._feed_loop())]
         helpers = [loop.create_task(self._audit_loop())]
+        if self.cfg.drops_interval > 0:
+            helpers.append(loop.create_task(self.drop_watch.run()))
         if self.cfg.poll_ports > 0:
             helpers.append(loop.create_task(self._poll_ports()))
         try:
@@ -412,6 +439,8 @@ class Agent:
             for t in rest:
                 t.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
+            if scraper is not None:
+                scraper.close()
             await self.status.close()
             self.kernel.close()  # waits for a kernel transaction in flight
 

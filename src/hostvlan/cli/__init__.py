@@ -6,13 +6,14 @@
   guests    testbed exec (a command inside a VM: libvirt guest or namespace)
   bench     bench data-path, bench control-plane
   daemons   manager, agent
+  observe   drops, status (docs/observability.md)
 
 Entry point: `hostvlan = hostvlan.cli:main`; `python -m hostvlan.cli` runs it too.
 """
 
 from __future__ import annotations
 
-from hostvlan.cli import bench, daemons, guests, manage, testbed
+from hostvlan.cli import bench, daemons, guests, manage, observe, testbed
 from hostvlan.cli.common import main
 
-__all__ = ["bench", "daemons", "guests", "main", "manage", "testbed"]
+__all__ = ["bench", "daemons", "guests", "main", "manage", "observe", "testbed"]

@@ -69,6 +69,14 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
     help="Copy the database (consistent, also while a manager serves it) to this new file, and exit.",
 )
 @click.option(
+    "--metrics-listen",
+    "metrics_listens",
+    multiple=True,
+    metavar="[NETNS/]HOST:PORT",
+    help="Serve Prometheus metrics (GET /metrics, no token) here, apart from the API (docs/observability.md); "
+    "repeatable, like --listen.",
+)
+@click.option(
     "--max-body",
     type=click.IntRange(min=1),
     default=1 << 20,
@@ -88,6 +96,7 @@ def manager(
     audit_log: str | None,
     backup_to: str | None,
     max_body: int,
+    metrics_listens: tuple[str, ...],
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -110,6 +119,10 @@ def manager(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
     try:
+        metrics = [Listen.parse(x) for x in metrics_listens]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
+    try:
         run(
             Path(db),
             parsed,
@@ -121,6 +134,7 @@ def manager(
             log_format=log_format,
             audit_log=Path(audit_log) if audit_log else None,
             max_body=max_body,
+            metrics_listen=metrics,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -243,6 +257,18 @@ def manager(
     "ovs), print what went, and exit. "
     "Nothing else is touched; the switch is left open (its defaults): stop the agent first, to uninstall.",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics (GET /metrics, no token) here, e.g. hostvlan_drops_total (docs/observability.md).",
+)
+@click.option(
+    "--drops-interval",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds between two reads of the drop counters and events (reported to the manager); 0: never.",
+)
 @click.option("-v", "--verbose", count=True)
 def agent(
     manager: str | None,
@@ -263,6 +289,8 @@ def agent(
     ready_file: str | None,
     log_format: str,
     cleanup: bool,
+    metrics_listen: str | None,
+    drops_interval: float,
     verbose: int,
 ) -> None:
     """Run the control daemon: follow this host's feed and program its tenant filter.
@@ -333,6 +361,8 @@ def agent(
         guard_macvtaps=backend == "macvtap",
         port_source=(lambda: filt.attached_ports() or {}) if filt.attached_ports() is not None else None,
         poll_ports=filt.poll_interval(),
+        metrics_listen=metrics_listen,
+        drops_interval=drops_interval,
     )
     try:
         asyncio.run(Agent(cfg, filt).run())

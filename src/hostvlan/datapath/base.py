@@ -60,6 +60,20 @@ class PortCounters:
 
 
 @dataclass(frozen=True)
+class DropEvent:
+    """One dropped frame a back end sampled (`TenantFilter.drop_events`): `seq` orders them (per
+    back end object's data path), `time` is Unix time, `port` as in `drops()`."""
+
+    seq: int
+    time: float
+    port: str
+    src: Mac
+    dst: Mac
+    ethertype: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class ApplyReport:
     elements: int  # set elements added + removed in the transaction
     full: bool  # True when this apply reconciled against a read-back
@@ -197,6 +211,11 @@ class TenantFilter(abc.ABC):
         cumulative and read from the kernel; a back end that cannot count a reason omits it.
         """
         return {}
+
+    def drop_events(self, after: int = 0) -> list[DropEvent]:
+        """Individual drops the data path sampled (rate-limited, written on the drop path only),
+        with `seq` above `after`, oldest first; a back end that samples none returns []."""
+        return []
 
     def remove(self) -> None:
         """Remove every object of hostvlan's from the switch (idempotent).

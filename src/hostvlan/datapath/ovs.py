@@ -12,6 +12,7 @@ OpenFlow port number, so facts about a port exist before the port does):
                       reg1=<pid>,dl_src=<MAC> → goto 2             fact `bound`
                       reg1=<pid> → drop, counted tx:<port>          fact `ports` (forged)
   table 2  known      dl_src=<MAC> → goto 3                         fact `known`
+                      reg1=<uplink> → drop, counted per uplink       unknown source (fact `uplinks`)
                       else drop, counted "(unknown)"                 unknown source
   table 3  forward    dl_dst=<local MAC> → a copy to each port bound to it
                       dl_dst=<known MAC> → a copy to each uplink     (known, not local)
@@ -70,13 +71,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from hostvlan.datapath.base import ApplyReport, DatapathError, PortCounters, TenantFilter
+from hostvlan.datapath import ovs_drops
+from hostvlan.datapath.base import ApplyReport, DatapathError, DropEvent, PortCounters, TenantFilter
 from hostvlan.datapath.kernel.ovs_proc import OvsTools
 from hostvlan.datapath.kernel.ovsdb import OvsDb
+from hostvlan.datapath.ovs_drops import (  # the counted drop flows (port group 0x80-0x87)
+    K_PORT,
+    K_PORT_RX,
+    K_UNBOUND_TX,
+    K_UNKNOWN_IN,
+    K_UNKNOWN_SRC,
+)
+from hostvlan.datapath.ovs_drops import UNBOUND as UNBOUND  # re-exported: counters()' buckets
+from hostvlan.datapath.ovs_drops import UNKNOWN as UNKNOWN
 from hostvlan.model.facts import FACT_NAMES, Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
 
-VERSION = "hostvlan-ovs-v1"
+VERSION = "hostvlan-ovs-v2"  # v2: unknown sources counted per uplink
 
 COOKIE_BASE = 0x4856 << 48
 GUARD_GROUP = 0x4856  # an empty OpenFlow group that every bundle's digest flow refers to
@@ -102,16 +113,10 @@ K_DST = 0x30
 K_FLOOD = 0x31
 K_TO_UPLINKS = 0x32
 # the port group 0x80-0x87: the counted drops and the port flows, read in one dump
-K_PORT = 0x80  # fact `ports`: the send check's per-port drop (counted tx)
-K_PORT_RX = 0x81  # the receive filter's per-port drop (counted rx)
-K_UNBOUND_TX = 0x82
-K_UNKNOWN_SRC = 0x83
 K_PORT_IN = 0x84
 K_PORT_OUT = 0x85
 _PORT_GROUP = (COOKIE_BASE | K_PORT << 32, (_ALL << 35) & _ALL)
 
-UNBOUND = "(unbound)"  # counters(): frames from ports without a binding
-UNKNOWN = "(unknown)"  # counters(): frames whose source MAC is not in the host's table
 
 _R_OUT, _R_IN = "NXM_NX_REG0[]", "NXM_NX_REG1[]"
 
@@ -158,8 +163,8 @@ def fact_flows(name: str, item: object, pid: Callable[[PortName], int]) -> list[
         port = PortName(str(item))
         p = pid(port)
         return [
-            Flow(T_SEND, 100, cookie(K_PORT, p), f"reg1={p}", note("p", port)),
-            Flow(T_RECEIVE, 100, cookie(K_PORT_RX, p), f"reg0={p}", "drop"),
+            Flow(T_SEND, 100, cookie(K_PORT, p), f"reg1={p}", ovs_drops.sampled(note("p", port))),
+            Flow(T_RECEIVE, 100, cookie(K_PORT_RX, p), f"reg0={p}", "drop"),  # a copy: never sampled
             Flow(T_RECEIVE, 300, cookie(K_HAIRPIN, p), f"reg0={p},reg1={p}", "drop"),
         ]
     if name == "global_ports":
@@ -172,6 +177,7 @@ def fact_flows(name: str, item: object, pid: Callable[[PortName], int]) -> list[
         act = f"{note('u', port)},load:1->NXM_NX_REG2[0],goto_table:{T_KNOWN}"
         return [
             Flow(T_SEND, 200, cookie(K_UPLINK, p), f"reg1={p}", act),
+            Flow(T_KNOWN, 50, cookie(K_UNKNOWN_IN, p), f"reg1={p}", ovs_drops.sampled()),
             Flow(T_RECEIVE, 300, cookie(K_NO_UPLINK_HAIRPIN, p), f"reg0={p},reg2=0x1/0x1", "drop"),
         ]
     if name == "bound":
@@ -231,9 +237,9 @@ def meta_flow(digest: int) -> Flow:
 
 
 STATIC = [
-    Flow(T_CLASSIFY, 0, cookie(K_UNBOUND_TX), "", "drop"),
+    Flow(T_CLASSIFY, 0, cookie(K_UNBOUND_TX), "", ovs_drops.sampled()),
     Flow(T_SEND, 0, cookie(K_DEFAULT), "", "drop"),
-    Flow(T_KNOWN, 0, cookie(K_UNKNOWN_SRC), "", "drop"),
+    Flow(T_KNOWN, 0, cookie(K_UNKNOWN_SRC), "", ovs_drops.sampled()),
     Flow(T_RECEIVE, 0, cookie(K_DEFAULT), "", "drop"),
     Flow(T_OUTPUT, 0, cookie(K_DEFAULT), "", "drop"),
 ]
@@ -300,6 +306,7 @@ class OvsFilter(TenantFilter):
         self._own_db = own_db  # close the OVSDB connection with the filter (the factory's)
         self._target = tools.of_target(bridge)
         self._mirror: _Mirror | None = None
+        self._events = ovs_drops.Sampler(self._target.removeprefix("unix:"))  # drop events (packet-ins)
 
     # ----- process plumbing ---------------------------------------------------------
     def _bundle(self, lines: list[str]) -> None:
@@ -474,6 +481,7 @@ class OvsFilter(TenantFilter):
 
     def _install(self, delta: FactsDelta, digest: int) -> None:
         self.check_bridge()
+        ovs_drops.ensure_meter(self._tools, self._target)  # the drop flows' rate limit: before them
         self._mirror = None
         fresh = _Mirror()
         lines, after = self._plan(fresh, delta, digest)
@@ -546,24 +554,16 @@ class OvsFilter(TenantFilter):
         count, so the numbers are exact at the time of the call (the price: every active flow
         takes one slow-path lookup again)."""
         self._tools.flush_datapath_cache()
-        rx: dict[str, int] = {}
-        tx: dict[str, int] = {}
-        names: dict[int, str] = {}
-        rx_by_pid: dict[int, int] = {}
-        for f in self._dump(f"cookie={_PORT_GROUP[0]:#x}/{_PORT_GROUP[1]:#x}", stats=True):
-            if f.kind == K_PORT and f.fields[:1] == ["p"]:
-                names[f.pid] = f.fields[1]
-                tx[f.fields[1]] = f.packets
-            elif f.kind == K_PORT_RX:
-                rx_by_pid[f.pid] = f.packets
-            elif f.kind == K_UNBOUND_TX:
-                tx[UNBOUND] = f.packets
-            elif f.kind == K_UNKNOWN_SRC:
-                rx[UNKNOWN] = f.packets
-        for p, packets in rx_by_pid.items():
-            if p in names:
-                rx[names[p]] = packets
-        return {p: PortCounters(rx.get(p, 0), tx.get(p, 0)) for p in sorted(set(rx) | set(tx))}
+        return ovs_drops.as_counters(ovs_drops.tally(self._counted(), with_zeros=True))
+
+    def drops(self) -> dict[tuple[str, str], int]:
+        """Drops per (port, reason) (`ovs_drops.tally`). Unlike `counters` it does not purge the
+        datapath's flow cache (the agent reads this every few seconds): the frames of cached
+        flows are added when the revalidators next dump them, within about a second."""
+        return ovs_drops.tally(self._counted(), with_zeros=False)
+
+    def _counted(self) -> list[_Dumped]:
+        return self._dump(f"cookie={_PORT_GROUP[0]:#x}/{_PORT_GROUP[1]:#x}", stats=True)
 
     def installed(self) -> bool:
         """Whether any flow of hostvlan's cookie range or its guard group is on the bridge."""
@@ -575,6 +575,11 @@ class OvsFilter(TenantFilter):
     def _remove(self) -> None:
         self._mirror = None
         self._bundle([f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", f"group delete group_id={GUARD_GROUP}"])
+        ovs_drops.remove_meter(self._tools, self._target)
+
+    def drop_events(self, after: int = 0) -> list[DropEvent]:
+        """The drop flows' packet-ins (`ovs_drops.Sampler`), at most 64 a second."""
+        return self._events.read(after, self._mirror.pids if self._mirror else {})
 
     def poll_interval(self) -> float:
         return 0.2  # OVSDB's replica changes without a netlink event the agent would see
@@ -585,5 +590,6 @@ class OvsFilter(TenantFilter):
 
     def close(self) -> None:
         """Close the OVSDB connection if the filter owns it (built by the factory); else it is its maker's."""
+        self._events.close()
         if self._own_db:
             self._db.close()

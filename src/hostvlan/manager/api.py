@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hostvlan.manager import observe
 from hostvlan.manager.audit import batch_args
 from hostvlan.manager.contract import ApiError, errors, install_docs, install_error_handlers, install_openapi
 from hostvlan.manager.feed import Subscription
@@ -576,6 +577,7 @@ def create_app(
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "revision": service.revision}
 
+    app.state.drops = observe.install(app, service, Admin, host_auth)  # drops, status: manager/observe.py
     install_docs(app)
     install_openapi(app, max_body, max(max_batch_body, max_body), BATCH_PATHS)
     app.add_middleware(BodyLimit, max_body=max_body, max_batch_body=max_batch_body)

@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from hostvlan import scrape
 from hostvlan.manager.api import MAX_BATCH_BODY, MAX_BODY, create_asgi
 from hostvlan.manager.audit import Audit
 from hostvlan.manager.service import Service
@@ -218,12 +219,15 @@ def run(
     audit_log: Path | None = None,
     max_body: int = MAX_BODY,
     max_batch_body: int = MAX_BATCH_BODY,
+    metrics_listen: list[Listen] | None = None,
 ) -> None:
-    """Serve until stopped. Raises ValueError (address, store) with a message for the operator."""
+    """Serve until stopped. Raises ValueError (address, store) with a message for the operator.
+    `metrics_listen`: the Prometheus scrape listener (manager/metrics.py)."""
     if max_body < 1:
         raise ValueError(f"the body limit must be at least 1 byte, got {max_body}")
     configure_logging(log_level, log_format)
     socks = [bind(x) for x in listens]
+    msocks = [bind(x) for x in metrics_listen or []]
     db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db)
     # The table is long-lived and acyclic: no collection while it loads (each full pass
@@ -254,6 +258,13 @@ def run(
         url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
         urls.append({"url": url, "netns": x.netns})
         log.info("listening on %s%s", url, f" in netns {x.netns}" if x.netns else "")
+    metrics_urls = []
+    for s, x in zip(msocks, metrics_listen or [], strict=True):
+        s.listen(BACKLOG)
+        host, port = s.getsockname()[:2]
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+        metrics_urls.append({"url": url, "netns": x.netns})
+        log.info("metrics on %s%s", url, f" in netns {x.netns}" if x.netns else "")
     config = uvicorn.Config(
         create_asgi(service, max_body=max_body, max_batch_body=max_batch_body),
         http=ManagerProtocol,
@@ -268,10 +279,13 @@ def run(
     server = uvicorn.Server(config)
     if ready_file:
         tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"listen": urls, "revision": service.revision, "token_file": str(token_file)}))
+        ready = {"listen": urls, "revision": service.revision, "token_file": str(token_file)}
+        if metrics_urls:
+            ready["metrics"] = metrics_urls
+        tmp.write_text(json.dumps(ready))
         tmp.replace(ready_file)
     try:
-        _serve(server.serve(sockets=socks))
+        _serve(_with_metrics(server.serve(sockets=socks), service, msocks))
     finally:
         store.close()
         service.audit.close()
@@ -281,6 +295,15 @@ def backup_db(db: Path, dest: Path) -> None:
     """`hostvlan manager --backup FILE`: a consistent copy of the (possibly live) database."""
     backup(db, dest)
     log.info("backed up %s to %s", db, dest)
+
+
+async def _with_metrics(main: Coroutine[Any, Any, None], service: Service, msocks: list[socket.socket]) -> None:
+    scrapers = [await scrape.serve(service.metrics.registry, sock=s) for s in msocks]
+    try:
+        await main
+    finally:
+        for scraper in scrapers:
+            scraper.close()
 
 
 def _serve(main: Coroutine[Any, Any, None]) -> None:

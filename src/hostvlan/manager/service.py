@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from hostvlan.manager import trace as tracing
 from hostvlan.manager.audit import Audit, batch_args
 from hostvlan.manager.feed import Encoder, Feed, Line, Subscription
+from hostvlan.manager.metrics import ManagerMetrics
 from hostvlan.manager.store.sqlite import Store
 from hostvlan.model.datacenter import DataCenter, ModelError
 from hostvlan.model.ids import HostId, InvalidValue, Mac, PortName, parse_host, parse_lnid, parse_mac, parse_port
@@ -88,6 +90,10 @@ class Service:
             self._host_tokens[token_hash] = host
         self.dc.load(store.table())
         self.encoder = Encoder(self.dc)
+        self.metrics = ManagerMetrics()
+        self.metrics.watch(
+            lambda: self.revision, self.hosts, lambda: {h: st.bytes_sent for h, st in self.feed.status.items()}
+        )
 
     # ----- tokens --------------------------------------------------------------------------
     def ensure_admin_token(self, path: Path, rotate: bool = False) -> str | None:
@@ -129,11 +135,14 @@ class Service:
         except (InputError, ModelError) as exc:
             what = exc.field if isinstance(exc, InputError) else exc.kind
             self.audit.record(who, command, args, "refused", f"{what}: {exc}", self.revision)
+            self.metrics.command(command, "refused")
             raise
         except Exception as exc:
             self.audit.record(who, command, args, "failed", f"{type(exc).__name__}: {exc}", self.revision)
+            self.metrics.command(command, "failed")
             raise
         self.audit.record(who, command, args, "ok", None, self.revision)
+        self.metrics.command(command, "ok")
         return out
 
     def refused(self, who: str, command: str) -> None:
@@ -163,6 +172,7 @@ class Service:
             return loc is not None and loc.host == host
 
         self.feed.report(host, body, local)
+        self.metrics.host_applied(host, body.revision)
         st = self.feed.status[host]
         if (st.in_sync, st.error, st.bindings) != before:
             args: dict[str, Any] = {"revision": body.revision, "in_sync": body.in_sync, "error": body.error}
@@ -345,13 +355,17 @@ class Service:
                 rows.append((mac, loc.host if loc else None, loc.port if loc else None, lnids))
                 if not before:
                     fresh.add(mac)
+            t0 = time.perf_counter()
             with self.store.transaction() as tx:
                 tx.put_macs(rows, fresh)
+            self.metrics.committed(time.perf_counter() - t0)
             self.revision = tx.revision
         except BaseException:
             batch.undo()
             raise
-        self.feed.publish(self.revision, {h: d for h, d in batch.deltas().items() if d}, self.encoder)
+        deltas = {h: d for h, d in batch.deltas().items() if d}
+        self.feed.publish(self.revision, deltas, self.encoder)
+        self.metrics.published(self.revision, deltas)
         return Result(self.revision, True)
 
     # ----- reading -------------------------------------------------------------------------

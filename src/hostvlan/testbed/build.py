@@ -47,6 +47,7 @@ from hostvlan.model.ids import HostId, Lnid, Mac, PortName, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
 from hostvlan.testbed import control, guestvms, netns, record, wiring
+from hostvlan.testbed import metrics as tbm
 from hostvlan.testbed.ovsd import OvsDaemons
 from hostvlan.testbed.plan import (
     BRIDGE,
@@ -113,6 +114,7 @@ class Testbed:
         self.locations: dict[Mac, Location] = {}
         self.manager_url = ""
         self.manager_token = ""
+        self.manager_metrics: dict[str, str] = {}  # metrics_url, metrics_netns_url (testbed.metrics)
         self.api: Client | None = None
         self.pids: dict[str, int] = {}
         self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
@@ -397,14 +399,14 @@ class Testbed:
         ready = self.workdir / "manager.ready"
         ready.unlink(missing_ok=True)
         proc = control.start(
-            control.manager_argv(self.workdir / "manager.db", self.mgmt_ns, ready),
+            control.manager_argv(self.workdir / "manager.db", self.mgmt_ns, ready) + tbm.manager_args(self.mgmt_ns),
             self.workdir / "manager.log",
         )
         self.pids["manager"] = proc.pid
         self._procs.append(proc)
         self._save(status=status)
         info = control.wait_file(ready, proc, "the manager")
-        self.manager_url = str(info["listen"][0]["url"])
+        self.manager_url, self.manager_metrics = str(info["listen"][0]["url"]), tbm.manager_urls(info)
         self.manager_token = Path(info["token_file"]).read_text().strip()
         if self.api is not None:
             self.api.close()
@@ -483,6 +485,7 @@ class Testbed:
         ready.unlink(missing_ok=True)
         extra = self._ovs_agent_args(h.name) if h.backend == "ovs" else []
         extra += ["--bpf-pins", str(self.bpf_pins(h.name))] if h.backend == "bridge" else []
+        extra += tbm.agent_args(self.hosts, h.name)
         proc = control.start(
             control.agent_argv(
                 h.name, h.backend, f"{h.uplink}={h.uplink_mac}", self.workdir / f"{h.name}.token", ready, extra
@@ -567,12 +570,13 @@ class Testbed:
             "prefix": self.prefix,
             "vms": {n: asdict(vm) for n, vm in self.vms.items()},
             "external": {n: asdict(e) for n, e in self.external.items()},
-            "hosts": {n: asdict(h) for n, h in self.hosts.items()},
+            "hosts": {n: asdict(h) | tbm.host_metrics(self.hosts, n) for n, h in self.hosts.items()},
             "switch": {"netns": self.switch_ns, "bridge": SWITCH},
             "manager": {
                 "url": self.manager_url,
                 "token": self.manager_token,
                 "netns_url": f"http://{control.MGMT_NET}.1:{control.MGMT_PORT}",
+                **self.manager_metrics,
             },
             "pids": dict(self.pids),
             "workdir": str(self.workdir),
@@ -592,6 +596,7 @@ def from_record(data: dict[str, Any]) -> Testbed:
     tb = Testbed(topo, prefix=str(data["prefix"]), record=True, workdir=Path(data["workdir"]))
     tb.manager_url = data["manager"]["url"]
     tb.manager_token = data["manager"]["token"]
+    tb.manager_metrics = {k: str(v) for k, v in data["manager"].items() if k.startswith("metrics")}
     tb.api = Client(tb.manager_url, tb.manager_token)
     tb.pids = {k: int(v) for k, v in data.get("pids", {}).items()}
     if data.get("vms"):  # where the VMs are now (libvirt's ports, migrated guests)

@@ -17,7 +17,7 @@ The flavours and their table layouts (the version counter in the table, mixed in
 digest, so an agent of another flavour reinstalls instead of trusting the kernel's digest):
 
   send check  receive filter  layout              base chains
-  locked      tc + closing    layout_v4_closed    prerouting, forward, output, input  (the default)
+  locked      tc + closing    layout_v5_closed    prerouting, forward, output, input  (the default)
   locked      tc              layout_v3_tc        input
   locked      nft             layout_v2_locked    forward, output, input
   nft         nft             layout_v1           prerouting, forward, output, input (+ rx)
@@ -38,16 +38,20 @@ them takes them out (or everything: a reinstall). A first apply, an audit and a 
 
 from __future__ import annotations
 
-from hostvlan.datapath.base import ApplyReport, PortCounters, TenantFilter
+import time
+
+from hostvlan.datapath.base import ApplyReport, DropEvent, PortCounters, TenantFilter
 from hostvlan.datapath.bridge.closing import Closing
 from hostvlan.datapath.bridge.parts import Change, Layout, ReceiveFilter, SendCheck, Undo
+from hostvlan.datapath.bridge.tc import TcReceiveFilter
 from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.datapath.nft_table import ACCEPT, DROP, PRIORITY, SADDR, Cmd, NftTable, match
 from hostvlan.model.facts import Facts, FactsDelta
+from hostvlan.model.verdict import UNKNOWN_SOURCE
 
 HOST_RX = "rx_host"
 LAYOUTS = {
-    ("locked", "tc+closing"): "layout_v4_closed",
+    ("locked", "tc+closing"): "layout_v5_closed",
     ("locked", "tc"): "layout_v3_tc",
     ("locked", "nft"): "layout_v2_locked",
     ("nft", "nft"): "layout_v1",
@@ -165,6 +169,39 @@ class BridgeFilter(TenantFilter):
         table = self.table.counters()
         out = self.receive.counters(table)
         return out if self.closing is None else self.closing.counters(table, out)
+
+    def drops(self) -> dict[tuple[str, str], int]:
+        """The parts' counts (each counts what it drops) and the host's stack's (`(host)`: a
+        source not in the table, `unknown_source`). The locked send check counts only with the
+        closing part (hv_fwd); the nft receive filter counts unknown sources as no_shared_lnid."""
+        table = self.table.counters()
+        out = self.receive.drops(table)
+        for key, n in self.send.drops(table).items():
+            out[key] = out.get(key, 0) + n
+        if self.closing is not None:
+            out = self.closing.drops(table, out)
+        host = table.get("(host)")
+        if host is not None and host.rx_dropped:
+            out[("(host)", UNKNOWN_SOURCE)] = host.rx_dropped
+        return out
+
+    def drop_events(self, after: int = 0) -> list[DropEvent]:
+        """The tc programs' sampled drops (`tc.TcReceiveFilter.drop_events`: hv_rx's and, with
+        the closing part, hv_fwd's forged sources); none with the nftables receive filter."""
+        rx = self.receive
+        if not isinstance(rx, TcReceiveFilter):
+            return []
+        raw = rx.drop_events(after)
+        if not raw:
+            return []
+        names = {i: str(p) for p, i in rx._at.items()}
+        if any(e[2] not in names for e in raw):  # an unbound port: its link's name
+            names.update({p.index: str(name) for name, p in rx._ports.ports().items() if p.index not in names})
+        shift = time.time() - time.monotonic()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        return [
+            DropEvent(seq, ns / 1e9 + shift, names.get(ifindex, f"ifindex {ifindex}"), src, dst, proto, reason)
+            for seq, ns, ifindex, proto, reason, src, dst in raw
+        ]
 
     def _remove(self) -> None:
         self.receive.remove()

@@ -28,9 +28,18 @@ it shares: the receive filter then loads `bpf/hv_fwd.o`, hv_rx.c plus the fast p
    send check straight to that port, where the egress program does the receive check as for
    any copy the bridge sends. Everything else (groups, the host, the wire, a miss) goes the
    exact slow way. It never drops and only delivers what the bridge would deliver there.
-   Maps `fdb` (bound vNIC MAC -> its port's ifindex) and `bound` ({ifindex, MAC}); removals
-   before the nftables batch, additions after it, like every map. `fast_path=False` keeps the
-   hooks alone (`bench/frame_cost.py` `closedhooks`).
+   Maps `fdb` (bound vNIC MAC -> its port's ifindex), `bound` ({ifindex, MAC}) and `vmports`
+   (an array: ifindex -> 1 for the bound VM ports); removals before the nftables batch,
+   additions after it, like every map. `fast_path=False` keeps the hooks alone
+   (`bench/frame_cost.py` `closedhooks`).
+
+3. The send check counted (`drops`): on a VM port (`vmports`) hv_fwd drops a frame whose source
+   is not the port's bound vNIC MAC itself, counted as `forged_source` at that port (and
+   sampled into the drop events), where the locked port would have dropped it uncounted; the
+   bridge's lock stays as the enforcement of record (the slow path, ports past the array).
+   Frames of ports no binding names are counted where the closing chains drop them
+   (`tx_unbound` in prerouting, `rx_unbound` in forward/output): after every accept, so no
+   allowed frame meets a counter.
 
 May import `hostvlan.datapath` and `hostvlan.model` only.
 """
@@ -38,6 +47,7 @@ May import `hostvlan.datapath` and `hostvlan.model` only.
 from __future__ import annotations
 
 import errno
+import struct
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,16 +57,18 @@ from hostvlan.datapath.base import DatapathError, PortCounters
 from hostvlan.datapath.bridge.parts import Change, Layout
 from hostvlan.datapath.bridge.tc import PAIR, PROG, PROG_GLOBAL, PROGS, SRC, TcReceiveFilter, _u32, pair_key, src_key
 from hostvlan.datapath.kernel import bpf as bpflib
-from hostvlan.datapath.nft_table import ACCEPT, DROP, UNBOUND_RX, Cmd, NftTable, match
+from hostvlan.datapath.nft_table import ACCEPT, DROP, UNBOUND_RX, UNBOUND_TX, Cmd, NftTable, match
 from hostvlan.model.facts import Facts, FactsIndex
 from hostvlan.model.ids import Mac, PortName
+from hostvlan.model.verdict import UNBOUND_PORT
 
 FWD = "hv_fwd"
 OPEN = "open"  # ifindexes of the bound ports as they exist now: what the closing chains let through
 IIF_INDEX = {"meta": {"key": "iif"}}
 OIF_INDEX = {"meta": {"key": "oif"}}
 OBJECT = Path(__file__).parent.parent / "bpf" / "hv_fwd.o"
-FAST_MAPS = {"fdb": 1 << 13, "bound": 1 << 13}  # one entry per local vNIC
+VMPORTS = 1 << 16  # the array `vmports`: ifindexes below this get the counted send check
+FAST_MAPS = {"fdb": 1 << 13, "bound": 1 << 13, "vmports": VMPORTS}  # one entry per local vNIC (port)
 EXTRA = ((FWD,), FAST_MAPS)  # what TcReceiveFilter loads more for this part
 
 
@@ -76,6 +88,8 @@ class Closing:
         self._followed = False  # a new process compares every map once, at its first `follow`
         self._table: NftTable | None = None
         self._fwd = 0  # the id of the hv_fwd program this object last attached
+        self._vm: set[int] | None = None  # what `vmports` holds (None: read it from the kernel)
+        self._vm_load = 0  # the hv_fwd program id of the maps `_vm` describes
 
     def bind(self, table: NftTable) -> None:
         """The back end's table, which holds the chains and the set `open`."""
@@ -92,7 +106,7 @@ class Closing:
         closed_rx = [[match(OIF_INDEX, OPEN), ACCEPT], [{"counter": UNBOUND_RX}, DROP]]
         layout.sets[OPEN] = "iface_index"
         for chain, rules in (
-            ("prerouting", [[match(IIF_INDEX, OPEN), ACCEPT]]),  # uncounted, like the lock's drops
+            ("prerouting", [[match(IIF_INDEX, OPEN), ACCEPT], [{"counter": UNBOUND_TX}, DROP]]),
             ("forward", closed_rx),
             ("output", closed_rx),
         ):
@@ -129,37 +143,52 @@ class Closing:
     # ----- the fast path's maps -------------------------------------------------------------
     def _fast_want(
         self, bound: frozenset[tuple[PortName, Mac]], uplinks: frozenset[PortName]
-    ) -> tuple[dict[bytes, bytes], set[bytes]]:
-        """fdb and bound of these bindings on the ports as the receive filter keys them; a MAC
-        bound on two ports takes the slow path (the bridge's FDB decides)."""
+    ) -> tuple[dict[bytes, bytes], set[bytes], set[int]]:
+        """fdb, bound and vmports of these bindings on the ports as the receive filter keys
+        them; a MAC bound on two ports takes the slow path (the bridge's FDB decides)."""
         if not self.fast_path:
-            return {}, set()
+            return {}, set(), set()
         at = self.rx._at
         vm = [(p, m) for p, m in _vm_ports(bound, uplinks) if p in at]
         twice = {m for m, n in Counter(m for _, m in vm).items() if n > 1}
         fdb = {src_key(m): _u32(at[p]) for p, m in vm if m not in twice}
-        return fdb, {pair_key(at[p], m) for p, m in vm}
+        return fdb, {pair_key(at[p], m) for p, m in vm}, {at[p] for p, _ in vm if at[p] < VMPORTS}
 
-    def _fast_have(self) -> tuple[dict[bytes, bytes], set[bytes]]:
+    def _fast_have(self, fresh: bool = True) -> tuple[dict[bytes, bytes], set[bytes], set[int]]:
         fd = self.rx.fd
-        return dict(bpflib.dump(fd["fdb"], SRC, 4)), {k for k, _ in bpflib.dump(fd["bound"], PAIR, 1)}
+        load = bpflib.prog_info(fd[FWD])[0]  # fresh maps (outgrown) come with a new program
+        if fresh or self._vm is None or self._vm_load != load:
+            rows = bpflib.dump(fd["vmports"], 4, 1)
+            self._vm = {struct.unpack("=I", k)[0] for k, v in rows if v != b"\0"}
+            self._vm_load = load
+        fdb, bound = dict(bpflib.dump(fd["fdb"], SRC, 4)), {k for k, _ in bpflib.dump(fd["bound"], PAIR, 1)}
+        return fdb, bound, set(self._vm)
+
+    def _set_vm(self, ifindexes: set[int], on: bool) -> None:
+        if ifindexes:
+            keys = sorted(ifindexes)
+            bpflib.update(self.rx.fd["vmports"], b"".join(_u32(i) for i in keys), bytes([on]) * len(keys), 4, 1)
+        if self._vm is not None:
+            self._vm = (self._vm | ifindexes) if on else (self._vm - ifindexes)
 
     def _sync_fast(self, want: FactsIndex, *, remove: bool = True, add: bool = True) -> int:
         fd = self.rx.fd
-        (fdb_w, bound_w), (fdb_h, bound_h) = self._fast_want(*want.port_facts()), self._fast_have()
+        (fdb_w, bound_w, vm_w), (fdb_h, bound_h, vm_h) = self._fast_want(*want.port_facts()), self._fast_have(False)
         n = 0
-        if remove:
+        if remove:  # a port leaves vmports before its bindings leave bound (never counted as forged)
             gone_b = bound_h - bound_w
             gone_f = [k for k, v in fdb_h.items() if fdb_w.get(k) != v]
+            self._set_vm(vm_h - vm_w, False)
             bpflib.delete(fd["fdb"], b"".join(gone_f), SRC)
             bpflib.delete(fd["bound"], b"".join(gone_b), PAIR)
-            n += len(gone_b) + len(gone_f)
-        if add:
+            n += len(gone_b) + len(gone_f) + len(vm_h - vm_w)
+        if add:  # and joins it after them
             new_b = bound_w - bound_h
             new_f = {k: v for k, v in fdb_w.items() if fdb_h.get(k) != v}
             bpflib.update(fd["bound"], b"".join(new_b), bytes(len(new_b)), PAIR, 1)
             bpflib.update(fd["fdb"], b"".join(new_f), b"".join(new_f.values()), SRC, 4)
-            n += len(new_b) + len(new_f)
+            self._set_vm(vm_w - vm_h, True)
+            n += len(new_b) + len(new_f) + len(vm_w - vm_h)
         return n
 
     # ----- the programs: the receive filter's before a port opens, hv_fwd at tcx ingress -----
@@ -252,6 +281,15 @@ class Closing:
         at = rx._at
         names = {str(p) for p in self._names(facts.bound, facts.uplinks) if p in at}
         return facts if self._open_have() == names else None
+
+    def drops(self, table: dict[str, PortCounters], out: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """The receive filter's (and hv_fwd's forged sources), plus what the closing chains
+        dropped at ports no binding names (`table`: the table's counters)."""
+        nft = table.get("(unbound)")
+        if nft is not None and (nft.rx_dropped or nft.tx_dropped):
+            key = ("(unbound)", UNBOUND_PORT)
+            out[key] = out.get(key, 0) + nft.rx_dropped + nft.tx_dropped
+        return out
 
     def counters(self, table: dict[str, PortCounters], out: dict[str, PortCounters]) -> dict[str, PortCounters]:
         """The receive filter's, plus what the closing chains dropped at ports no binding names."""

@@ -4,8 +4,9 @@
 static FDB entries (`kernel.brports` programs them over netlink): every bridge port but the
 uplinks is locked, each bound (port, vNIC MAC) has its sticky entry, so the bridge drops a
 forged source in the lookup it does anyway for learning, at no cost per frame and with no
-chain in the table. Forged frames are dropped uncounted (`nft.NftSendCheck` counts them, at
-the price of a netfilter hook).
+chain in the table. The lock drops forged frames uncounted; composed with the closing part
+(the default), hv_fwd drops and counts them first at each VM port's tcx ingress
+(`closing.Closing`); `nft.NftSendCheck` counts them at the price of a netfilter hook.
 
 Order against the nftables batch (netlink has no transaction spanning both): `prepare`
 programs the bridge first (locks, new bindings' entries, gone bindings' entries deleted:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from hostvlan.datapath.base import PortCounters
 from hostvlan.datapath.bridge.parts import Change, Layout, Undo
 from hostvlan.datapath.kernel.brports import BridgePorts
 from hostvlan.model.facts import Facts, FactsIndex
@@ -76,6 +78,9 @@ class LockedPorts:
         restore the entry of a re-created port; returns the messages and every port read."""
         enforced = self.ports.enforce(*want.port_facts())
         return enforced.messages, enforced.ports
+
+    def drops(self, table: Mapping[str, PortCounters]) -> dict[tuple[str, str], int]:
+        return {}  # the bridge counts none (the closing part's hv_fwd counts forged sources)
 
     def remove(self) -> None:
         self.ports.release()

@@ -28,6 +28,24 @@ from hostvlan.datapath.kernel.brports import BridgePorts
 from hostvlan.datapath.nft_table import IIF, OIF, jump, receive_rules, send_rules
 from hostvlan.model.facts import Facts, FactsIndex
 from hostvlan.model.ids import PortName
+from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT
+
+_BUCKETS = ("(unbound)", "(host)")
+
+
+def table_drops(table: Mapping[str, PortCounters], reason: str, rx: bool) -> dict[tuple[str, str], int]:
+    """The table's per-port counters (rx:<port> or tx:<port>) as drops of `reason`, and its
+    unbound counter (rx_unbound or tx_unbound) as unbound_port."""
+    out: dict[tuple[str, str], int] = {}
+    for port, c in table.items():
+        n = c.rx_dropped if rx else c.tx_dropped
+        if n and port not in _BUCKETS:
+            out[(port, reason)] = n
+    unbound = table.get("(unbound)")
+    n = 0 if unbound is None else (unbound.rx_dropped if rx else unbound.tx_dropped)
+    if n:
+        out[("(unbound)", UNBOUND_PORT)] = n
+    return out
 
 
 class NftSendCheck:
@@ -47,6 +65,10 @@ class NftSendCheck:
 
     def refresh(self, want: FactsIndex) -> tuple[int, Mapping[PortName, int] | None]:
         return 0, None  # matches port names: nothing follows links
+
+    def drops(self, table: Mapping[str, PortCounters]) -> dict[tuple[str, str], int]:
+        """tx:<port> counts forged sources, tx_unbound the frames of ports without a binding."""
+        return table_drops(table, FORGED_SOURCE, rx=False)
 
     def remove(self) -> None:
         return None  # its chain goes with the table
@@ -91,6 +113,12 @@ class NftReceiveFilter:
 
     def counters(self, table: dict[str, PortCounters]) -> dict[str, PortCounters]:
         return table
+
+    def drops(self, table: Mapping[str, PortCounters]) -> dict[tuple[str, str], int]:
+        """rx:<port> counts the copies a bound port may not receive: the chain's one counter per
+        port does not tell an unknown source from no shared LNID, so both count as
+        no_shared_lnid (the tc receive filter tells them apart); rx_unbound: unbound_port."""
+        return table_drops(table, NO_SHARED_LNID, rx=True)
 
     def remove(self) -> None:
         return None  # its chains go with the table

@@ -17,7 +17,8 @@ two-phase interface per transaction:
 
 and, besides: `layout` (its chains in the table, at install), `ready` (its own kernel
 objects are there, so the table's digest may be trusted), `check` (read-back: the facts it
-enforces), `refresh`/`follow` (a link event, a first apply, an audit), `counters`, `remove`
+enforces), `refresh`/`follow` (a link event, a first apply, an audit), `counters`, `drops`
+(per port and reason, given the table's counters), `remove`
 and `close`. Parts read the desired facts from the back end's `FactsIndex` (`want`). A part
 does nothing it does not own. May import `hostvlan.datapath` and `hostvlan.model` only.
 """
@@ -82,6 +83,8 @@ class SendCheck(Protocol):
 
     def refresh(self, want: FactsIndex) -> tuple[int, Mapping[PortName, int] | None]: ...
 
+    def drops(self, table: Mapping[str, PortCounters]) -> dict[tuple[str, str], int]: ...
+
     def remove(self) -> None: ...
 
     def close(self) -> None: ...
@@ -104,6 +107,8 @@ class ReceiveFilter(Protocol):
     def follow(self, links: Mapping[PortName, int] | None, want: FactsIndex) -> int: ...
 
     def counters(self, table: dict[str, PortCounters]) -> dict[str, PortCounters]: ...
+
+    def drops(self, table: Mapping[str, PortCounters]) -> dict[tuple[str, str], int]: ...
 
     def remove(self) -> None: ...
 

@@ -15,7 +15,9 @@ that guards the host's own stack (the back end's own, `backend`). The BPF side (
 `/run/hostvlan/bpf/<name>`):
 
   maps      pairs {ifindex, mac}, srcs {mac} -> known/global, ports ifindex -> global flag,
-            name, drop count; stats[0] = drops at ports no binding names
+            name, drop counts per reason (`REASONS`); stats[0] = drops at ports no binding
+            names; events + evstate: a ring of sampled drops (`drop_events`), written on
+            the drop path only, at most 64 per ~1 s
   programs  hv_rx on every bridge port, hv_rx_global on ports in `global` (the uplink):
             each one lookup in the common case; a port with neither is fixed on the next
             link event or audit
@@ -50,6 +52,7 @@ from hostvlan.datapath.kernel import bpf as bpflib
 from hostvlan.datapath.kernel.brports import BridgePorts
 from hostvlan.model.facts import Facts, FactsDelta, FactsIndex
 from hostvlan.model.ids import Mac, PortName
+from hostvlan.model.verdict import FORGED_SOURCE, MALFORMED, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
 
 OBJECT = Path(__file__).parent.parent / "bpf" / "hv_rx.o"
 BPFFS = Path("/run/hostvlan/bpf")
@@ -58,8 +61,11 @@ PROGS = (PROG, PROG_GLOBAL)
 INGRESS_PROGS = ("hv_fwd",)  # closing.py's fast path, at tcx ingress
 SRC_KNOWN, SRC_GLOBAL, PORT_GLOBAL = 1, 2, 1
 PAIR, SRC, PORT, STAT = 12, 8, 4, 8  # key sizes (stats: value size)
-PORT_VALUE = struct.Struct("=IIQ16s")  # flags, pad, drops, name
-MIN_SIZES = {"pairs": 1 << 14, "srcs": 1 << 12, "ports": 1 << 10, "stats": 1}
+REASONS = (UNKNOWN_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, FORGED_SOURCE, MALFORMED)  # hv_rx.c's R_* indexes
+PORT_VALUE = struct.Struct(f"=II{len(REASONS)}Q16s")  # flags, pad, drops per reason, name
+EVENT = struct.Struct("=QQIHBx6s6s4x")  # seq, ns (monotonic), ifindex, ethertype (network order), reason, src, dst
+EVENT_SLOTS = 256
+MIN_SIZES = {"pairs": 1 << 14, "srcs": 1 << 12, "ports": 1 << 10, "stats": 1, "events": EVENT_SLOTS, "evstate": 1}
 
 
 def _mac(m: Mac) -> bytes:
@@ -174,6 +180,8 @@ class TcReceiveFilter:
             "srcs": max(MIN_SIZES["srcs"], _pow2(2 * len(facts.known))),
             "ports": max(MIN_SIZES["ports"], _pow2(2 * len(facts.ports))),
             "stats": 1,
+            "events": EVENT_SLOTS,
+            "evstate": 1,
             **{k: v for k, v in self._maps.items() if k not in MIN_SIZES},
         }
         bpflib.ensure_bpffs(BPFFS)
@@ -213,7 +221,7 @@ class TcReceiveFilter:
         srcs = dict(bpflib.dump(self.fd["srcs"], SRC, 4))
         ports: dict[bytes, tuple[int, str]] = {}
         for k, v in bpflib.dump(self.fd["ports"], PORT, PORT_VALUE.size):
-            flags, _, _, name = PORT_VALUE.unpack(v)
+            flags, *_, name = PORT_VALUE.unpack(v)
             ports[k] = (flags, name.split(b"\0", 1)[0].decode())
         return pairs, srcs, ports
 
@@ -241,7 +249,8 @@ class TcReceiveFilter:
     def _put(self, srcs: Mapping[bytes, bytes], ports: Mapping[bytes, tuple[int, str]], pairs: set[bytes]) -> None:
         fd = self.fd
         bpflib.update(fd["srcs"], b"".join(srcs), b"".join(srcs.values()), SRC, 4)
-        values = b"".join(PORT_VALUE.pack(f, 0, 0, n.encode()) for f, n in ports.values())
+        zero = (0,) * len(REASONS)
+        values = b"".join(PORT_VALUE.pack(f, 0, *zero, n.encode()) for f, n in ports.values())
         bpflib.update(fd["ports"], b"".join(ports), values, PORT, PORT_VALUE.size)
         bpflib.update(fd["pairs"], b"".join(pairs), bytes(len(pairs)), PAIR, 1)
 
@@ -399,13 +408,57 @@ class TcReceiveFilter:
             out["(host)"] = nft["(host)"]
         if not self._open():
             return out
-        for _, v in bpflib.dump(self.fd["ports"], PORT, PORT_VALUE.size):
-            _, _, drops, raw = PORT_VALUE.unpack(v)
-            name = raw.split(b"\0", 1)[0].decode()
-            out[name] = PortCounters(drops, out.get(name, PortCounters()).tx_dropped)
-        for _, v in bpflib.dump(self.fd["stats"], 4, STAT):
-            out["(unbound)"] = PortCounters(struct.unpack("=Q", v)[0], 0)
+        forged = REASONS.index(FORGED_SOURCE)
+        for (name, reason), n in self.drops(table).items():
+            c = out.get(name, PortCounters())
+            if name == "(unbound)":
+                out[name] = PortCounters(n, 0)
+            elif REASONS.index(reason) == forged:
+                out[name] = PortCounters(c.rx_dropped, c.tx_dropped + n)
+            else:
+                out[name] = PortCounters(c.rx_dropped + n, c.tx_dropped)
         return dict(sorted(out.items()))
+
+    def drops(self, table: Mapping[str, PortCounters]) -> dict[tuple[str, str], int]:
+        """Drops per (port, reason) the programs counted: per bound port by reason, and at ports
+        no binding names as ("(unbound)", unbound_port). Exact (atomic adds in the programs);
+        the table's counters are not the programs' (the back end adds the host's)."""
+        out: dict[tuple[str, str], int] = {}
+        if not self._open():
+            return out
+        for _, v in bpflib.dump(self.fd["ports"], PORT, PORT_VALUE.size):
+            _, _, *counts, raw = PORT_VALUE.unpack(v)
+            name = raw.split(b"\0", 1)[0].decode()
+            for reason, n in zip(REASONS, counts, strict=True):
+                if n:
+                    out[(name, reason)] = out.get((name, reason), 0) + n
+        for _, v in bpflib.dump(self.fd["stats"], 4, STAT):
+            n = struct.unpack("=Q", v)[0]
+            if n:
+                out[("(unbound)", UNBOUND_PORT)] = n
+        return out
+
+    def drop_events(self, after: int = 0) -> list[tuple[int, int, int, int, str, Mac, Mac]]:
+        """The sampled drops in the ring with a sequence number above `after`, oldest first:
+        (seq, monotonic ns, ifindex, ethertype, reason, source MAC, destination MAC)."""
+        if not self._open():
+            return []
+        out = []
+        for _, v in bpflib.dump(self.fd["events"], 4, EVENT.size):
+            seq, ns, ifindex, proto, reason, src, dst = EVENT.unpack(v)
+            if seq > after and reason < len(REASONS):
+                out.append(
+                    (
+                        seq,
+                        ns,
+                        ifindex,
+                        int.from_bytes(struct.pack("=H", proto), "big"),
+                        REASONS[reason],
+                        Mac(src.hex(":")),
+                        Mac(dst.hex(":")),
+                    )
+                )
+        return sorted(out)
 
     def remove(self) -> None:
         release_programs(self._ports)
