@@ -87,6 +87,7 @@ def build_backend(
     closing: bool = True,
     fast_path: bool = True,
     guard: bool = False,
+    address_guard: bool = True,
 ) -> TenantFilter:
     """A back end for `spec`, built in the calling thread's network namespace (see module doc)."""
     if spec.kind == "ovs":
@@ -101,12 +102,15 @@ def build_backend(
         # the guard (closes every macvtap* no binding names) is not the default yet: nft 1.0.6 hangs
         # listing counters, tables or the ruleset while its prefix chains exist (docs/closed-ports.md)
         return MacvtapFilter(nft or Nft(), MacvtapGuard(Nfnl()) if guard else None)
-    return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path)
+    return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path, address_guard=address_guard)
 
 
-def _bridge(spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: bool, fast_path: bool) -> TenantFilter:
+def _bridge(
+    spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: bool, fast_path: bool, address_guard: bool
+) -> TenantFilter:
     from hostvlan.datapath.bridge import closing as closing_part
     from hostvlan.datapath.bridge.backend import BridgeFilter
+    from hostvlan.datapath.bridge.guard import AddressGuard
     from hostvlan.datapath.bridge.locked import LockedPorts
     from hostvlan.datapath.bridge.nft import NftReceiveFilter, NftSendCheck
     from hostvlan.datapath.bridge.parts import ReceiveFilter, SendCheck
@@ -116,6 +120,7 @@ def _bridge(spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: 
     send: SendCheck
     receive: ReceiveFilter
     closes: closing_part.Closing | None = None
+    guard: AddressGuard | None = None
     if spec.send_check == "nft":
         send, receive = NftSendCheck(), NftReceiveFilter(inline=False)  # layout_v1 jumps to a chain rx
     else:
@@ -128,7 +133,9 @@ def _bridge(spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: 
             receive = TcReceiveFilter(ports, spec.bpf_pins)
         else:
             receive = NftReceiveFilter(inline=True, ports=ports)
-    return BridgeFilter(nft, send, receive, closes)
+        if address_guard:  # issue 13: tcx ingress of every VM port, before the fast path
+            guard = AddressGuard(ports, spec.bpf_pins)
+    return BridgeFilter(nft, send, receive, closes, guard)
 
 
 def _ovs(spec: BackendSpec, tools: OvsTools | None, db: OvsDb | None) -> TenantFilter:

@@ -43,6 +43,7 @@ class GuardFacts:
     ports: dict[PortName, PortGuard] = field(default_factory=dict)
     answers: frozenset[tuple[PortName, IPAddr, Mac]] = frozenset()
     registered: frozenset[IPAddr] = frozenset()
+    routers: frozenset[Mac] = frozenset()  # holders registered as routers (their NAs say so)
 
 
 def port_guard(mac: Mac, addrs: Addrs | None) -> PortGuard:
@@ -86,7 +87,8 @@ def compile_guard(state: FilterState, index: FactsIndex | None = None) -> GuardF
             for addr in by_mac[m]:
                 if holder_of_min(state, addr, b.mac, held) == m:
                     answers.add((port, addr, m))
-    return GuardFacts(ports, frozenset(answers), frozenset(held))
+    routers = frozenset(m for m in by_mac if state.addresses[m].router)
+    return GuardFacts(ports, frozenset(answers), frozenset(held), routers)
 
 
 def holder_of_min(state: FilterState, addr: IPAddr, asker: Mac, held: dict[IPAddr, Mac]) -> Mac | None:

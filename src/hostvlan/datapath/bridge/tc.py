@@ -55,7 +55,7 @@ OBJECT = Path(__file__).parent.parent / "bpf" / "hv_rx.o"
 BPFFS = Path("/run/hostvlan/bpf")
 PROG, PROG_GLOBAL = "hv_rx", "hv_rx_global"
 PROGS = (PROG, PROG_GLOBAL)
-INGRESS_PROGS = ("hv_fwd",)  # closing.py's fast path, at tcx ingress
+INGRESS_PROGS = ("hv_fwd", "hv_guard")  # closing.py's fast path, guard.py's guard, at tcx ingress
 SRC_KNOWN, SRC_GLOBAL, PORT_GLOBAL = 1, 2, 1
 PAIR, SRC, PORT, STAT = 12, 8, 4, 8  # key sizes (stats: value size)
 PORT_VALUE = struct.Struct("=IIQ16s")  # flags, pad, drops, name

@@ -1,0 +1,64 @@
+"""The address guard and the host's ARP/ND answers of every back end, against the model.
+
+Each back end gets the same state (`guardframes.guard_state`) and the same forged and honest
+frames from a guarded and an unguarded VM, untagged and with one and two VLAN tags; for each
+frame `verdict.send_frame` and `guard.answer` say whether it reaches the wire, is dropped, or
+is answered on the host (the reply back at the asking VM, nothing on the wire).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from hostvlan.model import guard, verdict
+
+from .guardframes import Sockets, battery, guard_state, seen, untag
+from .switchhost import OUTSIDE, SwitchHost
+
+pytestmark = pytest.mark.root
+
+GUARDED_BACKENDS = ["bridge-closed"]
+
+
+@pytest.mark.parametrize("backend", GUARDED_BACKENDS)
+def test_guard_matches_model(make_host: Callable[[int], SwitchHost]) -> None:
+    host = make_host(3)
+    state = guard_state(host.vms)
+    filt = host.boot(state)
+    socks = Sockets({vm.name: vm.ns for vm in host.vms} | {OUTSIDE: host.outside_ns})
+    host._closers.append(socks.close)
+    socks.collect(0.3)
+    before = Counter(filt.drops())
+    wrong: list[str] = []
+    want_drops: Counter[tuple[str, str]] = Counter()
+    want_replies: dict[str, Counter[bytes]] = {vm.name: Counter() for vm in host.vms}
+    cases = battery(host.vms)
+    for case in cases:  # one burst, one collection: every frame differs from the others
+        socks.send(case.sender, case.data)
+    got = socks.collect(0.5)
+    for case in cases:
+        v = verdict.send_frame(state, case.port, case.data)
+        ans = guard.answer(state, case.port, case.data) if v.allow else guard.Answer()
+        on_wire = seen(got[OUTSIDE], case.data)
+        if on_wire != (v.allow and ans.holder is None):
+            wrong.append(f"{case.label}: on the wire {on_wire}, model {v.reason} ({v.code})")
+        if ans.reply is not None:
+            want_replies[case.sender][untag(ans.reply)] += 1
+        if not v.allow:
+            want_drops[(str(case.port), v.code)] += 1
+    for vm in host.vms:
+        own = bytes.fromhex(vm.mac.replace(":", ""))
+        replies = Counter(f for f in got[vm.name] if f[0:6] == own)  # the test sends broadcasts only
+        if replies != want_replies[vm.name]:
+            wrong.append(f"{vm.name}: replies {replies} != model {want_replies[vm.name]}")
+    answered = sum(sum(c.values()) for c in want_replies.values())
+    codes = Counter(code for _, code in want_drops.elements())
+    assert not wrong, "\n".join(wrong)
+    assert answered >= 12 and set(codes) >= set(verdict.DROP_REASONS[4:]) | {verdict.NO_SHARED_LNID}, codes
+    after = Counter(filt.drops())
+    delta = {k: n for k, n in (after - before).items() if k[1] in verdict.DROP_REASONS[4:] or k[1] == "no_shared_lnid"}
+    want = {k: n for k, n in want_drops.items() if k[1] != verdict.FORGED_SOURCE}
+    assert delta == want
