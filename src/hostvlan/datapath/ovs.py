@@ -25,6 +25,7 @@ OpenFlow port number, so facts about a port exist before the port does):
                       reg0=<pid> → drop, counted rx:<port>
   table 5  output     reg0=<pid> → output:<ofport>                  (per bound, existing port)
   table 6  uplinks    a copy to each uplink
+  tables 10-13        the address guard (`ovs_guard`), between `bound` and table 2
   table 200 digest    one flow whose note holds the layout version and the facts' digest
 
 Table 2 checks `known` once per frame, and copies go only to bound ports, so table 4 is
@@ -86,6 +87,7 @@ _ALL = (1 << 64) - 1
 # tables
 T_CLASSIFY, T_SEND, T_KNOWN, T_FORWARD, T_RECEIVE, T_OUTPUT, T_UPLINKS = 0, 1, 2, 3, 4, 5, 6
 T_META = 200
+T_GUARD = 10  # the address guard's tables 10-13 (`ovs_guard`), between the send check and `known`
 
 # flow kinds (cookie bits 32-47); the low 32 bits hold the port's pid where there is one
 K_META = 0x01
@@ -178,7 +180,7 @@ def fact_flows(name: str, item: object, pid: Callable[[PortName], int]) -> list[
         assert isinstance(item, tuple)
         port, m = PortName(item[0]), Mac(item[1])
         p = pid(port)
-        act = f"{note('b', port, m)},goto_table:{T_KNOWN}"
+        act = f"{note('b', port, m)},goto_table:{T_GUARD}"
         return [Flow(T_SEND, 200, cookie(K_BOUND, p), f"reg1={p},dl_src={m}", act)]
     if name == "pairs":
         assert isinstance(item, tuple)
@@ -300,6 +302,9 @@ class OvsFilter(TenantFilter):
         self._own_db = own_db  # close the OVSDB connection with the filter (the factory's)
         self._target = tools.of_target(bridge)
         self._mirror: _Mirror | None = None
+        from hostvlan.datapath import ovs_guard  # builds on this module
+
+        self._guard = ovs_guard.GuardFlows()
 
     # ----- process plumbing ---------------------------------------------------------
     def _bundle(self, lines: list[str]) -> None:
@@ -324,7 +329,12 @@ class OvsFilter(TenantFilter):
                 pids, ofports = self._port_maps()
                 self._mirror = _Mirror.of(self.desired(), pids, ofports)
             self.refresh_ports()
+            if self._guard.rev != self._guard_rev:  # an address change alone has no facts' delta
+                guard = self._guard.plan(self.guard_facts(), self._mirror.pids, self._guard_rev)
+                self._bundle([*guard, meta_flow(self._digest).add()])
+                self._guard.commit()
         except BaseException:
+            self._guard.forget()
             self._reconcile = True
             self._mirror = None
             raise
@@ -451,6 +461,7 @@ class OvsFilter(TenantFilter):
                 dels.append(dst_flow(mac).delete())
 
         port_lines, after.ofports, _ = self._port_lines(mirror, after.ports, pids)
+        adds += self._guard.plan(self.guard_facts(), pids, self._guard_rev)  # the same bundle
         adds.append(meta_flow(digest).add())
         return dels + port_lines + adds, after
 
@@ -475,6 +486,7 @@ class OvsFilter(TenantFilter):
     def _install(self, delta: FactsDelta, digest: int) -> None:
         self.check_bridge()
         self._mirror = None
+        self._guard.forget()  # the install deletes every flow: the guard's are all rewritten
         fresh = _Mirror()
         lines, after = self._plan(fresh, delta, digest)
         head = [f"group add_or_mod group_id={GUARD_GROUP},type=all", f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}"]
@@ -482,6 +494,7 @@ class OvsFilter(TenantFilter):
         head.append(flood_flow(after.pids[p] for p in after.ports).add())
         head.append(to_uplinks_flow(after.pids[p] for p in after.uplinks).add())
         self._bundle(head + lines)
+        self._guard.commit()
         self._mirror = after
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
@@ -494,6 +507,7 @@ class OvsFilter(TenantFilter):
         self._mirror = None  # unknown until the bundle succeeds
         lines, after = self._plan(mirror, delta, digest)
         self._bundle(lines)
+        self._guard.commit()
         self._mirror = after
 
     def _kernel_digest(self) -> int | None:
@@ -572,7 +586,16 @@ class OvsFilter(TenantFilter):
         groups = self._tools.ofctl("dump-groups", self._target, str(GUARD_GROUP))
         return f"group_id={GUARD_GROUP}," in groups
 
+    def drops(self) -> dict[tuple[str, str], int]:
+        """Adds the address guard's drops (`ovs_guard`) to the base's."""
+        from hostvlan.datapath import ovs_guard  # builds on this module
+
+        self._tools.flush_datapath_cache()
+        dumped = self._dump(f"cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", stats=True)
+        return ovs_guard.merge(super().drops(), ovs_guard.counts(dumped, K_PORT))
+
     def _remove(self) -> None:
+        self._guard.forget()
         self._mirror = None
         self._bundle([f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", f"group delete group_id={GUARD_GROUP}"])
 
