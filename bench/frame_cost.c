@@ -37,6 +37,11 @@ int main(int argc, char **argv) {
         static const unsigned char ip[28] = {0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
                                              0x13, 0x88, 0x13, 0x89, 0, 30, 0, 0};
         f[12] = 0x08; f[13] = 0x00; memcpy(f + 14, ip, sizeof ip);
+        f[16] = (len - 14) >> 8; f[17] = (len - 14) & 255; f[38] = (len - 34) >> 8; f[39] = (len - 34) & 255;
+        unsigned sum = 0;  /* a valid header checksum: br_netfilter, where loaded, drops a bad one */
+        for (int i = 14; i < 34; i += 2) sum += (f[i] << 8) | f[i + 1];
+        while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+        f[24] = ~sum >> 8; f[25] = ~sum & 255;
     }
     while (read(rx, buf, sizeof buf) > 0) {}
     long sent = 0, got = 0, eagain = 0;

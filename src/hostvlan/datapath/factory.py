@@ -8,7 +8,9 @@ their kernel contexts (nftables, netlink, the namespace's BPF pins) when they ar
 A Linux bridge back end is composed here (`bridge.backend`): the table, a send check
 (`locked` | `nft`), a receive filter (`tc` | `nft`) and, with `locked` + `tc`, the part that
 closes every port no binding names (`bridge.closing`; keyword `closing=False` leaves it out,
-`fast_path=False` keeps its chains without the fast path: the bench's `tc`, `closedhooks`);
+`fast_path=False` keeps its chains without the fast path: the bench's `tc`, `closedhooks`)
+and, with the send check `locked`, the address guard (`bridge.guard`, issue 13: tcx ingress of
+every VM port; keyword `address_guard=False` leaves it out);
 a macvtap back end is composed of its table and, with keyword `guard=True`, the guard that
 closes every `macvtap*` no binding names (`macvtap_guard`; not the default with nft 1.0.6).
 Callers that share or record kernel contexts (tests, the bench) pass them as keyword options:

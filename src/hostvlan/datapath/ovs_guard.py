@@ -16,7 +16,8 @@ tables, compiled from `model.guardfacts.GuardFacts`, then to table 2; uplinks sk
   table 12  answers   per VM port: an ARP request for an address `answers` holds -> the reply,
                       built by the flow (arp_op, sha/spa/tha/tpa, eth addresses rewritten), out
                       of `in_port`; gratuitous requests and NS go on (OVS does not answer NS);
-                      any port: ARP request / NS for a `registered` address -> table 13; else 2
+                      any port: ARP request / NS for a `registered` address (not its own)
+                      -> table 13; else 2
   table 13  no share  per VM port: drop (no_shared_lnid), counted per port
 
 Every flow of a port carries the kind (cookie bits 32-47, 0x40-0x4f) and the port's pid, so
@@ -100,6 +101,11 @@ def port_flows(pid: int, g: PortGuard, answers: Iterable[tuple[IPAddr, Mac]]) ->
             flows.append(Flow(T_ANSWER, 300, cookie(K_ALLOW, pid), ns, f"resubmit(,{T_KNOWN})"))
     if not g.guarded:
         return flows
+    for net in g.nets:  # a request for an address of its own is no other's to answer: it goes on
+        if net.prefixlen == net.max_prefixlen:
+            a = net.network_address
+            own = f"arp,arp_op=1,arp_tpa={a}" if a.version == 4 else f"icmp6,icmp_type=135,icmp_code=0,nd_target={a}"
+            flows.append(Flow(T_ANSWER, 105, cookie(K_ALLOW, pid), f"{r},{own}", f"resubmit(,{T_KNOWN})"))
     ok = f"goto_table:{T_ROLES}"
     allow = cookie(K_ALLOW, pid)
     v4 = sorted(str(n) for n in g.nets if n.version == 4)

@@ -10,7 +10,8 @@ of `guard`:
               host answers with `holder` (a host address of another vNIC, not shared, whose
               frames may reach the port: `verdict.receive`)
   registered  the host addresses (not shared) of every vNIC the view holds: a request for one
-              of them that `answers` does not hold is dropped at the source (no shared LNID)
+              of them that `answers` does not hold is dropped at the source (no shared LNID),
+              unless the asking port holds it itself (one of its `nets` as a host address)
 
 `compile_guard` costs O(bound ports × the sources each may receive + the addresses), read
 from the `FactsIndex` the back end keeps anyway; the back ends push only the difference

@@ -11,7 +11,7 @@
  *   ARP request / NS (any VM port) for an address in ans4/ans6 of this port -> the reply is
  *       written over the request and bpf_redirect()ed out of the same port (its egress
  *       program, the receive filter, sees it like any frame to that port); in reg4/reg6 but
- *       not answered -> dropped (no_shared_lnid); else TCX_NEXT
+ *       not answered -> dropped (no_shared_lnid) unless the port holds it (src4/src6); else TCX_NEXT
  *
  * The parse follows model/frames.py exactly (same limits: 2 VLAN tags counting one the
  * kernel took into skb->vlan_tci, 3 IPv6 extension headers, 4 NDP options, lengths against
@@ -174,8 +174,11 @@ static __always_inline int do_arp(struct __sk_buff *skb, struct gport *g, __u32 
 		return TCX_NEXT;
 	struct k4 k = { .ifindex = ifx, .addr = a.tpa };
 	struct ans *ans = bpf_map_lookup_elem(&ans4, &k);
-	if (!ans)
-		return bpf_map_lookup_elem(&reg4, &a.tpa) ? drop(ifx, R_NOSHARE) : TCX_NEXT;
+	if (!ans) { /* registered, not to this port: dropped, unless the asker holds it itself */
+		if (!bpf_map_lookup_elem(&reg4, &a.tpa) || bpf_map_lookup_elem(&src4, &k))
+			return TCX_NEXT;
+		return drop(ifx, R_NOSHARE);
+	}
 	struct arp4 r = a;
 	r.op = bpf_htons(2);
 	__builtin_memcpy(r.sha, ans->mac, 6);
@@ -249,8 +252,9 @@ static __always_inline int do_ns_answer(struct __sk_buff *skb, __u32 ifx, __u32 
 	struct k6 k = { .ifindex = ifx };
 	__builtin_memcpy(k.addr, n->target, 16);
 	struct ans *ans = bpf_map_lookup_elem(&ans6, &k);
-	if (!ans) {
-		__builtin_memcpy(&k.addr, n->target, 16);
+	if (!ans) { /* registered, not to this port: dropped, unless the asker holds it itself */
+		if (bpf_map_lookup_elem(&src6, &k))
+			return TCX_NEXT;
 		k.ifindex = 0;
 		return bpf_map_lookup_elem(&reg6, &k) ? drop(ifx, R_NOSHARE) : TCX_NEXT;
 	}
