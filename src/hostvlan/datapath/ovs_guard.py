@@ -101,9 +101,9 @@ def port_flows(pid: int, g: PortGuard, answers: Iterable[tuple[IPAddr, Mac]]) ->
             flows.append(Flow(T_ANSWER, 300, cookie(K_ALLOW, pid), ns, f"resubmit(,{T_KNOWN})"))
     if not g.guarded:
         return flows
-    for net in g.nets:  # a request for an address of its own is no other's to answer: it goes on
-        if net.prefixlen == net.max_prefixlen:
-            a = net.network_address
+    for own_net in g.nets:  # a request for an address of its own is no other's to answer: it goes on
+        if own_net.prefixlen == own_net.max_prefixlen:
+            a = own_net.network_address
             own = f"arp,arp_op=1,arp_tpa={a}" if a.version == 4 else f"icmp6,icmp_type=135,icmp_code=0,nd_target={a}"
             flows.append(Flow(T_ANSWER, 105, cookie(K_ALLOW, pid), f"{r},{own}", f"resubmit(,{T_KNOWN})"))
     ok = f"goto_table:{T_ROLES}"
