@@ -329,9 +329,12 @@ class OvsFilter(TenantFilter):
                 pids, ofports = self._port_maps()
                 self._mirror = _Mirror.of(self.desired(), pids, ofports)
             self.refresh_ports()
-            if self._guard.rev != self._guard_rev:  # an address change alone has no facts' delta
-                guard = self._guard.plan(self.guard_facts(), self._mirror.pids, self._guard_rev)
-                self._bundle([*guard, meta_flow(self._digest).add()])
+            facts, pids = self.guard_facts(), self._mirror.pids
+            meta = self._dump(f"table={T_META}") if self._guard.rev == -1 else []
+            if self._guard.rev != self._guard_rev and not self._guard.adopt(meta, facts, pids, self._guard_rev):
+                guard = self._guard.plan(facts, pids, self._guard_rev)  # an address change alone: no delta
+                if guard:
+                    self._bundle([*guard, meta_flow(self._digest).add()])
                 self._guard.commit()
         except BaseException:
             self._guard.forget()

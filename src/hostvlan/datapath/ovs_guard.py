@@ -33,18 +33,19 @@ May import `hostvlan.datapath` and `hostvlan.model` only.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hostvlan.datapath.ovs import COOKIE_BASE, T_GUARD, T_KNOWN, Flow, cookie
+from hostvlan.datapath.ovs import COOKIE_BASE, T_GUARD, T_KNOWN, T_META, Flow, cookie, note
 from hostvlan.model import verdict as V
 from hostvlan.model.addresses import IPAddr
 from hostvlan.model.guardfacts import GuardFacts, PortGuard
 from hostvlan.model.ids import Mac, PortName
 
 T_ROLES, T_ANSWER, T_NOSHARE = T_GUARD + 1, T_GUARD + 2, T_GUARD + 3
-K_ALLOW, K_DEFAULT, K_REG, K_ANSWER = 0x40, 0x41, 0x42, 0x43
+K_ALLOW, K_DEFAULT, K_REG, K_ANSWER, K_DIGEST = 0x40, 0x41, 0x42, 0x43, 0x44
 K_DROP = {  # kind -> reason of the counted drop flows
     0x48: V.ARP_SPOOF,
     0x49: V.IP_SPOOF,
@@ -176,12 +177,33 @@ class GuardFlows:
         self._registered: frozenset[IPAddr] = frozenset()
         self._staged: tuple[int, dict[PortName, _Port], frozenset[IPAddr]] | None = None
 
-    def plan(self, facts: GuardFacts, pids: Mapping[PortName, int], rev: int) -> list[str]:
-        """The bundle lines that move the switch to `facts`; `commit()` once the bundle succeeded."""
+    @staticmethod
+    def _want(facts: GuardFacts, pids: Mapping[PortName, int]) -> dict[PortName, _Port]:
         answers: dict[PortName, set[tuple[IPAddr, Mac]]] = {}
         for port, addr, mac in facts.answers:
             answers.setdefault(port, set()).add((addr, mac))
-        want = {p: (pids[p], g, frozenset(answers.get(p, ()))) for p, g in facts.ports.items() if p in pids}
+        return {p: (pids[p], g, frozenset(answers.get(p, ()))) for p, g in facts.ports.items() if p in pids}
+
+    @staticmethod
+    def digest(want: Mapping[PortName, _Port], registered: frozenset[IPAddr]) -> str:
+        """A digest of what the guard flows enforce, kept in a flow of table 200 (never hit)."""
+        text = repr(sorted((str(p), v[0], repr(v[1]), sorted(map(str, v[2]))) for p, v in want.items()))
+        text += repr(sorted(map(str, registered)))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def adopt(self, dumped: Iterable[Any], facts: GuardFacts, pids: Mapping[PortName, int], rev: int) -> bool:
+        """A restart: when the switch's guard digest (in `dumped`, the flows of table 200) is
+        that of `facts`, take its flows as they are (no bundle); else a first plan rewrites them."""
+        want = self._want(facts, pids)
+        d = self.digest(want, facts.registered)
+        if any(f.kind == K_DIGEST and f.fields == ["G", d] for f in dumped):
+            self.rev, self._ports, self._registered = rev, want, facts.registered
+            return True
+        return False
+
+    def plan(self, facts: GuardFacts, pids: Mapping[PortName, int], rev: int) -> list[str]:
+        """The bundle lines that move the switch to `facts`; `commit()` once the bundle succeeded."""
+        want = self._want(facts, pids)
         lines: list[str] = []
         have = self._ports
         if have is None:  # unknown: rewrite every guard flow
@@ -200,6 +222,9 @@ class GuardFlows:
             lines += [f.delete() for f in registered_flows(addr)]
         for addr in facts.registered - reg_have:
             lines += [f.add() for f in registered_flows(addr)]
+        if lines:
+            d = self.digest(want, facts.registered)
+            lines.append(Flow(T_META, 1, cookie(K_DIGEST), "", note("G", d)).add())
         self._staged = (rev, want, facts.registered)
         return lines
 
