@@ -103,6 +103,10 @@ def build_backend(
 
         # the guard (closes every macvtap* no binding names) is not the default yet: nft 1.0.6 hangs
         # listing counters, tables or the ruleset while its prefix chains exist (docs/closed-ports.md)
+        if address_guard:  # issue 13: `macvtap_addr`, chains of its own table at each VM macvtap's egress
+            from hostvlan.datapath.macvtap_addr import GuardedMacvtapFilter
+
+            return GuardedMacvtapFilter(nft or Nft(), MacvtapGuard(Nfnl()) if guard else None)
         return MacvtapFilter(nft or Nft(), MacvtapGuard(Nfnl()) if guard else None)
     return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path, address_guard=address_guard)
 

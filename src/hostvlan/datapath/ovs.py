@@ -322,6 +322,8 @@ class OvsFilter(TenantFilter):
         reconciling = self._reconcile
         if reconciling:
             self._mirror = None  # re-learnt below, from a read-back or from the digest's word
+            if self._guard.rev == -1:
+                self._guard.load(self._dump)  # the guard's flows as the switch holds them
         report = super().apply()
         try:
             if self._mirror is None:
@@ -329,10 +331,8 @@ class OvsFilter(TenantFilter):
                 pids, ofports = self._port_maps()
                 self._mirror = _Mirror.of(self.desired(), pids, ofports)
             self.refresh_ports()
-            facts, pids = self.guard_facts(), self._mirror.pids
-            meta = self._dump(f"table={T_META}") if self._guard.rev == -1 else []
-            if self._guard.rev != self._guard_rev and not self._guard.adopt(meta, facts, pids, self._guard_rev):
-                guard = self._guard.plan(facts, pids, self._guard_rev)  # an address change alone: no delta
+            if self._guard.rev != self._guard_rev:  # an address change alone has no facts' delta
+                guard = self._guard.plan(self.guard_facts(), self._mirror.pids, self._guard_rev)
                 if guard:
                     self._bundle([*guard, meta_flow(self._digest).add()])
                 self._guard.commit()

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hostvlan.datapath.ovs import COOKIE_BASE, T_GUARD, T_KNOWN, T_META, Flow, cookie, note
@@ -60,6 +60,7 @@ _ALL = (1 << 64) - 1
 GROUP_MASK = (0xFFFF << 48) | (0xFFF0 << 32) | 0xFFFFFFFF  # the kinds 0x40-0x4f of one pid
 GROUP = COOKIE_BASE | 0x40 << 32
 ANY_GROUP = (GROUP, (0xFFFF << 48) | (0xFFF0 << 32))
+_KIND_MASK = (0xFFFF << 48) | (0xFFFF << 32)
 
 
 def static_flows() -> list[Flow]:
@@ -70,6 +71,7 @@ def static_flows() -> list[Flow]:
         Flow(T_ROLES, 0, c, "", f"goto_table:{T_ANSWER}"),
         Flow(T_ANSWER, 0, c, "", f"resubmit(,{T_KNOWN})"),
         Flow(T_NOSHARE, 0, c, "", "drop"),
+        Flow(T_META, 1, cookie(K_DIGEST), "", note("G")),  # the guard's tables are there
     ]
 
 
@@ -151,12 +153,12 @@ def registered_flows(addr: IPAddr) -> list[Flow]:
     if isinstance(addr, ipaddress.IPv4Address):
         req = f"arp,arp_op=1,arp_tpa={addr}"
         return [
-            Flow(T_ANSWER, 100, c, req, f"goto_table:{T_NOSHARE}"),
+            Flow(T_ANSWER, 100, c, req, f"{note('R', str(addr))},goto_table:{T_NOSHARE}"),
             Flow(T_ANSWER, 110, c, f"{req},arp_spa={addr}", f"resubmit(,{T_KNOWN})"),  # gratuitous
         ]
     ns = f"icmp6,icmp_type=135,icmp_code=0,nd_target={addr}"
     return [
-        Flow(T_ANSWER, 100, c, ns, f"goto_table:{T_NOSHARE}"),
+        Flow(T_ANSWER, 100, c, ns, f"{note('R', str(addr))},goto_table:{T_NOSHARE}"),
         Flow(T_ANSWER, 110, c, f"{ns},ipv6_src=::", f"resubmit(,{T_KNOWN})"),  # DAD
     ]
 
@@ -169,13 +171,16 @@ _Port = tuple[int, PortGuard, frozenset[tuple[IPAddr, Mac]]]  # pid, its guard, 
 
 
 class GuardFlows:
-    """What the switch holds of the guard, and the flow changes to the next GuardFacts."""
+    """What the switch holds of the guard (per port: the digest of its flows), and the flow
+    changes to the next GuardFacts. A port's digest lives in a flow of table 200 (never hit)
+    in its group, each registered address in a note of its flow: a restarted agent reads them
+    back (`load`) and rewrites only what differs."""
 
     def __init__(self) -> None:
         self.rev = -1  # the back end's guard revision these flows enforce (-1: unknown)
-        self._ports: dict[PortName, _Port] | None = None
+        self._ports: dict[PortName, tuple[int, str]] | None = None  # port -> (pid, digest)
         self._registered: frozenset[IPAddr] = frozenset()
-        self._staged: tuple[int, dict[PortName, _Port], frozenset[IPAddr]] | None = None
+        self._staged: tuple[int, dict[PortName, tuple[int, str]], frozenset[IPAddr]] | None = None
 
     @staticmethod
     def _want(facts: GuardFacts, pids: Mapping[PortName, int]) -> dict[PortName, _Port]:
@@ -185,25 +190,33 @@ class GuardFlows:
         return {p: (pids[p], g, frozenset(answers.get(p, ()))) for p, g in facts.ports.items() if p in pids}
 
     @staticmethod
-    def digest(want: Mapping[PortName, _Port], registered: frozenset[IPAddr]) -> str:
-        """A digest of what the guard flows enforce, kept in a flow of table 200 (never hit)."""
-        text = repr(sorted((str(p), v[0], repr(v[1]), sorted(map(str, v[2]))) for p, v in want.items()))
-        text += repr(sorted(map(str, registered)))
+    def digest(v: _Port) -> str:
+        text = repr((v[0], repr(v[1]), sorted(map(str, v[2]))))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
-    def adopt(self, dumped: Iterable[Any], facts: GuardFacts, pids: Mapping[PortName, int], rev: int) -> bool:
-        """A restart: when the switch's guard digest (in `dumped`, the flows of table 200) is
-        that of `facts`, take its flows as they are (no bundle); else a first plan rewrites them."""
-        want = self._want(facts, pids)
-        d = self.digest(want, facts.registered)
-        if any(f.kind == K_DIGEST and f.fields == ["G", d] for f in dumped):
-            self.rev, self._ports, self._registered = rev, want, facts.registered
-            return True
-        return False
+    def load(self, dump: Callable[[str], Iterable[Any]]) -> None:
+        """A restart: what the switch holds, from its digest and registered flows (`dump`: a
+        `dump-flows` of a match); without the guard's marker, unknown (the first plan rewrites
+        every guard flow)."""
+        kinds = f"{COOKIE_BASE | K_DIGEST << 32:#x}/{_KIND_MASK:#x}", f"{COOKIE_BASE | K_REG << 32:#x}/{_KIND_MASK:#x}"
+        dumped = [*dump(f"table={T_META},cookie={kinds[0]}"), *dump(f"table={T_ANSWER},cookie={kinds[1]}")]
+        ports: dict[PortName, tuple[int, str]] = {}
+        registered: set[IPAddr] = set()
+        marker = False
+        for f in dumped:
+            if f.kind == K_DIGEST and f.fields == ["G"]:
+                marker = True
+            elif f.kind == K_DIGEST and len(f.fields) == 3 and f.fields[0] == "P":
+                ports[PortName(f.fields[1])] = (f.pid, f.fields[2])
+            elif f.kind == K_REG and len(f.fields) == 2 and f.fields[0] == "R":
+                registered.add(ipaddress.ip_address(f.fields[1]))
+        if marker:
+            self._ports, self._registered = ports, frozenset(registered)
 
     def plan(self, facts: GuardFacts, pids: Mapping[PortName, int], rev: int) -> list[str]:
         """The bundle lines that move the switch to `facts`; `commit()` once the bundle succeeded."""
         want = self._want(facts, pids)
+        digests = {p: (v[0], self.digest(v)) for p, v in want.items()}
         lines: list[str] = []
         have = self._ports
         if have is None:  # unknown: rewrite every guard flow
@@ -212,20 +225,19 @@ class GuardFlows:
             have, reg_have = {}, frozenset[IPAddr]()
         else:
             reg_have = self._registered
-        for port, (pid, _, _) in have.items():
-            if want.get(port) != have[port]:
+        for port, (pid, _) in have.items():
+            if digests.get(port) != have[port]:
                 lines.append(_delete_group(pid))
         for port, (pid, g, ans) in want.items():
-            if have.get(port) != want[port]:
+            if have.get(port) != digests[port]:
                 lines += [f.add() for f in port_flows(pid, g, ans)]
+                mark = note("P", port, digests[port][1])
+                lines.append(Flow(T_META, 2, cookie(K_DIGEST, pid), f"reg1={pid}", mark).add())
         for addr in reg_have - facts.registered:
             lines += [f.delete() for f in registered_flows(addr)]
         for addr in facts.registered - reg_have:
             lines += [f.add() for f in registered_flows(addr)]
-        if lines:
-            d = self.digest(want, facts.registered)
-            lines.append(Flow(T_META, 1, cookie(K_DIGEST), "", note("G", d)).add())
-        self._staged = (rev, want, facts.registered)
+        self._staged = (rev, digests, facts.registered)
         return lines
 
     def commit(self) -> None:
