@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 
 import pytest
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+from scapy.layers.l2 import ARP, Ether
 
 from hostvlan.testbed import netns
 
-from .guardframes import FAR, PEER, PEER6, R1, Sockets, guard_state
+from .guardframes import A0_6, FAR, PEER, PEER6, R1, VICTIM, VICTIM6, Sockets, guard_state
 from .ovsnet import OvsHost
-from .switchhost import OUTSIDE, SwitchHost
+from .switchhost import OUTSIDE, OUTSIDE_MAC, SwitchHost, Vm
 
 pytestmark = pytest.mark.root
 
@@ -57,3 +59,50 @@ def test_a_registered_peer_is_answered_on_the_host(backend: str, make_host: Call
         assert _requests(wire.collect(0.5)[OUTSIDE]) == []  # no request reached the wire
     finally:
         wire.close()
+
+
+@pytest.mark.parametrize("backend", ["bridge-closed", "ovs", "macvtap"])
+def test_forged_answers_never_poison_the_routers_neighbour_cache(
+    backend: str, make_host: Callable[[int], SwitchHost]
+) -> None:
+    """The wire's end is a router (a real Linux neighbour cache, accepting unsolicited ARP and
+    NA): the guarded vm0's forged ARP reply and NA for the victim's addresses change nothing;
+    the same forgery from the unguarded vm1 does (the MAC-only filter cannot see it)."""
+    host = make_host(3)
+    state = guard_state(host.vms)
+    host.boot(state)
+    vm0, vm1, victim = host.vms
+    x = host.outside_ns
+    netns.sysctl(x, "net.ipv4.conf.eth0.arp_accept", "1")
+    netns.sysctl(x, "net.ipv6.conf.eth0.disable_ipv6", "0")
+    netns.sysctl(x, "net.ipv6.conf.eth0.accept_dad", "0")
+    _in(x, "ip", "addr", "add", "10.66.0.254/24", "dev", "eth0")
+    _in(x, "ip", "addr", "add", "fd00::fe/64", "dev", "eth0", "nodad")
+    time.sleep(0.3)
+
+    def neigh(addr: str) -> str:
+        return _in(x, "ip", "neigh", "show", addr, "dev", "eth0").stdout.lower()
+
+    def reset() -> None:
+        for addr in (VICTIM, VICTIM6):
+            _in(x, "ip", "neigh", "replace", addr, "lladdr", victim.mac, "dev", "eth0", "nud", "stale")
+
+    def forge(vm: Vm) -> None:
+        eth = Ether(src=vm.mac, dst=OUTSIDE_MAC)
+        socks.send(vm.name, bytes(eth / ARP(op=2, hwsrc=vm.mac, psrc=VICTIM, hwdst=OUTSIDE_MAC, pdst="10.66.0.254")))
+        na = ICMPv6ND_NA(tgt=VICTIM6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=vm.mac)
+        socks.send(vm.name, bytes(eth / IPv6(src=VICTIM6 if vm is vm1 else A0_6, dst="fd00::fe") / na))
+        time.sleep(0.5)
+
+    socks = Sockets({vm0.name: vm0.ns, vm1.name: vm1.ns})
+    try:
+        reset()
+        time.sleep(1.2)  # past the neighbour entry's locktime (1 s): a forged reply would take
+        forge(vm0)
+        assert vm0.mac not in neigh(VICTIM) and victim.mac in neigh(VICTIM)
+        assert vm0.mac not in neigh(VICTIM6) and victim.mac in neigh(VICTIM6)
+        time.sleep(1.2)
+        forge(vm1)  # the control: an unguarded vNIC can
+        assert vm1.mac in neigh(VICTIM) and vm1.mac in neigh(VICTIM6)
+    finally:
+        socks.close()
