@@ -107,14 +107,14 @@ def cases(draw: st.DrawFn) -> tuple[FilterState, PortName, bytes]:
     return state, port, data
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_parse_never_raises(data: bytes) -> None:
     p = fr.parse(data)
     assert p.bad or len(data) >= 14
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(cases())
 def test_guard_facts_decide_as_the_model(case: tuple[FilterState, PortName, bytes]) -> None:
     """What a back end decides from the compiled facts = the model, frame by frame."""
