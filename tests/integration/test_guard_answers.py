@@ -7,6 +7,7 @@ address registered in another LNID gets no answer and does not reach the wire ei
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,10 +30,12 @@ def _in(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def _requests(frames: list[bytes]) -> list[bytes]:
-    """ARP requests and neighbour solicitations among `frames` (untagged)."""
-    arp = [f for f in frames if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x01"]
-    ns = [f for f in frames if f[12:14] == b"\x86\xdd" and len(f) > 54 and f[20] == 58 and f[54] == 135]
-    return arp + ns
+    """ARP requests and neighbour solicitations among `frames` (untagged) for the registered
+    addresses the test resolves (a guest's own DAD probes aside)."""
+    asked = {ipaddress.ip_address(a).packed for a in (PEER, FAR, PEER6)}
+    arp = [f for f in frames if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x01" and f[38:42] in asked]
+    ns = [f for f in frames if f[12:14] == b"\x86\xdd" and len(f) >= 78 and f[20] == 58 and f[54] == 135]
+    return arp + [f for f in ns if f[62:78] in asked]
 
 
 @pytest.mark.parametrize("backend", ["bridge-closed", "ovs"])
