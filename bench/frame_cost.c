@@ -1,7 +1,8 @@
 /* CPU time per frame through a switch, in the writer's own context (bench/frame_cost.py).
  *
- * usage: frame_cost TAP_IN TAP_OUT FRAMES LEN SRC_MAC DST_MAC
- * Writes FRAMES frames of LEN bytes (EtherType 0x88b5, local experimental) into tap TAP_IN
+ * usage: frame_cost TAP_IN TAP_OUT FRAMES LEN SRC_MAC DST_MAC [ip4]
+ * Writes FRAMES frames of LEN bytes (EtherType 0x88b5, local experimental; with `ip4`: IPv4/UDP
+ * 10.0.0.1 -> 10.0.0.2, what the address guard checks) into tap TAP_IN
  * and reads them from tap TAP_OUT, at most 256 in flight. A name starting with '/' is a macvtap's
  * character device (what QEMU opens), one starting with '@' a packet socket on that device (the
  * far end of a veth "wire"; bench/frame_cost_macvtap.py), else a tap device's name. A tap write runs the bridge's whole
@@ -48,6 +49,16 @@ static double cpu(void) { struct rusage r; getrusage(RUSAGE_SELF, &r); return r.
 int main(int argc, char **argv) {
     int tx = op(argv[1]), rx = op(argv[2]); long n = atol(argv[3]); int len = atoi(argv[4]);
     unsigned char f[2048] = {0}, buf[65536]; mac(argv[6], f); mac(argv[5], f + 6); f[12] = 0x88; f[13] = 0xb5;
+    if (argc > 7 && !strcmp(argv[7], "ip4")) {
+        static const unsigned char ip[28] = {0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+                                             0x13, 0x88, 0x13, 0x89, 0, 30, 0, 0};
+        f[12] = 0x08; f[13] = 0x00; memcpy(f + 14, ip, sizeof ip);
+        f[16] = (len - 14) >> 8; f[17] = (len - 14) & 255; f[38] = (len - 34) >> 8; f[39] = (len - 34) & 255;
+        unsigned sum = 0;  /* a valid header checksum: br_netfilter, where loaded, drops a bad one */
+        for (int i = 14; i < 34; i += 2) sum += (f[i] << 8) | f[i + 1];
+        while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+        f[24] = ~sum >> 8; f[25] = ~sum & 255;
+    }
     while (read(rx, buf, sizeof buf) > 0) {}
     long sent = 0, got = 0, eagain = 0;
     struct timespec t0, t1; clock_gettime(CLOCK_MONOTONIC, &t0); double c0 = cpu();

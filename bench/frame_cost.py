@@ -12,18 +12,22 @@ Configurations, alternating every round (order flipped each round):
            configuration, so no configuration floods)
   hook     an empty accepting nftables chain on the bridge's forward hook: the floor of
            any netfilter design
-  closed   the default bridge back end: send check by locked ports, receive filter a tc/eBPF
+  closed   the default bridge back end (with the address guard's program, A unguarded: one lookup):
+           send check by locked ports, receive filter a tc/eBPF
            program on each port's egress, and the closing part (`bridge.closing`): netfilter
            chains that close every unbound port (prerouting/forward/output policy drop,
            `@open accept`) + the tcx-ingress fast path (bound-to-bound unicast redirected: no hook)
   closedhooks  the same without the fast path: what the closing hooks alone cost
+  guarded  `closed` with vNIC A guarded (issue 13: registered 10.0.0.1/32): the address guard
+           (`bridge.guard`, bpf/hv_guard.c at tcx ingress) checks every frame A sends; run it
+           with `--ip4` so the frames are IPv4 from A's address (what the guard parses)
   tc       the tc receive filter without the closing part (no netfilter hook, a new port
            open until an agent attaches its program)
   locked   locked ports, receive filter in nftables (one hook)
   nft      the send check in nftables too (a second hook)
   lockonly only the locked ports and sticky entries, no nftables: the send check's cost
 
-    sudo .venv/bin/python bench/frame_cost.py [--rounds 9] [--frames 300000] [--len 64]
+    sudo .venv/bin/python bench/frame_cost.py [--rounds 9] [--frames 300000] [--len 64] [--ip4]
 
 `--switch macvtap` measures the macvtap back end and its guard instead (frame_cost_macvtap.py:
 wire to VM, VM to wire, VM to VM; `--configs` from its list).
@@ -35,6 +39,7 @@ paired differences to `none`. A benchmark: it asserts nothing and never gates CI
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import secrets
 import shutil
@@ -51,6 +56,7 @@ from hostvlan.datapath.bridge.tc import BPFFS
 from hostvlan.datapath.factory import BackendSpec, build_backend
 from hostvlan.datapath.kernel.brports import BridgePorts
 from hostvlan.datapath.kernel.nft import Nft
+from hostvlan.model.addresses import Addrs
 from hostvlan.model.ids import Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
 from hostvlan.testbed import netns
@@ -73,7 +79,7 @@ HOOK_ONLY = [  # an empty accepting base chain on the forward hook
         }
     },
 ]
-CONFIGS = ("none", "hook", "closed", "closedhooks", "tc", "locked", "nft", "lockonly")
+CONFIGS = ("none", "hook", "closed", "closedhooks", "guarded", "tc", "locked", "nft", "lockonly")
 
 
 def state(macs: int, lnids: int, ports: int) -> FilterState:
@@ -94,6 +100,7 @@ def main() -> int:
     ap.add_argument("--ports", type=int, default=126)
     ap.add_argument("--configs", default=None, help=f"default: {','.join(CONFIGS)} (bridge)")
     ap.add_argument("--switch", choices=("bridge", "macvtap"), default="bridge")
+    ap.add_argument("--ip4", action="store_true", help="IPv4/UDP frames from 10.0.0.1 (A's registered address)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hostvlan-frame-cost-"))
     exe = tmp / "frame_cost"
@@ -127,16 +134,23 @@ def main() -> int:
         st = state(args.macs, args.lnids, args.ports)
         with netns.inside(ns):
             nft, ports = Nft(), BridgePorts()
-        locked = build_backend(BackendSpec(send_check="locked", receive_filter="nft"), nft=nft, ports=ports)
+        locked = build_backend(
+            BackendSpec(send_check="locked", receive_filter="nft"), nft=nft, ports=ports, address_guard=False
+        )
         counted = build_backend(BackendSpec(send_check="nft", receive_filter="nft"), nft=nft)
         tc_spec = BackendSpec(send_check="locked", receive_filter="tc", bpf_pins=BPFFS / ns)
-        tc = build_backend(tc_spec, nft=nft, ports=ports, closing=False)
+        tc = build_backend(tc_spec, nft=nft, ports=ports, closing=False, address_guard=False)
         closed = build_backend(replace(tc_spec, bpf_pins=BPFFS / f"{ns}-c"), nft=nft, ports=ports)
-        hooks = build_backend(replace(tc_spec, bpf_pins=BPFFS / f"{ns}-k"), nft=nft, ports=ports, fast_path=False)
+        hooks = build_backend(
+            replace(tc_spec, bpf_pins=BPFFS / f"{ns}-k"), nft=nft, ports=ports, fast_path=False, address_guard=False
+        )
+        guarded = build_backend(replace(tc_spec, bpf_pins=BPFFS / f"{ns}-g"), nft=nft, ports=ports)
         for f in (locked, counted, tc, closed, hooks):
             f.sync(st)
+        guarded.sync(replace(st, addresses={A: Addrs(frozenset({ipaddress.ip_network("10.0.0.1/32")}))}))
 
         def clear() -> None:
+            guarded.remove()
             closed.remove()
             hooks.remove()
             tc.remove()  # also detaches its programs, unpins its maps
@@ -153,6 +167,7 @@ def main() -> int:
             "hook": lambda: nft.run(HOOK_ONLY),
             "closed": closed.apply,
             "closedhooks": hooks.apply,
+            "guarded": guarded.apply,
             "tc": tc.apply,
             "locked": locked.apply,
             "nft": counted.apply,
@@ -165,7 +180,17 @@ def main() -> int:
                 clear()
                 setups[c]()
                 out = subprocess.run(
-                    [*sh, str(exe), "tapa", "tapb", str(args.frames), str(args.len), A, B],
+                    [
+                        *sh,
+                        str(exe),
+                        "tapa",
+                        "tapb",
+                        str(args.frames),
+                        str(args.len),
+                        A,
+                        B,
+                        *(["ip4"] if args.ip4 else []),
+                    ],
                     capture_output=True,
                     text=True,
                     check=True,
@@ -174,13 +199,13 @@ def main() -> int:
                 line.append(f"{c}={out[0]}")
             print(f"round {r + 1}/{args.rounds}: {' '.join(line)}", file=sys.stderr)
         clear()
-        for f in (closed, hooks, tc):
+        for f in (closed, hooks, tc, guarded):
             f.close()
         locked.close()
         counted.close()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        for pins in (ns, f"{ns}-c", f"{ns}-k"):
+        for pins in (ns, f"{ns}-c", f"{ns}-k", f"{ns}-g", f"{ns}-c-guard", f"{ns}-g-guard"):
             shutil.rmtree(BPFFS / pins, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     base = results.get("none")
@@ -191,6 +216,7 @@ def main() -> int:
         "entries": len(st.entries),
         "lnids": args.lnids,
         "idle_ports": args.ports,
+        "ip4": args.ip4,
     }
     for c, v in results.items():
         row: dict[str, float] = {"median_ns": statistics.median(v), "min_ns": min(v), "max_ns": max(v)}

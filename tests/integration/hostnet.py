@@ -84,7 +84,7 @@ class Host(NftHost):
         """A fresh filter bound to the host namespace (an agent (re)start): new nftables and
         netlink contexts."""
         spec = self.spec()
-        if spec.receive == "tc" and not any(getattr(c, "pins", None) == spec.bpf_pins for c in self._closers):
+        if spec.send_check == "locked" and not any(getattr(c, "pins", None) == spec.bpf_pins for c in self._closers):
             self._closers.insert(0, _PinsRemover(spec.bpf_pins))
         with netns.inside(self.ns):
             filt = build_backend(spec, nft=RecordingNft(), **self.OPTIONS)
@@ -161,6 +161,7 @@ class _PinsRemover:
 
     def __call__(self) -> None:
         shutil.rmtree(self.pins, ignore_errors=True)
+        shutil.rmtree(f"{self.pins}-guard", ignore_errors=True)  # the address guard's (bridge.guard)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import pytest
 
 from hostvlan.datapath.bridge.backend import BridgeFilter
 from hostvlan.datapath.bridge.closing import FWD, Closing
+from hostvlan.datapath.bridge.guard import PROG as GUARD
 from hostvlan.datapath.bridge.tc import PROG
 from hostvlan.datapath.kernel import bpf as bpflib
 from hostvlan.model.ports import FilterState
@@ -97,7 +98,7 @@ def test_a_port_joining_while_no_agent_runs_is_closed_until_bound(make_host: Cal
     agent.sync(_state(host, 3))
     agent.apply()
     assert _programs(host, c.port, bpflib.TCX_EGRESS) == [PROG]
-    assert _programs(host, c.port, bpflib.TCX_INGRESS) == [FWD]
+    assert _programs(host, c.port, bpflib.TCX_INGRESS) == [GUARD, FWD]  # the address guard runs first
     assert agent.read() == agent.desired()
     probe = host.probe()
     probe.send(c.name, frame(BROADCAST, c.mac, "c-bcast"))

@@ -193,7 +193,9 @@ def test_moving_to_the_nftables_flavour_detaches_the_programs(make_host: Callabl
     state = _state(host, 2)
     host.boot(state)
     with netns.inside(host.ns):
-        locked = build_backend(BackendSpec(send_check="locked", receive_filter="nft"), nft=RecordingNft())
+        locked = build_backend(
+            BackendSpec(send_check="locked", receive_filter="nft"), nft=RecordingNft(), address_guard=False
+        )
     try:
         locked.sync(state)
         locked.apply()  # another layout in the table: reinstalled as the nftables flavour

@@ -34,7 +34,9 @@ import abc
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hostvlan.model.addresses import Addrs
 from hostvlan.model.facts import Facts, FactsDelta, FactsIndex, delta_digest, diff_facts, facts_digest
+from hostvlan.model.guardfacts import GuardFacts, compile_guard
 from hostvlan.model.ids import Lnid, Mac, PortName
 from hostvlan.model.ports import FilterState, PortBinding
 
@@ -86,28 +88,50 @@ class TenantFilter(abc.ABC):
         self._index = FactsIndex()
         self._reconcile = True
         self._digest = 0  # digest of the facts committed to the kernel (valid once reconciled)
+        self._addrs: dict[Mac, Addrs] = {}  # FilterState.addresses: what the address guard compiles
+        self._guard_rev = 0  # bumped by every queued change (a back end's guard recompiles when it moved)
 
     # ----- queue -------------------------------------------------------------------
     def sync(self, state: FilterState) -> None:
         self._index.sync(state)
+        self._addrs = {m: a for m, a in state.addresses.items() if a.guarded}
+        self._guard_rev += 1
 
     def set_entry(self, mac: Mac, lnids: Iterable[Lnid]) -> None:
         self._index.set_entry(mac, lnids)
+        self._guard_rev += 1
+
+    def set_addrs(self, mac: Mac, addrs: Addrs) -> None:
+        """Queue the addresses of `mac` (unguarded `Addrs()`: none), for the address guard."""
+        if addrs.guarded:
+            self._addrs[mac] = addrs
+        else:
+            self._addrs.pop(mac, None)
+        self._guard_rev += 1
 
     def del_entry(self, mac: Mac) -> None:
         self._index.del_entry(mac)
+        self._addrs.pop(mac, None)
+        self._guard_rev += 1
 
     def bind(self, binding: PortBinding) -> None:
         self._index.bind(binding)
+        self._guard_rev += 1
 
     def unbind(self, port: PortName) -> None:
         self._index.unbind(port)
+        self._guard_rev += 1
 
     def state(self) -> FilterState:
-        return self._index.state()
+        st = self._index.state()
+        return FilterState(entries=st.entries, bindings=st.bindings, addresses=dict(self._addrs))
 
     def desired(self) -> Facts:
         return self._index.facts()
+
+    def guard_facts(self) -> GuardFacts:
+        """What the address guard enforces for the queued state (`model.guardfacts`)."""
+        return compile_guard(self.state(), self._index)
 
     # ----- apply -------------------------------------------------------------------
     def apply(self) -> ApplyReport:

@@ -64,10 +64,11 @@ def clean_host(
         detached = release_programs(ports, every_link=True)
         if detached:
             done.append(f"{detached} tc program(s)")
-        pins = spec.bpf_pins or default_pins()
-        if pins.exists():
-            shutil.rmtree(pins)
-            done.append(f"BPF pins {pins}")
+        base = spec.bpf_pins or default_pins()
+        for pins in (base, base.with_name(f"{base.name}-guard")):  # the tc filter's, the address guard's
+            if pins.exists():
+                shutil.rmtree(pins)
+                done.append(f"BPF pins {pins}")
         if spec.kind == "bridge":
             before = ports.ports()
             sticky = ports.sticky(before)

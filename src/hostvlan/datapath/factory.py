@@ -8,8 +8,11 @@ their kernel contexts (nftables, netlink, the namespace's BPF pins) when they ar
 A Linux bridge back end is composed here (`bridge.backend`): the table, a send check
 (`locked` | `nft`), a receive filter (`tc` | `nft`) and, with `locked` + `tc`, the part that
 closes every port no binding names (`bridge.closing`; keyword `closing=False` leaves it out,
-`fast_path=False` keeps its chains without the fast path: the bench's `tc`, `closedhooks`);
-a macvtap back end is composed of its table and the guard that closes every `macvtap*` no
+`fast_path=False` keeps its chains without the fast path: the bench's `tc`, `closedhooks`)
+and, with the send check `locked`, the address guard (`bridge.guard`, issue 13: tcx ingress of
+every VM port; keyword `address_guard=False` leaves it out);
+a macvtap back end is composed of its table, the address guard's chains (`macvtap_addr`;
+keyword `address_guard=False` leaves them out) and the guard that closes every `macvtap*` no
 binding names (`macvtap_guard`; keyword `guard=False`, the agent's `--no-macvtap-guard`,
 leaves it out).
 Callers that share or record kernel contexts (tests, the bench) pass them as keyword options:
@@ -88,6 +91,7 @@ def build_backend(
     closing: bool = True,
     fast_path: bool = True,
     guard: bool = True,
+    address_guard: bool = True,
 ) -> TenantFilter:
     """A back end for `spec`, built in the calling thread's network namespace (see module doc)."""
     if spec.kind == "ovs":
@@ -102,13 +106,21 @@ def build_backend(
         # the guard closes every macvtap* no binding names; while it exists nft 1.0.6 hangs listing
         # counters, tables or the ruleset, so the back end reads counters over nfnetlink
         # (docs/closed-ports.md)
-        return MacvtapFilter(nft or Nft(), MacvtapGuard(Nfnl()) if guard else None, None if guard else Nfnl())
-    return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path)
+        closer = MacvtapGuard(Nfnl()) if guard else None
+        if address_guard:  # issue 13: `macvtap_addr`, chains of its own table at each VM macvtap's egress
+            from hostvlan.datapath.macvtap_addr import GuardedMacvtapFilter
+
+            return GuardedMacvtapFilter(nft or Nft(), closer, None if guard else Nfnl())
+        return MacvtapFilter(nft or Nft(), closer, None if guard else Nfnl())
+    return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path, address_guard=address_guard)
 
 
-def _bridge(spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: bool, fast_path: bool) -> TenantFilter:
+def _bridge(
+    spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: bool, fast_path: bool, address_guard: bool
+) -> TenantFilter:
     from hostvlan.datapath.bridge import closing as closing_part
     from hostvlan.datapath.bridge.backend import BridgeFilter
+    from hostvlan.datapath.bridge.guard import AddressGuard
     from hostvlan.datapath.bridge.locked import LockedPorts
     from hostvlan.datapath.bridge.nft import NftReceiveFilter, NftSendCheck
     from hostvlan.datapath.bridge.parts import ReceiveFilter, SendCheck
@@ -118,6 +130,7 @@ def _bridge(spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: 
     send: SendCheck
     receive: ReceiveFilter
     closes: closing_part.Closing | None = None
+    guard: AddressGuard | None = None
     if spec.send_check == "nft":
         send, receive = NftSendCheck(), NftReceiveFilter(inline=False)  # layout_v1 jumps to a chain rx
     else:
@@ -130,7 +143,9 @@ def _bridge(spec: BackendSpec, nft: Nft, ports: BridgePorts | None, *, closing: 
             receive = TcReceiveFilter(ports, spec.bpf_pins)
         else:
             receive = NftReceiveFilter(inline=True, ports=ports)
-    return BridgeFilter(nft, send, receive, closes)
+        if address_guard:  # issue 13: tcx ingress of every VM port, before the fast path
+            guard = AddressGuard(ports, spec.bpf_pins)
+    return BridgeFilter(nft, send, receive, closes, guard)
 
 
 def _ovs(spec: BackendSpec, tools: OvsTools | None, db: OvsDb | None) -> TenantFilter:

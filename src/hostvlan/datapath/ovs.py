@@ -26,6 +26,7 @@ OpenFlow port number, so facts about a port exist before the port does):
                       reg0=<pid> → drop, counted rx:<port>
   table 5  output     reg0=<pid> → output:<ofport>                  (per bound, existing port)
   table 6  uplinks    a copy to each uplink
+  tables 10-13        the address guard (`ovs_guard`), between `bound` and table 2
   table 200 digest    one flow whose note holds the layout version and the facts' digest
 
 Table 2 checks `known` once per frame, and copies go only to bound ports, so table 4 is
@@ -97,6 +98,7 @@ _ALL = (1 << 64) - 1
 # tables
 T_CLASSIFY, T_SEND, T_KNOWN, T_FORWARD, T_RECEIVE, T_OUTPUT, T_UPLINKS = 0, 1, 2, 3, 4, 5, 6
 T_META = 200
+T_GUARD = 10  # the address guard's tables 10-13 (`ovs_guard`), between the send check and `known`
 
 # flow kinds (cookie bits 32-47); the low 32 bits hold the port's pid where there is one
 K_META = 0x01
@@ -184,7 +186,7 @@ def fact_flows(name: str, item: object, pid: Callable[[PortName], int]) -> list[
         assert isinstance(item, tuple)
         port, m = PortName(item[0]), Mac(item[1])
         p = pid(port)
-        act = f"{note('b', port, m)},goto_table:{T_KNOWN}"
+        act = f"{note('b', port, m)},goto_table:{T_GUARD}"
         return [Flow(T_SEND, 200, cookie(K_BOUND, p), f"reg1={p},dl_src={m}", act)]
     if name == "pairs":
         assert isinstance(item, tuple)
@@ -307,6 +309,9 @@ class OvsFilter(TenantFilter):
         self._target = tools.of_target(bridge)
         self._mirror: _Mirror | None = None
         self._events = ovs_drops.Sampler(self._target.removeprefix("unix:"))  # drop events (packet-ins)
+        from hostvlan.datapath import ovs_guard  # builds on this module
+
+        self._guard = ovs_guard.GuardFlows()
 
     # ----- process plumbing ---------------------------------------------------------
     def _bundle(self, lines: list[str]) -> None:
@@ -324,6 +329,8 @@ class OvsFilter(TenantFilter):
         reconciling = self._reconcile
         if reconciling:
             self._mirror = None  # re-learnt below, from a read-back or from the digest's word
+            if self._guard.rev == -1:
+                self._guard.load(self._dump)  # the guard's flows as the switch holds them
         report = super().apply()
         try:
             if self._mirror is None:
@@ -331,7 +338,13 @@ class OvsFilter(TenantFilter):
                 pids, ofports = self._port_maps()
                 self._mirror = _Mirror.of(self.desired(), pids, ofports)
             self.refresh_ports()
+            if self._guard.rev != self._guard_rev:  # an address change alone has no facts' delta
+                guard = self._guard.plan(self.guard_facts(), self._mirror.pids, self._guard_rev)
+                if guard:
+                    self._bundle([*guard, meta_flow(self._digest).add()])
+                self._guard.commit()
         except BaseException:
+            self._guard.forget()
             self._reconcile = True
             self._mirror = None
             raise
@@ -458,6 +471,7 @@ class OvsFilter(TenantFilter):
                 dels.append(dst_flow(mac).delete())
 
         port_lines, after.ofports, _ = self._port_lines(mirror, after.ports, pids)
+        adds += self._guard.plan(self.guard_facts(), pids, self._guard_rev)  # the same bundle
         adds.append(meta_flow(digest).add())
         return dels + port_lines + adds, after
 
@@ -483,6 +497,7 @@ class OvsFilter(TenantFilter):
         self.check_bridge()
         ovs_drops.ensure_meter(self._tools, self._target)  # the drop flows' rate limit: before them
         self._mirror = None
+        self._guard.forget()  # the install deletes every flow: the guard's are all rewritten
         fresh = _Mirror()
         lines, after = self._plan(fresh, delta, digest)
         head = [f"group add_or_mod group_id={GUARD_GROUP},type=all", f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}"]
@@ -490,6 +505,7 @@ class OvsFilter(TenantFilter):
         head.append(flood_flow(after.pids[p] for p in after.ports).add())
         head.append(to_uplinks_flow(after.pids[p] for p in after.uplinks).add())
         self._bundle(head + lines)
+        self._guard.commit()
         self._mirror = after
 
     def _commit(self, delta: FactsDelta, digest: int) -> None:
@@ -502,6 +518,7 @@ class OvsFilter(TenantFilter):
         self._mirror = None  # unknown until the bundle succeeds
         lines, after = self._plan(mirror, delta, digest)
         self._bundle(lines)
+        self._guard.commit()
         self._mirror = after
 
     def _kernel_digest(self) -> int | None:
@@ -560,7 +577,11 @@ class OvsFilter(TenantFilter):
         """Drops per (port, reason) (`ovs_drops.tally`). Unlike `counters` it does not purge the
         datapath's flow cache (the agent reads this every few seconds): the frames of cached
         flows are added when the revalidators next dump them, within about a second."""
-        return ovs_drops.tally(self._counted(), with_zeros=False)
+        from hostvlan.datapath import ovs_guard  # builds on this module (the address guard's drops)
+
+        counted = self._counted()
+        guard = ovs_guard.counts(self._dump(f"cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", stats=True), K_PORT)
+        return ovs_guard.merge(ovs_drops.tally(counted, with_zeros=False), guard)
 
     def _counted(self) -> list[_Dumped]:
         return self._dump(f"cookie={_PORT_GROUP[0]:#x}/{_PORT_GROUP[1]:#x}", stats=True)
@@ -573,6 +594,7 @@ class OvsFilter(TenantFilter):
         return f"group_id={GUARD_GROUP}," in groups
 
     def _remove(self) -> None:
+        self._guard.forget()
         self._mirror = None
         self._bundle([f"delete cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", f"group delete group_id={GUARD_GROUP}"])
         ovs_drops.remove_meter(self._tools, self._target)

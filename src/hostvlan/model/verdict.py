@@ -85,3 +85,11 @@ def send(state: FilterState, in_port: PortName, src: Mac) -> Verdict:
     if binding.mac != src:
         return Verdict(False, f"forged source {src}: port {in_port} is bound to {binding.mac}", FORGED_SOURCE)
     return Verdict(True, f"source {src} is the MAC bound to port {in_port}")
+
+
+def send_frame(state: FilterState, in_port: PortName, frame: bytes) -> Verdict:
+    """The whole send check of one frame: `send` plus the address guard and the host's ARP/ND
+    answers (`hostvlan.model.guard.send_frame`, where the rules are written)."""
+    from hostvlan.model.guard import send_frame as guarded  # guard builds on this module
+
+    return guarded(state, in_port, frame)

@@ -42,6 +42,7 @@ import time
 
 from hostvlan.datapath.base import ApplyReport, DropEvent, PortCounters, TenantFilter
 from hostvlan.datapath.bridge.closing import Closing
+from hostvlan.datapath.bridge.guard import AddressGuard
 from hostvlan.datapath.bridge.parts import Change, Layout, ReceiveFilter, SendCheck, Undo
 from hostvlan.datapath.bridge.tc import TcReceiveFilter
 from hostvlan.datapath.kernel.nft import Nft
@@ -63,7 +64,14 @@ class BridgeFilter(TenantFilter):
     inside the host's network namespace; it owns and closes `nft` and its parts (`closing`:
     built on the receive filter `tc`, which it shares)."""
 
-    def __init__(self, nft: Nft, send: SendCheck, receive: ReceiveFilter, closing: Closing | None = None) -> None:
+    def __init__(
+        self,
+        nft: Nft,
+        send: SendCheck,
+        receive: ReceiveFilter,
+        closing: Closing | None = None,
+        guard: AddressGuard | None = None,
+    ) -> None:
         super().__init__()
         flavour = (send.name, receive.name + ("+closing" if closing is not None else ""))
         if flavour not in LAYOUTS:
@@ -73,6 +81,8 @@ class BridgeFilter(TenantFilter):
         self.send = send
         self.receive = receive
         self.closing = closing
+        self.guard = guard  # the address guard (`guard.AddressGuard`), its own maps and program
+        self._guard_done = -1  # the guard revision (`TenantFilter._guard_rev`) it enforces
         self.table = NftTable(nft, "bridge", LAYOUTS[flavour], {HOST_RX: "(host)"})
         if closing is not None:
             closing.bind(self.table)
@@ -114,6 +124,7 @@ class BridgeFilter(TenantFilter):
             if self.closing is not None:  # ports about to open get their programs first
                 self.closing.prepare(change, self._index)
                 cmds = [*cmds, *self.closing.batch(change, self._index)]
+            self._sync_guard()  # a port about to open carries its guard first
             self.table.run(cmds)
         except BaseException:
             for undo in reversed(undos):
@@ -122,6 +133,15 @@ class BridgeFilter(TenantFilter):
         self.receive.complete(change, self._index)
         if self.closing is not None:
             self.closing.complete(change, self._index)
+
+    def _sync_guard(self, force: bool = False) -> int:
+        """The address guard's maps and programs for the queued state, when it changed."""
+        if self.guard is None or (self._guard_done == self._guard_rev and not force):
+            return 0
+        rev = self._guard_rev
+        n = self.guard.sync(self.guard_facts(), self.guard.links())
+        self._guard_done = rev
+        return n
 
     def _install(self, delta: FactsDelta, digest: int) -> None:
         self._transact(Change(delta, fresh=True), self.table.install_cmds(self._layout_cmds(), delta, digest))
@@ -149,11 +169,13 @@ class BridgeFilter(TenantFilter):
         report = super().apply()
         if first:  # also when the digests agreed: ports that joined while no agent ran get fixed
             self.refresh_ports()
+        self._sync_guard()  # an address change alone has no facts' delta
         return report
 
     def audit(self) -> ApplyReport:
         report = super().audit()
         fixed, _ = self.send.refresh(self._index)  # also locks ports new since
+        fixed += self._sync_guard(force=True)
         return ApplyReport(report.elements + fixed, report.full) if fixed else report
 
     def refresh_ports(self) -> int:
@@ -163,7 +185,7 @@ class BridgeFilter(TenantFilter):
         n = messages + self.receive.follow(links, self._index)
         if self.closing is not None:
             n += self.closing.follow(links, self._index)
-        return n
+        return n + self._sync_guard(force=True)
 
     def counters(self) -> dict[str, PortCounters]:
         table = self.table.counters()
@@ -183,6 +205,9 @@ class BridgeFilter(TenantFilter):
         host = table.get("(host)")
         if host is not None and host.rx_dropped:
             out[("(host)", UNKNOWN_SOURCE)] = host.rx_dropped
+        if self.guard is not None:  # the address guard's (issue 13)
+            for key, n in self.guard.counts().items():
+                out[key] = out.get(key, 0) + n
         return out
 
     def drop_events(self, after: int = 0) -> list[DropEvent]:
@@ -204,11 +229,16 @@ class BridgeFilter(TenantFilter):
         ]
 
     def _remove(self) -> None:
+        if self.guard is not None:
+            self.guard.remove()
+            self._guard_done = -1
         self.receive.remove()
         self.table.remove()
         self.send.remove()
 
     def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
         self.receive.close()
         self.table.close()
         self.send.close()

@@ -19,6 +19,7 @@ from hostvlan.datapath.base import DatapathError
 
 TCX_INGRESS, TCX_EGRESS = 46, 47  # enum bpf_attach_type BPF_TCX_INGRESS/EGRESS (kernel >= 6.6)
 F_REPLACE = 1 << 2  # BPF_F_REPLACE
+F_BEFORE = 1 << 3  # BPF_F_BEFORE: with no relative program, first in the hook's chain
 BPF_FS_MAGIC = 0xCAFE4A11
 _BATCH = 4096
 
@@ -202,8 +203,11 @@ def tcx_egress_programs(ifindex: int, hook: int = TCX_EGRESS) -> Iterator[tuple[
             close(fd)
 
 
-def tcx_attach(prog_fd: int, ifindex: int, replace_fd: int | None = None, hook: int = TCX_EGRESS) -> None:
-    opts = _AttachOpts(ctypes.sizeof(_AttachOpts), F_REPLACE if replace_fd is not None else 0, replace_fd or 0)
+def tcx_attach(
+    prog_fd: int, ifindex: int, replace_fd: int | None = None, hook: int = TCX_EGRESS, flags: int = 0
+) -> None:
+    flags |= F_REPLACE if replace_fd is not None else 0
+    opts = _AttachOpts(ctypes.sizeof(_AttachOpts), flags, replace_fd or 0)
     _check(_load().bpf_prog_attach_opts(prog_fd, ifindex, hook, ctypes.byref(opts)), f"tcx attach to {ifindex}")
 
 
