@@ -76,6 +76,11 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
     metavar="BYTES",
     help="Largest request body of a single call (413 above); /v1/batch takes up to 256 MiB or this.",
 )
+@click.option(
+    "--require-addresses",
+    is_flag=True,
+    help="Refuse registrations without addresses (`reg ... --ip`) and taking a vNIC's last one: none unguarded.",
+)
 def manager(
     db: str,
     listens: tuple[str, ...],
@@ -88,6 +93,7 @@ def manager(
     audit_log: str | None,
     backup_to: str | None,
     max_body: int,
+    require_addresses: bool,
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -121,6 +127,7 @@ def manager(
             log_format=log_format,
             audit_log=Path(audit_log) if audit_log else None,
             max_body=max_body,
+            require_addresses=require_addresses,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -23,6 +23,8 @@ from hostvlan.manager.audit import batch_args
 from hostvlan.manager.contract import ApiError, errors, install_docs, install_error_handlers, install_openapi
 from hostvlan.manager.feed import Subscription
 from hostvlan.manager.schemas import (
+    AddrAddIn,
+    AddrDelIn,
     BatchIn,
     Change,
     Health,
@@ -296,6 +298,8 @@ _COMMANDS = {
     ("POST", "/v1/rm"): "rm",
     ("POST", "/v1/move"): "move",
     ("POST", "/v1/batch"): "batch",
+    ("POST", "/v1/addr/add"): "addr_add",
+    ("POST", "/v1/addr/del"): "addr_del",
 }
 
 
@@ -477,7 +481,26 @@ def create_app(
     @app.post("/v1/reg", summary="Register a MAC in an LNID (the paper's `reg`)", **command)
     async def reg(body: RegIn) -> dict[str, Any]:
         async with lock:
-            return service.reg(body.lnid, body.mac, body.host, body.port, body.external).json()
+            return service.reg(
+                body.lnid,
+                body.mac,
+                body.host,
+                body.port,
+                body.external,
+                ips=body.ips,
+                router=body.router,
+                dhcp_server=body.dhcp_server,
+            ).json()
+
+    @app.post("/v1/addr/add", summary="Let a registered MAC hold an address too", **command)
+    async def addr_add(body: AddrAddIn) -> dict[str, Any]:
+        async with lock:
+            return service.addr_add(body.mac, body.address, body.shared).json()
+
+    @app.post("/v1/addr/del", summary="Take an address from a MAC", **command)
+    async def addr_del(body: AddrDelIn) -> dict[str, Any]:
+        async with lock:
+            return service.addr_del(body.mac, body.address).json()
 
     @app.post("/v1/unreg", summary="Remove a MAC from one LNID", **command)
     async def unreg(body: UnregIn) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hostvlan.model.addresses import addrs_text
 from hostvlan.model.datacenter import BulkDelta, DataCenter
 from hostvlan.model.ids import HostId, Lnid, Mac
 from hostvlan.wire import Binding, Status, dumps, encode_heartbeat, lnids_json
@@ -35,6 +36,7 @@ class Encoder:
         self.dc = dc
         self._sets: dict[frozenset[Lnid], bytes] = {}
         self._whole: dict[Lnid, tuple[int, bytes]] = {}
+        self._whole_addrs: dict[Lnid, tuple[int, bytes]] = {}
 
     def lnids(self, lnids: frozenset[Lnid]) -> bytes:
         got = self._sets.get(lnids)
@@ -55,6 +57,37 @@ class Encoder:
         self._whole[lnid] = (version, frag)
         return frag
 
+    def whole_addrs(self, lnid: Lnid) -> bytes:
+        """`"mac":"addresses",…` for every MAC whose only LNID is `lnid` and that has addresses."""
+        version = self.dc.single_version(lnid)
+        got = self._whole_addrs.get(lnid)
+        if got is not None and got[0] == version:
+            return got[1]
+        text = self.dc.addr_text
+        frag = ",".join([f'"{mac}":"{t}"' for mac in self.dc.singles(lnid) if (t := text(mac))]).encode()
+        self._whole_addrs[lnid] = (version, frag)
+        return frag
+
+    def _addrs(self, bulk: BulkDelta) -> Line:
+        """The members of `addrs`: the whole LNIDs' (shared) and the delta's own."""
+        parts: Line = []
+        if self.dc.has_addresses():
+            for lnid in bulk.whole:
+                frag = self.whole_addrs(lnid)
+                if frag:
+                    if parts:
+                        parts.append(b",")
+                    parts.append(frag)
+        if bulk.delta.addresses:
+            if parts:
+                parts.append(b",")
+            parts.append(
+                b",".join(
+                    [b'"%s":"%s"' % (m.encode(), addrs_text(a).encode()) for m, a in bulk.delta.addresses.items()]
+                )
+            )
+        return parts
+
     def _entries(self, bulk: BulkDelta) -> Line:
         parts: Line = []
         for lnid in bulk.whole:
@@ -71,10 +104,12 @@ class Encoder:
         return parts
 
     def snapshot(self, view: BulkDelta, revision: int) -> Line:
+        addrs = self._addrs(view)
         return [
             b'{"type":"snapshot","revision":%d,"entries":{' % revision,
             *self._entries(view),
-            b'},"local":' + dumps(dict(view.delta.local)) + b"}\n",
+            b'},"local":' + dumps(dict(view.delta.local)),
+            *([b',"addrs":{', *addrs, b"}}\n"] if addrs else [b"}\n"]),
         ]
 
     def delta(self, bulk: BulkDelta, revision: int) -> Line:
@@ -89,6 +124,9 @@ class Encoder:
             parts.append(b',"local":' + dumps(dict(d.local)))
         if d.unlocal:
             parts.append(b',"unlocal":' + dumps(sorted(d.unlocal)))
+        addrs = self._addrs(bulk)
+        if addrs:
+            parts += [b',"addrs":{', *addrs, b"}"]
         parts.append(b"}\n")
         return parts
 

@@ -218,6 +218,7 @@ def run(
     audit_log: Path | None = None,
     max_body: int = MAX_BODY,
     max_batch_body: int = MAX_BATCH_BODY,
+    require_addresses: bool = False,
 ) -> None:
     """Serve until stopped. Raises ValueError (address, store) with a message for the operator."""
     if max_body < 1:
@@ -232,7 +233,7 @@ def run(
     audit_path = audit_log or db.with_name(db.name + ".audit.jsonl")
     gc.disable()
     try:
-        service = Service(store, audit=Audit(audit_path))
+        service = Service(store, audit=Audit(audit_path), require_addresses=require_addresses)
     finally:
         gc.enable()
     gc.freeze()

@@ -7,8 +7,10 @@ an operator allows; `shared` are the nets registered `--shared` (a VRRP VIP that
 MACs of one LNID may hold; the host never answers ARP/ND for them). A vNIC's IPv6
 link-local address derived from its MAC (EUI-64) is always its own, registered or not.
 
-This module holds the types and the pure helpers; validation of operator input (unique
-owner, shared only within one LNID, no multicast/loopback) lives with the data center.
+This module holds the types, the pure helpers and the checks of one address
+(`parse_net`: no multicast/broadcast/loopback/unspecified); the checks across the data
+center (one owner per address, shared only among MACs sharing an LNID) live with
+`model.datacenter`. `addrs_text` is the compact form the store and the feed carry.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from hostvlan.model.ids import Mac, mac_to_int
+from hostvlan.model.ids import InvalidValue, Mac, mac_to_int
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -51,3 +53,158 @@ def link_local(mac: Mac) -> ipaddress.IPv6Address:
     hi, lo = value >> 24, value & 0xFFFFFF
     iid = ((hi ^ 0x020000) << 40) | (0xFFFE << 24) | lo
     return ipaddress.IPv6Address((0xFE80 << 112) | iid)
+
+
+# ----- operator input ------------------------------------------------------------------------
+# The form of an address the API takes, as a regular expression (no anchors, no look-around):
+# a dotted-quad IPv4 address or hex-and-colons IPv6 one, optionally with a prefix length.
+# It states the syntax only: `parse_net` decides the rest (host bits, multicast, …).
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+ADDRESS_PATTERN = (
+    f"(?:{_OCTET}(?:\\.{_OCTET}){{3}}(?:/(?:3[0-2]|[12]?[0-9]))?"
+    "|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)"
+)
+
+
+class AddressError(InvalidValue):
+    """An address given by an operator that no vNIC may hold (the message says why)."""
+
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def parse_net(text: object) -> IPNet:
+    """One address a vNIC may hold, as the operator wrote it: `10.0.0.5`, `fd00::5`, or a
+    prefix `10.0.1.0/24` (host bits must be zero). Refused: anything not an address,
+    multicast, broadcast, loopback, unspecified, and the prefix /0 (use no addresses:
+    a vNIC without addresses is unguarded)."""
+    if not isinstance(text, str) or not text.strip():
+        raise AddressError(f"an address must be a string like 10.0.0.5, fd00::5 or 10.0.1.0/24, got {text!r}")
+    s = text.strip()
+    try:
+        net: IPNet = ipaddress.ip_network(s, strict=True)
+    except ValueError as exc:
+        raise AddressError(f"{s!r} is not an IPv4/IPv6 address or prefix ({exc})") from None
+    if net.prefixlen == 0:
+        raise AddressError(f"{s!r} is every address; register none to leave the vNIC unguarded")
+    first = net.network_address
+    what = None
+    if first.is_multicast or net.broadcast_address.is_multicast:
+        what = "a multicast"
+    elif isinstance(first, ipaddress.IPv4Address) and _LIMITED_BROADCAST in net:
+        what = "the broadcast"
+    elif first.is_loopback or net.broadcast_address.is_loopback:
+        what = "a loopback"
+    elif first.is_unspecified and net.num_addresses == 1:
+        what = "the unspecified"
+    elif first.is_unspecified:
+        what = "a prefix holding the unspecified"
+    if what is not None:
+        raise AddressError(f"{s!r} is {what} address and cannot be a vNIC's")
+    return net
+
+
+def net_text(net: IPNet) -> str:
+    """A net as the control plane writes it: a host address bare, a prefix with its length."""
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+ROUTER_TOKEN = "+router"
+DHCP_TOKEN = "+dhcp_server"
+SHARED_MARK = "~"
+
+
+def addrs_text(addrs: Addrs) -> str:
+    """The compact text of `addrs` the store and the feed carry (one string per MAC):
+    space-separated nets in order (IPv4 first), a shared one prefixed `~`, then the roles
+    `+router` and `+dhcp_server`. "" is unguarded."""
+    words = [
+        (SHARED_MARK if n in addrs.shared else "") + net_text(n)
+        for n in sorted(addrs.nets, key=lambda n: (n.version, n.network_address, n.prefixlen))
+    ]
+    if addrs.router:
+        words.append(ROUTER_TOKEN)
+    if addrs.dhcp_server:
+        words.append(DHCP_TOKEN)
+    return " ".join(words)
+
+
+def parse_addrs_text(text: str) -> Addrs:
+    """The inverse of `addrs_text` (AddressError on a word it cannot read)."""
+    if not text:
+        return UNGUARDED
+    nets: set[IPNet] = set()
+    shared: set[IPNet] = set()
+    router = dhcp = False
+    for word in text.split():
+        if word == ROUTER_TOKEN:
+            router = True
+        elif word == DHCP_TOKEN:
+            dhcp = True
+        else:
+            is_shared = word.startswith(SHARED_MARK)
+            try:
+                net = ipaddress.ip_network(word[1:] if is_shared else word, strict=True)
+            except ValueError:
+                raise AddressError(f"unreadable address {word!r}") from None
+            nets.add(net)
+            if is_shared:
+                shared.add(net)
+    return Addrs(frozenset(nets), frozenset(shared), router, dhcp)
+
+
+NetKey = tuple[int, int, int]
+"""A net as an index key: (IP version, first address as an integer, prefix length)."""
+
+
+def net_key(net: IPNet) -> NetKey:
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def text_keys(text: str) -> list[tuple[NetKey, bool]]:
+    """The nets of an `addrs_text` as index keys, each with whether it is shared (no objects kept)."""
+    out = []
+    for word in text.split():
+        if word[0] == "+":
+            continue
+        is_shared = word[0] == SHARED_MARK
+        out.append((net_key(ipaddress.ip_network(word[1:] if is_shared else word)), is_shared))
+    return out
+
+
+def keys_overlap(a: NetKey, b: NetKey) -> bool:
+    """Whether two nets (as keys) share an address."""
+    if a[0] != b[0]:
+        return False
+    bits = 32 if a[0] == 4 else 128
+    shift = bits - min(a[2], b[2])
+    return (a[1] >> shift) == (b[1] >> shift)
+
+
+def key_text(key: NetKey) -> str:
+    addr: IPAddr = ipaddress.IPv4Address(key[1]) if key[0] == 4 else ipaddress.IPv6Address(key[1])
+    return str(addr) if key[2] == addr.max_prefixlen else f"{addr}/{key[2]}"
+
+
+def text_json(text: str) -> dict[str, object]:
+    """What `show`, `trace` and the API say of an `addrs_text`: the nets as written, the
+    shared ones, the roles, and whether the vNIC is guarded."""
+    nets: list[str] = []
+    shared: list[str] = []
+    for word in text.split():
+        if word[0] == "+":
+            continue
+        if word[0] == SHARED_MARK:
+            word = word[1:]
+            shared.append(word)
+        nets.append(word)
+    words = text.split()
+    return {
+        "addresses": nets,
+        "shared": shared,
+        "router": ROUTER_TOKEN in words,
+        "dhcp_server": DHCP_TOKEN in words,
+        "guarded": bool(nets),
+    }

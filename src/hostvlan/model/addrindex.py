@@ -1,0 +1,89 @@
+"""The addresses of the data center indexed by net, for the checks across MACs (issue 13).
+
+An address (or prefix) belongs to one MAC, unless registered shared (a VRRP VIP), and then
+only MACs sharing an LNID hold it; a prefix may not overlap a net of another MAC. Kept
+as text per MAC (`addresses.addrs_text`) and integer keys per net: no `ipaddress`
+object is kept, which would cost 1.2 kB per vNIC at a million vNICs.
+"""
+
+from __future__ import annotations
+
+from hostvlan.model.addresses import Addrs, NetKey, key_text, keys_overlap, net_key, net_text, text_keys
+from hostvlan.model.ids import Lnid, Mac
+from hostvlan.model.table import LnidTable
+
+
+class AddressConflict(ValueError):
+    """Addresses a MAC may not hold (the data center raises it as a conflict)."""
+
+
+class AddressBook:
+    def __init__(self, table: LnidTable) -> None:
+        self._table = table
+        self.text: dict[Mac, str] = {}  # MAC -> its addresses' text (only MACs that have some)
+        self._owner: dict[NetKey, Mac] = {}  # nets held by one MAC
+        self._shared_by: dict[NetKey, set[Mac]] = {}  # nets registered shared
+        self._prefixes: set[NetKey] = set()  # nets wider than one address (checked for overlap)
+
+    def holders(self, key: NetKey) -> set[Mac]:
+        owner = self._owner.get(key)
+        if owner is not None:
+            return {owner}
+        return set(self._shared_by.get(key, ()))
+
+    def check(self, mac: Mac, addrs: Addrs, lnids: frozenset[Lnid]) -> None:
+        """Refuse (AddressConflict, nothing changed) addresses `mac` may not hold with LNIDs `lnids`:
+        a net another MAC holds (or overlaps), or a shared net held by a MAC sharing no LNID."""
+        mine = {k for k, _ in text_keys(self.text.get(mac, ""))}
+        for net in addrs.nets:
+            key = net_key(net)
+            shared = net in addrs.shared
+            others = self.holders(key) - {mac}
+            text = net_text(net)
+            if others:
+                if key in self._owner or not shared:
+                    other = min(others)
+                    how = "registered --shared " if key in self._shared_by else ""
+                    raise AddressConflict(f"address {text} is held by MAC {other} {how}(addresses belong to one MAC)")
+                for other in sorted(others):
+                    if not (self._table.lnids(other) & lnids):
+                        raise AddressConflict(
+                            f"shared address {text} is held by MAC {other}, which shares no LNID with {mac}"
+                        )
+            if key in mine:
+                continue
+            wide = key[2] < net.max_prefixlen
+            near = self._prefixes if not wide else set(self._owner) | set(self._shared_by)
+            for other_key in near:
+                if other_key != key and keys_overlap(key, other_key):
+                    holders = self.holders(other_key) - {mac}
+                    if holders:
+                        raise AddressConflict(
+                            f"address {text} overlaps {key_text(other_key)} held by MAC {min(holders)}"
+                        )
+
+    def index(self, mac: Mac, text: str) -> None:
+        self.text[mac] = text
+        for key, shared in text_keys(text):
+            if shared:
+                self._shared_by.setdefault(key, set()).add(mac)
+            else:
+                self._owner[key] = mac
+            if key[2] < (32 if key[0] == 4 else 128):
+                self._prefixes.add(key)
+
+    def unindex(self, mac: Mac) -> None:
+        text = self.text.pop(mac, None)
+        if not text:
+            return
+        for key, shared in text_keys(text):
+            if shared:
+                holders = self._shared_by.get(key)
+                if holders is not None:
+                    holders.discard(mac)
+                    if not holders:
+                        del self._shared_by[key]
+            elif self._owner.get(key) == mac:
+                del self._owner[key]
+            if key in self._prefixes and key not in self._owner and key not in self._shared_by:
+                self._prefixes.discard(key)
