@@ -62,9 +62,10 @@ class AddressBook:
                             f"address {text} overlaps {key_text(other_key)} held by MAC {min(holders)}"
                         )
 
-    def index(self, mac: Mac, text: str) -> None:
+    def index(self, mac: Mac, text: str, keys: list[tuple[NetKey, bool]] | None = None) -> None:
+        """Index `text` (its nets as `keys`, if the caller has them: no parsing again)."""
         self.text[mac] = text
-        for key, shared in text_keys(text):
+        for key, shared in text_keys(text) if keys is None else keys:
             if shared:
                 self._shared_by.setdefault(key, set()).add(mac)
             else:

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hostvlan.model.addresses import UNGUARDED, Addrs, IPNet, addrs_text, parse_addrs_text
+from hostvlan.model.addresses import UNGUARDED, Addrs, IPNet, NetKey, addrs_text, net_key, parse_addrs_text
 from hostvlan.model.addrindex import AddressBook, AddressConflict
 from hostvlan.model.hostview import HostView, Location
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName
@@ -317,7 +317,13 @@ class DataCenter:
         except AddressConflict as exc:
             raise ModelError(str(exc)) from None
 
-    def _set_addr(self, mac: Mac, text: str, batch: Batch | None) -> bool:
+    def _set_addrs(self, mac: Mac, addrs: Addrs, batch: Batch) -> None:
+        keys = [(net_key(n), n in addrs.shared) for n in addrs.nets]
+        self._set_addr(mac, addrs_text(addrs), batch, keys)
+
+    def _set_addr(
+        self, mac: Mac, text: str, batch: Batch | None, keys: list[tuple[NetKey, bool]] | None = None
+    ) -> bool:
         """Make `mac`'s addresses exactly `text`; records the before-state in `batch`."""
         old = self._addr.get(mac, "")
         if old == text:
@@ -326,7 +332,7 @@ class DataCenter:
             batch.addr_before[mac] = old
         self.book.unindex(mac)
         if text:
-            self.book.index(mac, text)
+            self.book.index(mac, text, keys)
         lnids = self.table.lnids(mac)
         if len(lnids) == 1:  # its LNID's shared encoding carries the addresses
             self._version += 1
@@ -461,7 +467,7 @@ class Batch:
             dc.check_addrs(mac, addrs, lnids)
         dc._set(mac, lnids, Location(host, new_port), self)
         if addrs is not None:
-            dc._set_addr(mac, addrs_text(addrs), self)
+            dc._set_addrs(mac, addrs, self)
 
     def addr_add(self, mac: Mac, net: IPNet, shared: bool = False) -> None:
         """Let `mac` (registered) hold `net` too (`shared`: a VIP other MACs of its LNIDs may hold)."""
@@ -475,7 +481,7 @@ class Batch:
         nets = now.nets | {net}
         new = Addrs(nets, (now.shared | {net}) if shared else (now.shared - {net}), now.router, now.dhcp_server)
         dc.check_addrs(mac, new, lnids)
-        dc._set_addr(mac, addrs_text(new), self)
+        dc._set_addrs(mac, new, self)
 
     def addr_del(self, mac: Mac, net: IPNet) -> None:
         """`mac` no longer holds `net` (a no-op if it does not)."""
@@ -485,7 +491,7 @@ class Batch:
         now = dc.addrs(mac)
         if net not in now.nets:
             return
-        dc._set_addr(mac, addrs_text(Addrs(now.nets - {net}, now.shared - {net}, now.router, now.dhcp_server)), self)
+        dc._set_addrs(mac, Addrs(now.nets - {net}, now.shared - {net}, now.router, now.dhcp_server), self)
 
     def unreg(self, mac: Mac, lnid: Lnid) -> None:
         dc = self.dc
