@@ -20,7 +20,7 @@ from hostvlan.manager import trace as tracing
 from hostvlan.manager.audit import Audit, batch_args
 from hostvlan.manager.feed import Encoder, Feed, Line, Subscription
 from hostvlan.manager.store.sqlite import Store
-from hostvlan.model.addresses import AddressError, Addrs, IPNet, parse_net, text_json
+from hostvlan.model.addresses import AddressError, AddrSet, IpsError, parse_ips, parse_net, text_json
 from hostvlan.model.datacenter import DataCenter, ModelError
 from hostvlan.model.ids import HostId, InvalidValue, Mac, PortName, parse_host, parse_lnid, parse_mac, parse_port
 from hostvlan.wire import Status, WireError, decode_status, lnids_json
@@ -523,7 +523,7 @@ def _flag(name: str, value: Any) -> bool:
     return value
 
 
-def _addrs_arg(op: dict[str, Any]) -> Addrs | None:
+def _addrs_arg(op: dict[str, Any]) -> AddrSet | None:
     """A `reg`'s addresses and roles (`ips`, `router`, `dhcp_server`); None when it gives none
     (the MAC keeps what it has)."""
     ips = op.get("ips")
@@ -535,10 +535,10 @@ def _addrs_arg(op: dict[str, Any]) -> Addrs | None:
         ips = []
     if not isinstance(ips, list):
         raise InputError("ips", "ips must be a list of addresses like 10.0.0.5 or fd00::5")
-    nets: set[IPNet] = set()
-    for i, ip in enumerate(ips):
-        nets.add(_field(f"ips[{i}]", parse_net, ip))
-    return Addrs(frozenset(nets), frozenset(), router, dhcp)
+    try:
+        return parse_ips(ips, router, dhcp)
+    except IpsError as exc:
+        raise InputError(f"ips[{exc.index}]", str(exc), 409) from None
 
 
 __all__ = ["InputError", "ModelError", "Result", "Service"]

@@ -8,7 +8,9 @@ object is kept, which would cost 1.2 kB per vNIC at a million vNICs.
 
 from __future__ import annotations
 
-from hostvlan.model.addresses import Addrs, NetKey, key_text, keys_overlap, net_key, net_text, text_keys
+from collections.abc import Iterable
+
+from hostvlan.model.addresses import NetKey, key_text, keys_overlap, text_keys
 from hostvlan.model.ids import Lnid, Mac
 from hostvlan.model.table import LnidTable
 
@@ -31,38 +33,40 @@ class AddressBook:
             return {owner}
         return set(self._shared_by.get(key, ()))
 
-    def check(self, mac: Mac, addrs: Addrs, lnids: frozenset[Lnid]) -> None:
-        """Refuse (AddressConflict, nothing changed) addresses `mac` may not hold with LNIDs `lnids`:
+    def check(self, mac: Mac, keys: Iterable[tuple[NetKey, bool]], lnids: frozenset[Lnid]) -> None:
+        """Refuse (AddressConflict, nothing changed) nets `mac` may not hold with LNIDs `lnids`:
         a net another MAC holds (or overlaps), or a shared net held by a MAC sharing no LNID."""
-        mine = {k for k, _ in text_keys(self.text.get(mac, ""))}
-        for net in addrs.nets:
-            key = net_key(net)
-            shared = net in addrs.shared
+        mine: set[NetKey] | None = None
+        for key, shared in keys:
             others = self.holders(key) - {mac}
-            text = net_text(net)
             if others:
                 if key in self._owner or not shared:
-                    other = min(others)
                     how = "registered --shared " if key in self._shared_by else ""
-                    raise AddressConflict(f"address {text} is held by MAC {other} {how}(addresses belong to one MAC)")
+                    raise AddressConflict(
+                        f"address {key_text(key)} is held by MAC {min(others)} {how}(addresses belong to one MAC)"
+                    )
                 for other in sorted(others):
                     if not (self._table.lnids(other) & lnids):
                         raise AddressConflict(
-                            f"shared address {text} is held by MAC {other}, which shares no LNID with {mac}"
+                            f"shared address {key_text(key)} is held by MAC {other}, which shares no LNID with {mac}"
                         )
+            wide = key[2] < (32 if key[0] == 4 else 128)
+            if not wide and not self._prefixes:
+                continue
+            if mine is None:
+                mine = {k for k, _ in text_keys(self.text.get(mac, ""))}
             if key in mine:
                 continue
-            wide = key[2] < net.max_prefixlen
             near = self._prefixes if not wide else set(self._owner) | set(self._shared_by)
             for other_key in near:
                 if other_key != key and keys_overlap(key, other_key):
                     holders = self.holders(other_key) - {mac}
                     if holders:
                         raise AddressConflict(
-                            f"address {text} overlaps {key_text(other_key)} held by MAC {min(holders)}"
+                            f"address {key_text(key)} overlaps {key_text(other_key)} held by MAC {min(holders)}"
                         )
 
-    def index(self, mac: Mac, text: str, keys: list[tuple[NetKey, bool]] | None = None) -> None:
+    def index(self, mac: Mac, text: str, keys: Iterable[tuple[NetKey, bool]] | None = None) -> None:
         """Index `text` (its nets as `keys`, if the caller has them: no parsing again)."""
         self.text[mac] = text
         for key, shared in text_keys(text) if keys is None else keys:

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hostvlan.model.addresses import UNGUARDED, Addrs, IPNet, NetKey, addrs_text, net_key, parse_addrs_text
+from hostvlan.model.addresses import UNGUARDED, Addrs, AddrSet, IPNet, NetKey, addr_set, parse_addrs_text
 from hostvlan.model.addrindex import AddressBook, AddressConflict
 from hostvlan.model.hostview import HostView, Location
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName
@@ -273,7 +273,12 @@ class DataCenter:
             self._single_version[lnid] = self._version
 
     def reg(
-        self, mac: Mac, lnid: Lnid, host: HostId | None, port: PortName | None = None, addrs: Addrs | None = None
+        self,
+        mac: Mac,
+        lnid: Lnid,
+        host: HostId | None,
+        port: PortName | None = None,
+        addrs: Addrs | AddrSet | None = None,
     ) -> dict[HostId, HostDelta]:
         """Register `mac` in `lnid`, on `host` (None: external). Re-registering is a no-op.
         `addrs` given: the MAC's addresses become exactly these (None: kept)."""
@@ -310,19 +315,18 @@ class DataCenter:
         return {h: self.expand(d) for h, d in b.deltas().items()}
 
     # ----- addresses ----------------------------------------------------------------------
-    def check_addrs(self, mac: Mac, addrs: Addrs, lnids: frozenset[Lnid]) -> None:
+    def check_addrs(self, mac: Mac, addrs: AddrSet, lnids: frozenset[Lnid]) -> None:
         """Refuse addresses `mac` may not hold with LNIDs `lnids` (`AddressBook.check`)."""
         try:
-            self.book.check(mac, addrs, lnids)
+            self.book.check(mac, addrs.keys, lnids)
         except AddressConflict as exc:
             raise ModelError(str(exc)) from None
 
-    def _set_addrs(self, mac: Mac, addrs: Addrs, batch: Batch) -> None:
-        keys = [(net_key(n), n in addrs.shared) for n in addrs.nets]
-        self._set_addr(mac, addrs_text(addrs), batch, keys)
+    def _set_addrs(self, mac: Mac, addrs: AddrSet, batch: Batch) -> None:
+        self._set_addr(mac, addrs.text, batch, addrs.keys)
 
     def _set_addr(
-        self, mac: Mac, text: str, batch: Batch | None, keys: list[tuple[NetKey, bool]] | None = None
+        self, mac: Mac, text: str, batch: Batch | None, keys: tuple[tuple[NetKey, bool], ...] | None = None
     ) -> bool:
         """Make `mac`'s addresses exactly `text`; records the before-state in `batch`."""
         old = self._addr.get(mac, "")
@@ -451,7 +455,7 @@ class Batch:
         lnid: Lnid,
         host: HostId | None,
         port: PortName | None = None,
-        addrs: Addrs | None = None,
+        addrs: Addrs | AddrSet | None = None,
     ) -> None:
         dc = self.dc
         if host is not None and host not in dc.hosts:
@@ -463,6 +467,8 @@ class Batch:
             raise ModelError(f"MAC {mac} is already registered {where}; use `move` to take it to {to}")
         new_port = port if port is not None else (loc.port if loc else None)
         lnids = dc.table.lnids(mac) | {lnid}
+        if isinstance(addrs, Addrs):
+            addrs = addr_set(addrs)
         if addrs is not None:
             dc.check_addrs(mac, addrs, lnids)
         dc._set(mac, lnids, Location(host, new_port), self)
@@ -480,8 +486,9 @@ class Batch:
             return
         nets = now.nets | {net}
         new = Addrs(nets, (now.shared | {net}) if shared else (now.shared - {net}), now.router, now.dhcp_server)
-        dc.check_addrs(mac, new, lnids)
-        dc._set_addrs(mac, new, self)
+        prepared = addr_set(new)
+        dc.check_addrs(mac, prepared, lnids)
+        dc._set_addrs(mac, prepared, self)
 
     def addr_del(self, mac: Mac, net: IPNet) -> None:
         """`mac` no longer holds `net` (a no-op if it does not)."""
@@ -491,7 +498,7 @@ class Batch:
         now = dc.addrs(mac)
         if net not in now.nets:
             return
-        dc._set_addrs(mac, Addrs(now.nets - {net}, now.shared - {net}, now.router, now.dhcp_server), self)
+        dc._set_addrs(mac, addr_set(Addrs(now.nets - {net}, now.shared - {net}, now.router, now.dhcp_server)), self)
 
     def unreg(self, mac: Mac, lnid: Lnid) -> None:
         dc = self.dc
@@ -499,7 +506,7 @@ class Batch:
         if lnid in lnids:
             rest = lnids - {lnid}
             if rest and dc._addr.get(mac, "").find("~") >= 0:  # its shared nets must stay within an LNID
-                dc.check_addrs(mac, dc.addrs(mac), rest)
+                dc.check_addrs(mac, addr_set(dc.addrs(mac)), rest)
             dc._set(mac, rest, dc.locations[mac] if rest else None, self)
 
     def rm(self, mac: Mac) -> None:
@@ -603,13 +610,15 @@ class Batch:
 
         # 3. addresses changed of entries a host held before and holds now (an entry new to a
         # view brought its addresses in `_entries`; one gone took them)
+        wholes = {h: set(b.whole) for h, b in out.items() if b.whole}
         for mac, old_text in self.addr_before.items():
             text = dc._addr.get(mac, "")
             if text == old_text:
                 continue
             now = table.lnids(mac)
-            if not now:
-                continue
+            was = self.before.get(mac)
+            if not now or (was is not None and not was[0]):
+                continue  # gone, or new: no view held it, each holder got its entry with its addresses
             value = self._addrs(mac)
             for h in dc.holders(mac):
                 got = out.get(h)
@@ -617,7 +626,7 @@ class Batch:
                     got = out[h] = BulkDelta()
                 elif mac in got.delta.addresses or mac in got.delta.removed:
                     continue  # came with its entry (or went)
-                elif len(now) == 1 and next(iter(now)) in got.whole:
+                elif len(now) == 1 and next(iter(now)) in wholes.get(h, ()):
                     continue  # travels with its whole LNID
                 got.delta.addresses[mac] = value
 
