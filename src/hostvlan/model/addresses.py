@@ -247,7 +247,7 @@ def _v4_host(s: str) -> int | None:
 def _v6_host(s: str) -> int | None:
     """An IPv6 address in hex groups (no embedded IPv4) as an integer; None if `s` is not one."""
     if "::" in s:
-        head, sep, tail = s.partition("::")
+        head, _, tail = s.partition("::")
         if "::" in tail:
             return None
         h = head.split(":") if head else []
