@@ -286,3 +286,14 @@ def test_merge_delta_keeps_the_latest_addresses() -> None:
     merge_delta(acc, HostDelta(entries={MACS[0]: frozenset({Lnid(1)})}, addresses={MACS[0]: a}))
     view = apply_delta(HostView(HOSTS[0], {MACS[0]: frozenset({Lnid(2)})}, {}, {MACS[0]: UNGUARDED}), acc)
     assert view.addresses == {MACS[0]: a}
+
+
+def test_feed_lines_are_sent_in_pieces_joined_one_at_a_time() -> None:
+    from hostvlan.manager.feed import chunks
+
+    parts = [b"a" * 40000, b"b" * 40000, b"c", b"d" * 70000, b"e"]
+    got = chunks(parts, 1 << 16)
+    first = next(got)  # a generator: the rest is not joined yet
+    assert len(first) == 80000
+    assert [first, *got] == [b"a" * 40000 + b"b" * 40000, b"c" + b"d" * 70000, b"e"]
+    assert list(chunks([b"x"])) == [b"x"] and list(chunks([])) == []

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hostvlan.manager.audit import batch_args
 from hostvlan.manager.contract import ApiError, errors, install_docs, install_error_handlers, install_openapi
-from hostvlan.manager.feed import Subscription
+from hostvlan.manager.feed import Subscription, chunks
 from hostvlan.manager.schemas import (
     AddrAddIn,
     AddrDelIn,
@@ -175,8 +175,9 @@ async def stream_feed(sub: Subscription, receive: Receive, send: Send, snapshots
             await send({"type": "http.response.body", "body": sub.snapshot(), "more_body": True})
             # an empty chunk waits until the transport has handed the snapshot to the socket
             await send({"type": "http.response.body", "body": b"", "more_body": True})
-        while (line := await sub.next(HEARTBEAT_S)) is not None:
-            await send({"type": "http.response.body", "body": line, "more_body": True})
+        while (parts := await sub.next_parts(HEARTBEAT_S)) is not None:
+            for chunk in chunks(parts):  # one piece joined at a time; each send waits for the transport
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         # the feed was closed (the host's token rotated, or the host removed)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

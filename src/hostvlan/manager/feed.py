@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from hostvlan.model.addresses import addrs_text
 from hostvlan.model.datacenter import BulkDelta, DataCenter
 from hostvlan.model.ids import HostId, Lnid, Mac
 from hostvlan.wire import Binding, Status, dumps, encode_heartbeat, lnids_json
+
+CHUNK = 1 << 16
+"""About how many bytes of a feed line are joined and sent at a time (`chunks`)."""
 
 Line = list[bytes]
 """One feed line as the parts it is joined from (the newline included): an LNID's encoded
@@ -181,19 +184,41 @@ class Subscription:
         return self._count(b"".join(self._q.get_nowait()))
 
     async def next(self, heartbeat_s: float) -> bytes | None:
+        parts = await self.next_parts(heartbeat_s)
+        return None if parts is None else b"".join(parts)
+
+    async def next_parts(self, heartbeat_s: float) -> Line | None:
+        """The next line as its parts (shared between hosts; send them with `chunks`, which
+        joins one piece at a time: every host's whole copy of a pod's line at once, hundreds
+        of kB each while its agent reads, would be the manager's largest memory)."""
         if self._q.empty():
             try:
                 parts = await asyncio.wait_for(self._q.get(), heartbeat_s)
             except TimeoutError:
-                return encode_heartbeat(self._revision())
+                return [encode_heartbeat(self._revision())]
         else:
             parts = self._q.get_nowait()
         if not parts:  # Feed.close
             return None
-        return self._count(b"".join(parts))
+        st = self._feed.status.get(self.host)
+        if st is not None:
+            st.bytes_sent += sum(len(p) for p in parts)
+        return parts
 
     def close(self) -> None:
         self._feed.unsubscribe(self.host, self._q)
+
+
+def chunks(parts: Line, size: int = CHUNK) -> Iterator[bytes]:
+    """`parts` joined into pieces of about `size` bytes, one at a time."""
+    start, n = 0, 0
+    for i, part in enumerate(parts):
+        n += len(part)
+        if n >= size:
+            yield part if i == start else b"".join(parts[start : i + 1])
+            start, n = i + 1, 0
+    if start < len(parts):
+        yield b"".join(parts[start:])
 
 
 class Feed:
