@@ -38,21 +38,43 @@ from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName
 HOSTS = [HostId(f"h{i}") for i in range(4)]
 MACS = [Mac(f"52:54:00:00:00:{i:02x}") for i in range(1, 7)]
 LNIDS = [GLOBAL, Lnid(1), Lnid(2), Lnid(3)]
-NETS = [parse_net(x) for x in ("10.0.0.1", "10.0.0.2", "10.0.1.0/24", "10.0.1.7", "fd00::1", "fd00::2", "fd00:1::/64")]
 WHERE = st.sampled_from([*HOSTS, None])
 PORT = st.sampled_from([None, PortName("p1")])
-NET = st.sampled_from(NETS)
-ADDRS = st.builds(
-    lambda nets, router, dhcp: Addrs(frozenset(nets), frozenset(), router, dhcp),
-    st.frozensets(NET, max_size=3),
-    st.booleans(),
-    st.booleans(),
-)
+COMMON = [parse_net(x) for x in ("10.0.9.0/24", "10.0.9.5", "10.0.0.100", "fd00:1::/64")]  # collide on purpose
+
+
+def nets_of(i: int) -> st.SearchStrategy[Any]:
+    """Mostly MAC `i`'s own addresses (so that batches go through), sometimes common ones."""
+    own = [parse_net(f"10.0.{i}.1"), parse_net(f"10.0.{i}.2"), parse_net(f"fd00::{i}:1")]
+    return st.sampled_from(own * 3 + COMMON)
+
+
+def addrs_of(i: int) -> st.SearchStrategy[Any]:
+    return st.builds(
+        lambda nets, router, dhcp: Addrs(frozenset(nets), frozenset(), router, dhcp),
+        st.frozensets(nets_of(i), max_size=3),
+        st.booleans(),
+        st.booleans(),
+    )
+
+
+MAC_I = st.integers(0, len(MACS) - 1)
+
+
+def home(i: int) -> st.SearchStrategy[Any]:
+    """Where MAC `i` is registered: mostly its own place (a `reg` elsewhere is refused)."""
+    where = HOSTS[i] if i < len(HOSTS) else None
+    return st.sampled_from([where] * 6 + [*HOSTS, None])
+
 
 commands = st.one_of(
-    st.tuples(st.just("reg"), st.sampled_from(MACS), st.sampled_from(LNIDS), WHERE, PORT, st.none() | ADDRS),
-    st.tuples(st.just("addr_add"), st.sampled_from(MACS), NET, st.booleans()),
-    st.tuples(st.just("addr_del"), st.sampled_from(MACS), NET),
+    MAC_I.flatmap(
+        lambda i: st.tuples(
+            st.just("reg"), st.just(MACS[i]), st.sampled_from(LNIDS), home(i), PORT, st.none() | addrs_of(i)
+        )
+    ),
+    MAC_I.flatmap(lambda i: st.tuples(st.just("addr_add"), st.just(MACS[i]), nets_of(i), st.booleans())),
+    MAC_I.flatmap(lambda i: st.tuples(st.just("addr_del"), st.just(MACS[i]), nets_of(i))),
     st.tuples(st.just("unreg"), st.sampled_from(MACS), st.sampled_from(LNIDS)),
     st.tuples(st.just("rm"), st.sampled_from(MACS)),
     st.tuples(st.just("move"), st.sampled_from(MACS), WHERE, PORT),
@@ -60,6 +82,8 @@ commands = st.one_of(
 
 
 def run(b: Batch, op: tuple[Any, ...]) -> None:
+    if op[0] in ("addr_add", "addr_del", "move") and op[1] not in b.dc.table:
+        return  # refused ("not registered", tested apart): most batches would be refused for it
     if op[0] == "reg":
         b.reg(op[1], op[2], op[3], op[4], op[5])
     elif op[0] == "addr_add":

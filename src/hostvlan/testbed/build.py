@@ -343,7 +343,7 @@ class Testbed:
         needs it), then wait until each agent has found its guests' ports."""
         self.guests.wait()
         for vm in vms:
-            dom = self.guests.start(vm.name, vm.host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+            dom = self.guests.start(vm.name, vm.host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}", f"{vm.ip6}/64")
             self.vms[vm.name] = replace(vm, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
         self._save(status="building")
         self.guests.wait_booted([vm.name for vm in vms])
@@ -381,7 +381,7 @@ class Testbed:
         port = self.guests.predict_port(host) if dst.switch == "macvtap" else None
         self.api.move(vm.mac, host, port)
         self.program()
-        dom = self.guests.start(name, host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+        dom = self.guests.start(name, host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}", f"{vm.ip6}/64")
         self.vms[name] = replace(vm, host=host, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
         self._save(status="up")
         self.guests.wait_booted([name])
