@@ -81,6 +81,11 @@ class Encoder:
                     if parts:
                         parts.append(b",")
                     parts.append(frag)
+        if bulk.addrs:
+            if parts:
+                parts.append(b",")
+            text = self.dc.addr_text
+            parts.append(b",".join([b'"%s":"%s"' % (m.encode(), text(m).encode()) for m in bulk.addrs]))
         if bulk.delta.addresses:
             if parts:
                 parts.append(b",")

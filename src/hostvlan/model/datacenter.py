@@ -138,7 +138,7 @@ class DataCenter:
                     entries[mac] = _EMPTY
         if self._addr:
             texts = self._addr
-            out.delta.addresses = {m: parse_addrs_text(texts[m]) for m in entries if m in texts}
+            out.addrs = {m for m in entries if m in texts}
         out.delta.local = {mac: self.locations[mac].port for mac in self._local.get(host, ())}
         return out
 
@@ -147,8 +147,9 @@ class DataCenter:
         return HostView(host, d.entries, d.local, d.addresses)
 
     def expand(self, bulk: BulkDelta) -> HostDelta:
-        """`bulk` as a plain HostDelta (its whole LNIDs' entries listed one by one)."""
-        if not bulk.whole:
+        """`bulk` as a plain HostDelta (its whole LNIDs' entries listed one by one, the
+        addresses parsed)."""
+        if not bulk.whole and not bulk.addrs:
             return bulk.delta
         d = bulk.delta
         entries: dict[Mac, frozenset[Lnid]] = {}
@@ -161,6 +162,7 @@ class DataCenter:
                 if mac in texts:
                     addresses[mac] = parse_addrs_text(texts[mac])
         entries.update(d.entries)
+        addresses.update({m: self.addrs(m) for m in bulk.addrs})
         addresses.update(d.addresses)
         return HostDelta(entries, set(d.removed), dict(d.local), set(d.unlocal), addresses)
 
@@ -379,7 +381,6 @@ class Batch:
         self.before: dict[Mac, tuple[frozenset[Lnid], Location | None]] = {}  # MACs changed
         self.host_before: dict[HostId, frozenset[Lnid]] = {}  # LNIDs of hosts whose vNICs changed
         self.addr_before: dict[Mac, str] = {}  # MACs whose addresses changed: their text before
-        self._parsed: dict[Mac, Addrs] = {}
 
     @property
     def changed(self) -> bool:
@@ -518,7 +519,7 @@ class Batch:
                         candidates.update(touched_single.get(lnid, ()))
                 if k1:
                     candidates.update(self.before)
-            self._entries(bulk.delta, candidates, s0, s1, k0, k1, joined)
+            self._entries(bulk, candidates, s0, s1, k0, k1, joined)
             out[h] = bulk
 
         # 2. every other host: only the touched MACs, in the LNIDs it holds
@@ -544,7 +545,7 @@ class Batch:
                 candidates.update(touched_single.get(lnid, ()))
                 candidates.update(touched_other.get(lnid, ()))
             bulk = BulkDelta()
-            self._entries(bulk.delta, candidates, scope, scope, knows_all, knows_all, _EMPTY)
+            self._entries(bulk, candidates, scope, scope, knows_all, knows_all, _EMPTY)
             if bulk:
                 out[h] = bulk
 
@@ -559,16 +560,15 @@ class Batch:
             was = self.before.get(mac)
             if not now or (was is not None and not was[0]):
                 continue  # gone, or new: no view held it, each holder got its entry with its addresses
-            value = self._addrs(mac)
             for h in dc.holders(mac):
                 got = out.get(h)
                 if got is None:
                     got = out[h] = BulkDelta()
-                elif mac in got.delta.addresses or mac in got.delta.removed:
+                elif mac in got.addrs or mac in got.delta.removed:
                     continue  # came with its entry (or went)
                 elif len(now) == 1 and next(iter(now)) in wholes.get(h, ()):
                     continue  # travels with its whole LNID
-                got.delta.addresses[mac] = value
+                got.addrs.add(mac)
 
         # 4. vNICs placed, moved, re-ported or gone
         for mac, (_, old_loc) in self.before.items():
@@ -584,7 +584,7 @@ class Batch:
 
     def _entries(
         self,
-        d: HostDelta,
+        bulk: BulkDelta,
         candidates: Iterable[Mac],
         s0: frozenset[Lnid],
         s1: frozenset[Lnid],
@@ -596,6 +596,7 @@ class Batch:
         table = self.dc.table
         before = self.before
         texts = self.dc._addr
+        d = bulk.delta
         for c in candidates:
             now = table.lnids(c)
             if len(now) == 1 and now <= joined:
@@ -609,14 +610,7 @@ class Batch:
             elif e1 != e0:
                 d.entries[c] = e1
                 if e0 is None and c in texts:
-                    d.addresses[c] = self._addrs(c)
-
-    def _addrs(self, mac: Mac) -> Addrs:
-        """`mac`'s addresses now, parsed once per batch (one MAC's delta goes to many hosts)."""
-        got = self._parsed.get(mac)
-        if got is None:
-            got = self._parsed[mac] = self.dc.addrs(mac)
-        return got
+                    bulk.addrs.add(c)
 
 
 __all__ = ["Batch", "BulkDelta", "DataCenter", "HostDelta", "ModelError", "apply_delta", "merge_delta"]

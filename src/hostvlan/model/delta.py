@@ -32,13 +32,16 @@ class HostDelta:
 @dataclass
 class BulkDelta:
     """One host's delta as a batch computes it: `delta`, plus every MAC whose only LNID is
-    one of `whole`, with the entry {that LNID} (see `DataCenter.expand`)."""
+    one of `whole`, with the entry {that LNID} (see `DataCenter.expand`), plus `addrs`: the
+    MACs whose addresses (as the data center holds them now) travel with it. The manager's
+    feed encodes their text as it is; `DataCenter.expand` parses them into the plain delta."""
 
     delta: HostDelta = field(default_factory=HostDelta)
     whole: list[Lnid] = field(default_factory=list)
+    addrs: set[Mac] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.whole or self.delta)
+        return bool(self.whole or self.delta or self.addrs)
 
 
 def apply_delta(view: HostView, delta: HostDelta) -> HostView:
