@@ -87,6 +87,11 @@ class MacRow(TypedDict):
     external: bool
     state: str  # "bound", "unbound: <reason>", "host down", "pending" or "external"
     bound_port: str | None  # the kernel port the host's agent reported binding it to
+    addresses: NotRequired[list[str]]  # the addresses and prefixes it holds (issue 13)
+    shared: NotRequired[list[str]]  # of those, the ones registered shared (VIPs)
+    router: NotRequired[bool]
+    dhcp_server: NotRequired[bool]
+    guarded: NotRequired[bool]  # has addresses (else unguarded: MAC-only)
 
 
 class Trace(TypedDict):
@@ -100,6 +105,8 @@ class Trace(TypedDict):
     dst_mac: NotRequired[str]
     state: NotRequired[str]  # the destination's binding: "bound", "unbound" or "pending"
     dst_lnids: NotRequired[list[int | str]]
+    src_addresses: NotRequired[list[str]]
+    src_guarded: NotRequired[bool]
 
 
 def _reason(exc: httpx.TransportError) -> str:
@@ -203,11 +210,36 @@ class Client:
 
     # ----- the paper's commands ------------------------------------------------------------------
     def reg(
-        self, lnid: LnidArg, mac: str, host: str | None = None, port: str | None = None, *, external: bool = False
+        self,
+        lnid: LnidArg,
+        mac: str,
+        host: str | None = None,
+        port: str | None = None,
+        *,
+        external: bool = False,
+        ips: list[str] | None = None,
+        router: bool = False,
+        dhcp_server: bool = False,
     ) -> Change:
-        """Register `mac` in `lnid` on `host` (or as an external MAC); re-registering is a no-op."""
-        body = {"lnid": lnid, "mac": mac, "host": host, "port": port, "external": external}
+        """Register `mac` in `lnid` on `host` (or as an external MAC); re-registering is a no-op.
+        `ips` given: the MAC's addresses become exactly these (None: unchanged)."""
+        body: dict[str, Any] = {"lnid": lnid, "mac": mac, "host": host, "port": port, "external": external}
+        if ips is not None:
+            body["ips"] = ips
+        if router:
+            body["router"] = True
+        if dhcp_server:
+            body["dhcp_server"] = True
         out: Change = self.call("POST", "/v1/reg", body=body)
+        return out
+
+    def addr_add(self, mac: str, address: str, *, shared: bool = False) -> Change:
+        """Let registered `mac` hold `address` too (`shared`: a VIP of MACs sharing an LNID)."""
+        out: Change = self.call("POST", "/v1/addr/add", body={"mac": mac, "address": address, "shared": shared})
+        return out
+
+    def addr_del(self, mac: str, address: str) -> Change:
+        out: Change = self.call("POST", "/v1/addr/del", body={"mac": mac, "address": address})
         return out
 
     def unreg(self, lnid: LnidArg, mac: str) -> Change:

@@ -7,11 +7,16 @@ agent.
 
 Feed (`GET /v1/hosts/{H}/feed`): JSON lines, each an object with a `type`:
 
-    {"type":"snapshot","revision":R,"entries":{MAC:[LNID,…]},"local":{MAC:PORT|null}}
-    {"type":"delta","revision":R,"entries":{…},"removed":[MAC,…],"local":{…},"unlocal":[MAC,…]}
+    {"type":"snapshot","revision":R,"entries":{MAC:[LNID,…]},"local":{MAC:PORT|null},"addrs":{MAC:TEXT}}
+    {"type":"delta","revision":R,"entries":{…},"removed":[MAC,…],"local":{…},"unlocal":[MAC,…],"addrs":{…}}
     {"type":"heartbeat","revision":R}
 
 A delta leaves out its empty fields. LNIDs are integers, `global` the string "global".
+`addrs` (issue 13) holds the addresses of entries of the line, one compact string per MAC
+(`model.addresses.addrs_text`: `"10.0.0.1 fd00::1"`, a shared net prefixed `~`, roles
+`+router` `+dhcp_server`); a snapshot lists the MACs that have some and leaves `addrs` out
+when none has; a delta lists the MACs whose addresses changed or whose entry is new to the
+view, "" meaning none any more. A line without `addrs` (an older manager) carries none.
 Lines of an unknown type are skipped by readers (`decode_feed` gives None), so the
 manager may add kinds without breaking old agents.
 
@@ -31,9 +36,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hostvlan.model.addresses import AddressError, Addrs, addrs_text, parse_addrs_text
 from hostvlan.model.datacenter import HostDelta
 from hostvlan.model.hostview import HostView
 from hostvlan.model.ids import GLOBAL, HostId, InvalidValue, Lnid, Mac, PortName, parse_lnid
@@ -70,12 +76,14 @@ def dumps(value: Any) -> bytes:
 
 # ----- feed: encoding (reference) ----------------------------------------------------------------
 def encode_snapshot(view: HostView, revision: int) -> bytes:
-    msg = {
+    msg: dict[str, Any] = {
         "type": SNAPSHOT,
         "revision": revision,
         "entries": {m: lnids_json(ls) for m, ls in view.entries.items()},
         "local": dict(view.local),
     }
+    if view.addresses:
+        msg["addrs"] = {m: addrs_text(a) for m, a in view.addresses.items()}
     return dumps(msg) + b"\n"
 
 
@@ -89,6 +97,8 @@ def encode_delta(delta: HostDelta, revision: int) -> bytes:
         msg["local"] = dict(delta.local)
     if delta.unlocal:
         msg["unlocal"] = sorted(delta.unlocal)
+    if delta.addresses:
+        msg["addrs"] = {m: addrs_text(a) for m, a in delta.addresses.items()}
     return dumps(msg) + b"\n"
 
 
@@ -104,6 +114,7 @@ class Snapshot:
     revision: int
     entries: dict[str, list[LnidJson]]
     local: dict[str, str | None]
+    addrs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,7 @@ class Delta:
     removed: list[str]
     local: dict[str, str | None]
     unlocal: list[str]
+    addrs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,9 +163,12 @@ def decode_feed(msg: Any) -> FeedMessage | None:
             _get(msg, "removed", list, []),
             _get(msg, "local", dict, {}),
             _get(msg, "unlocal", list, []),
+            _get(msg, "addrs", dict, {}),
         )
     if kind == SNAPSHOT:
-        return Snapshot(_revision(msg), _get(msg, "entries", dict, {}), _get(msg, "local", dict, {}))
+        return Snapshot(
+            _revision(msg), _get(msg, "entries", dict, {}), _get(msg, "local", dict, {}), _get(msg, "addrs", dict, {})
+        )
     if kind == HEARTBEAT:
         return Heartbeat(_revision(msg))
     if not isinstance(kind, str):
@@ -191,8 +206,22 @@ def _local(raw: Mapping[str, str | None]) -> dict[Mac, PortName | None]:
     return {Mac(m): (PortName(p) if p else None) for m, p in raw.items()}
 
 
+def _addrs(raw: Mapping[str, Any]) -> dict[Mac, Addrs]:
+    out: dict[Mac, Addrs] = {}
+    for m, text in raw.items():
+        if type(text) is not str:
+            raise WireError(f"addrs.{m}", f"must be a string of addresses, got {text!r}")
+        try:
+            out[Mac(m)] = parse_addrs_text(text)
+        except AddressError as exc:
+            raise WireError(f"addrs.{m}", str(exc)) from None
+    return out
+
+
 def snapshot_view(host: HostId, snap: Snapshot) -> HostView:
-    return HostView(host, {Mac(m): _lnids(ls) for m, ls in snap.entries.items()}, _local(snap.local))
+    entries = {Mac(m): _lnids(ls) for m, ls in snap.entries.items()}
+    addresses = {m: a for m, a in _addrs(snap.addrs).items() if a.nets or a.router or a.dhcp_server}
+    return HostView(host, entries, _local(snap.local), addresses)
 
 
 def host_delta(delta: Delta) -> HostDelta:
@@ -201,6 +230,7 @@ def host_delta(delta: Delta) -> HostDelta:
         removed={Mac(m) for m in delta.removed},
         local=_local(delta.local),
         unlocal={Mac(m) for m in delta.unlocal},
+        addresses=_addrs(delta.addrs),
     )
 
 

@@ -230,6 +230,11 @@ def test_reregistering_is_a_noop(admin: httpx.Client, tokens: dict[str, str]) ->
             "external": False,
             "state": "host down",  # B's agent is not connected
             "bound_port": None,
+            "addresses": [],
+            "shared": [],
+            "router": False,
+            "dhcp_server": False,
+            "guarded": False,
         }
     ]
 

@@ -83,13 +83,13 @@ def test_newer_schema_is_refused_and_an_old_one_upgraded(tmp_path: Path) -> None
     con.commit()
     with running_manager(tmp_path):
         pass
-    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
-    con.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    con.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
     con.commit()
     con.close()
     res = hostvlan("manager", "--db", str(db), "--listen", "127.0.0.1:0")
     assert res.returncode == 1
-    assert "schema version 2, newer than this manager's (1)" in res.stderr
+    assert "schema version 3, newer than this manager's (2)" in res.stderr
 
 
 def test_backup_of_a_live_manager_restores(tmp_path: Path) -> None:

@@ -483,3 +483,33 @@ def test_deltas_folded_into_one_give_the_view_applied_in_order(start: HostDelta,
         one_by_one = apply_delta(one_by_one, d)
         merge_delta(folded, d)
     assert apply_delta(view, folded) == one_by_one
+
+
+def test_addresses_from_the_feed_reach_the_view() -> None:
+    """issue 13: `addrs` of the snapshot and of deltas become the agent's HostView.addresses
+    (what the data path's guard compiles from them is the back ends' part)."""
+    from hostvlan.model.addresses import Addrs, parse_net
+
+    snap = snapshot(5, {A: [1], X: [1]}, {A: None}) | {"addrs": {A: "10.0.0.1 fd00::1", X: "10.0.0.9 +router"}}
+    mgr = FakeManager(snap)
+    filt = MemoryFilter(MemoryKernel())
+    a_addrs = Addrs(frozenset({parse_net("10.0.0.1"), parse_net("fd00::1")}))
+
+    async def body(agent: Agent) -> None:
+        await until(lambda: mgr.last().get("revision") == 5, "the snapshot reported")
+        assert agent.state.view is not None
+        assert dict(agent.state.view.addresses) == {
+            A: a_addrs,
+            X: Addrs(frozenset({parse_net("10.0.0.9")}), router=True),
+        }
+        mgr.push(delta(6, entries={B: [1]}, addrs={B: "10.0.0.2", X: ""}))
+        mgr.push(delta(7, entries={C: [1]}))
+        await until(lambda: mgr.last().get("revision") == 7, "r7 reported")
+        view = agent._folded_view()
+        assert view is not None and dict(view.addresses) == {A: a_addrs, B: Addrs(frozenset({parse_net("10.0.0.2")}))}
+        mgr.push(delta(8, removed=[B]))
+        await until(lambda: mgr.last().get("revision") == 8, "r8 reported")
+        view = agent._folded_view()
+        assert view is not None and set(view.addresses) == {A}
+
+    run_agent(mgr, lambda t: Agent(config(dict(TAP_A)), filt, transport=t), body)

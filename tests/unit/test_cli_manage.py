@@ -201,8 +201,15 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
         "LNIDS": "1,3",
         "HOST": "EHS1",
         "PORT": "vnet0",
+        "ADDRESSES": "unguarded",
     }
-    assert {k: v for k, v in rows[A2].items() if k != "STATE"} == {"MAC": A2, "LNIDS": "2", "HOST": "EHS1", "PORT": "-"}
+    assert {k: v for k, v in rows[A2].items() if k != "STATE"} == {
+        "MAC": A2,
+        "LNIDS": "2",
+        "HOST": "EHS1",
+        "PORT": "-",
+        "ADDRESSES": "unguarded",
+    }
     assert rows[GW]["HOST"] == "external" and rows[GW]["PORT"] == "-"
     assert rows[A1]["STATE"] in ("-", "host down") and rows[GW]["STATE"] in ("-", "external")
     assert set(rows) >= {A1, A2, B1, GW}
@@ -218,6 +225,11 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
             "external": True,
             "state": "external",
             "bound_port": None,
+            "addresses": [],
+            "shared": [],
+            "router": False,
+            "dhcp_server": False,
+            "guarded": False,
         }
     ]
     assert ok(hv("show", "--mac", "52:54:00:20:aa:aa")).strip() == "no MAC matches"
@@ -259,6 +271,11 @@ def test_register_show_trace_move_remove(hv: Any, mgr: Manager) -> None:
             "external": False,
             "state": "host down",
             "bound_port": "vnet5",
+            "addresses": [],
+            "shared": [],
+            "router": False,
+            "dhcp_server": False,
+            "guarded": False,
         }
     ]
     assert ok(hv("show", "--host", "EHS2", "--lnid", "9")).strip() == "no MAC matches"  # a known host: exit 0

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from hostvlan.cli import main
 from hostvlan.cli.common import exit_code
-from hostvlan.cli.manage import _mac_row, in_sync
+from hostvlan.cli.manage import _mac_row, addresses_cell, in_sync
 from hostvlan.client import ManagerError, ManagerUnreachable
 
 BASE: dict[str, Any] = {"name": "h", "connected": True, "vnics": 3, "revision_due": 7, "revision_applied": 7, "lag": 0}
@@ -36,13 +36,20 @@ def test_in_sync_column(extra: dict[str, Any], shown: str) -> None:
 def test_show_row_prefers_the_bound_port() -> None:
     row: dict[str, Any] = {"mac": "52:54:00:00:00:01", "lnids": [1, "global"], "host": "h", "port": None,
                            "external": False}  # fmt: skip
-    assert _mac_row(row) == ("52:54:00:00:00:01", "1,global", "h", "-", "-")  # type: ignore[arg-type]
+    assert _mac_row(row) == ("52:54:00:00:00:01", "1,global", "h", "-", "-", "-")  # type: ignore[arg-type]
     row |= {"port": "vnet7", "bound_port": None, "state": "unbound: no such port vnet7"}
-    assert _mac_row(row)[3:] == ("vnet7", "unbound: no such port vnet7")  # type: ignore[arg-type]
+    assert _mac_row(row)[3:] == ("vnet7", "unbound: no such port vnet7", "-")  # type: ignore[arg-type]
     row |= {"bound_port": "vnet1", "state": "bound"}
-    assert _mac_row(row)[3:] == ("vnet1", "bound")  # type: ignore[arg-type]
+    assert _mac_row(row)[3:] == ("vnet1", "bound", "-")  # type: ignore[arg-type]
     ext = {"mac": "52:54:00:ff:00:01", "lnids": [], "host": None, "port": None, "external": True, "state": "external"}
-    assert _mac_row(ext)[2:] == ("external", "-", "external")  # type: ignore[arg-type]
+    assert _mac_row(ext)[2:] == ("external", "-", "external", "-")  # type: ignore[arg-type]
+
+
+def test_show_addresses_cell() -> None:
+    row: dict[str, Any] = {"addresses": [], "shared": [], "router": False, "dhcp_server": False, "guarded": False}
+    assert addresses_cell(row) == "unguarded"  # type: ignore[arg-type]
+    row |= {"addresses": ["10.0.0.1", "10.0.0.9", "fd00::1"], "shared": ["10.0.0.9"], "router": True, "guarded": True}
+    assert addresses_cell(row) == "10.0.0.1,10.0.0.9(shared),fd00::1,router"  # type: ignore[arg-type]
 
 
 def test_exit_codes() -> None:

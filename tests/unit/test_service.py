@@ -76,6 +76,11 @@ def test_commands_change_the_table_durably(svc: Service) -> None:
         "external": True,
         "state": "external",
         "bound_port": None,
+        "addresses": [],
+        "shared": [],
+        "router": False,
+        "dhcp_server": False,
+        "guarded": False,
     }
     assert svc.unreg(2, A).changed and svc.show(mac=A)[0]["lnids"] == [1]
     assert svc.move(B, H3, "vnet9").changed and svc.show(mac=B)[0]["host"] == H3

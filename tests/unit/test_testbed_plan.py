@@ -3,7 +3,12 @@ operations the builder sends to the manager."""
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import asdict
 from pathlib import Path
+
+import pytest
+import yaml
 
 from hostvlan.model.ids import GLOBAL, Lnid, Mac
 from hostvlan.testbed.plan import (
@@ -14,9 +19,10 @@ from hostvlan.testbed.plan import (
     make_plan,
     program_timeout,
     registration_ops,
+    subnet6,
     uplink_mac,
 )
-from hostvlan.testbed.topology import parse_topology
+from hostvlan.testbed.topology import TopologyError, parse_topology
 
 TOPO = """
 hosts:
@@ -66,15 +72,54 @@ def test_uplink_mac_avoids_endpoint_macs() -> None:
 
 def test_registration_ops() -> None:
     topo = parse_topology(TOPO)
-    ops = registration_ops(topo, make_plan(topo, "hvt1"))
+    plan = make_plan(topo, "hvt1")
+    ops = registration_ops(topo, plan)
+    six = {n: v.ip6 for n, v in plan.vms.items()} | {"gw": plan.external["gw"].ip6}
     assert ops == [
-        {"op": "reg", "lnid": 1, "mac": "52:54:00:00:00:01", "host": "h1", "port": None, "external": False},
-        {"op": "reg", "lnid": "global", "mac": "52:54:00:00:00:02", "host": "h1", "port": None, "external": False},
-        {"op": "reg", "lnid": 2, "mac": "52:54:00:00:00:02", "host": "h1", "port": None, "external": False},
+        {"op": "reg", "lnid": 1, "mac": "52:54:00:00:00:01", "host": "h1", "port": None, "external": False,
+         "ips": ["10.200.0.1", six["a"]]},
+        {"op": "reg", "lnid": "global", "mac": "52:54:00:00:00:02", "host": "h1", "port": None, "external": False,
+         "ips": ["10.200.0.2", six["b"]]},
+        {"op": "reg", "lnid": 2, "mac": "52:54:00:00:00:02", "host": "h1", "port": None, "external": False,
+         "ips": ["10.200.0.2", six["b"]]},
         # a macvtap VM is registered with its port: its filter exists before its device does
-        {"op": "reg", "lnid": 1, "mac": "52:54:00:00:00:03", "host": "m1", "port": "macvtap0", "external": False},
-        {"op": "reg", "lnid": "global", "mac": "52:54:00:ff:00:01", "host": None, "port": None, "external": True},
-    ]
+        {"op": "reg", "lnid": 1, "mac": "52:54:00:00:00:03", "host": "m1", "port": "macvtap0", "external": False,
+         "ips": ["10.200.0.3", six["c"]]},
+        {"op": "reg", "lnid": "global", "mac": "52:54:00:ff:00:01", "host": None, "port": None, "external": True,
+         "ips": ["10.200.0.4", six["gw"]]},
+    ]  # fmt: skip
+
+
+def test_ipv6_addresses_per_run() -> None:
+    topo = parse_topology(TOPO)
+    plan = make_plan(topo, "hvt1")
+    net = subnet6("hvt1")
+    assert net.prefixlen == 64 and str(net).startswith("fd") and net != subnet6("hvt2")
+    got = [ipaddress.ip_address(v.ip6) for v in plan.vms.values()] + [ipaddress.ip_address(plan.external["gw"].ip6)]
+    assert got == [net[1], net[2], net[3], net[4]]
+    assert asdict(plan.vms["a"])["ip6"] == str(net[1])  # the testbed JSON carries it
+
+
+def test_addresses_roles_and_mac_only() -> None:
+    text = """
+hosts:
+  - name: h1
+    vms:
+      - {name: a, mac: "52:54:00:00:00:01", lnids: [1], addresses: []}
+      - {name: b, mac: "52:54:00:00:00:02", lnids: [1], addresses: [10.9.0.1, "fd00:9::/64"], router: true}
+      - {name: c, mac: "52:54:00:00:00:03", lnids: [1], addresses: auto, dhcp_server: true}
+"""
+    topo = parse_topology(text)
+    plan = make_plan(topo, "hvt1")
+    a, b, c = registration_ops(topo, plan)
+    assert "ips" not in a and "router" not in a  # MAC-only: unguarded
+    assert b["ips"] == ["10.9.0.1", "fd00:9::/64"] and b["router"] is True
+    assert c["ips"] == [plan.vms["c"].ip, plan.vms["c"].ip6] and c["dhcp_server"] is True
+    assert parse_topology(yaml.safe_dump(topo.to_dict())) == topo
+    for bad, why in (("addresses: [224.0.0.1]", "multicast"), ("addresses: nope", "must be a list"),
+                     ("router: 1", "true or false")):  # fmt: skip
+        with pytest.raises(TopologyError, match=why):
+            parse_topology(f'hosts: [{{name: h, vms: [{{name: a, mac: "52:54:00:00:00:01", {bad}}}]}}]')
 
 
 def test_fill_jobs_get_lnids_of_their_own() -> None:

@@ -57,6 +57,7 @@ class BenchConfig:
     hosts: int = 8192
     vms_per_host: int = 128
     vms_per_tenant: int = 64
+    addresses: bool = False  # register every VM with one IPv4 and one IPv6 address (issue 13)
     batch_hosts: int = 0  # hosts per /v1/batch; 0: one pod (vms_per_tenant hosts)
     regs: int = 200
     moves: int = 200
@@ -252,7 +253,7 @@ class Bench:
 
         async def send(hosts: range) -> None:
             async with sem:  # the body is built when its turn comes: no burst of work in this process
-                body = json.dumps({"ops": list(lay.reg_ops(hosts))}, separators=(",", ":")).encode()
+                body = json.dumps({"ops": list(lay.reg_ops(hosts, cfg.addresses))}, separators=(",", ":")).encode()
                 resp = await self.http.post("/v1/batch", content=body, headers={"Content-Type": "application/json"})
             if resp.status_code != 200:
                 raise RuntimeError(f"batch refused: {resp.status_code} {resp.text[:300]}")

@@ -13,7 +13,7 @@ Entry point: `hostvlan = hostvlan.cli:main`; `python -m hostvlan.cli` runs it to
 
 from __future__ import annotations
 
-from hostvlan.cli import bench, daemons, guests, manage, observe, testbed
+from hostvlan.cli import addr, bench, daemons, guests, manage, observe, testbed
 from hostvlan.cli.common import main
 
-__all__ = ["bench", "daemons", "guests", "main", "manage", "observe", "testbed"]
+__all__ = ["addr", "bench", "daemons", "guests", "main", "manage", "observe", "testbed"]

@@ -144,6 +144,7 @@ def bench_data_path(
 @click.option("--vms-per-host", type=int, default=128, show_default=True)
 @click.option("--vms-per-tenant", type=int, default=64, show_default=True, help="VMs per tenant (LNID).")
 @click.option("--batch-hosts", type=int, default=0, help="Hosts per bulk registration (default: one pod).")
+@click.option("--addresses", is_flag=True, help="Register every VM with one IPv4 and one IPv6 address.")
 @click.option("--regs", type=int, default=200, show_default=True, help="Single `reg` commands timed.")
 @click.option("--moves", type=int, default=200, show_default=True, help="`move` commands timed.")
 @click.option("--lnid-adds", type=int, default=200, show_default=True, help="LNIDs added to running VMs, timed.")
@@ -158,6 +159,7 @@ def bench_control_plane(
     vms_per_host: int,
     vms_per_tenant: int,
     batch_hosts: int,
+    addresses: bool,
     regs: int,
     moves: int,
     lnid_adds: int,
@@ -180,6 +182,7 @@ def bench_control_plane(
         vms_per_host=vms_per_host,
         vms_per_tenant=vms_per_tenant,
         batch_hosts=batch_hosts,
+        addresses=addresses,
         regs=regs,
         moves=moves,
         lnid_adds=lnid_adds,

@@ -84,6 +84,11 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
     metavar="BYTES",
     help="Largest request body of a single call (413 above); /v1/batch takes up to 256 MiB or this.",
 )
+@click.option(
+    "--require-addresses",
+    is_flag=True,
+    help="Refuse registrations without addresses (`reg ... --ip`) and taking a vNIC's last one: none unguarded.",
+)
 def manager(
     db: str,
     listens: tuple[str, ...],
@@ -97,6 +102,7 @@ def manager(
     backup_to: str | None,
     max_body: int,
     metrics_listens: tuple[str, ...],
+    require_addresses: bool,
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -135,6 +141,7 @@ def manager(
             audit_log=Path(audit_log) if audit_log else None,
             max_body=max_body,
             metrics_listen=metrics,
+            require_addresses=require_addresses,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -26,9 +26,28 @@ def _where(host: str | None, port: str | None) -> str:
 @click.argument("host", required=False)
 @click.option("--port", metavar="NAME", help="The vNIC's port on HOST (tap/veth/macvtap name), if known.")
 @click.option("--external", is_flag=True, help="MAC lives outside every end host (router, gateway): no HOST.")
+@click.option(
+    "--ip",
+    "ips",
+    multiple=True,
+    metavar="ADDR",
+    help="An IPv4/IPv6 address (or prefix) the vNIC holds; repeat for more. Given: its addresses become exactly these.",
+)
+@click.option("--router", is_flag=True, help="The vNIC may send router advertisements and redirects.")
+@click.option("--dhcp-server", is_flag=True, help="The vNIC may send DHCP/DHCPv6 server messages.")
 @JSON
 @api
-def reg(lnid: str, mac: str, host: str | None, port: str | None, external: bool, as_json: bool) -> None:
+def reg(
+    lnid: str,
+    mac: str,
+    host: str | None,
+    port: str | None,
+    external: bool,
+    ips: tuple[str, ...],
+    router: bool,
+    dhcp_server: bool,
+    as_json: bool,
+) -> None:
     """Register vNIC MAC in logical network LNID, on end host HOST (the paper's `reg`).
 
     LNID is an integer 1..2^63-1, or `global` (member of every logical network: routers,
@@ -37,9 +56,16 @@ def reg(lnid: str, mac: str, host: str | None, port: str | None, external: bool,
     exactly the entries it needs, so an LNID added to a running VM takes effect at once.
 
     A MAC lives on one host; registering it on another is refused (use `move`).
-    Re-registering what is already there changes nothing. Examples:
+    Re-registering what is already there changes nothing.
 
-      hostvlan reg 1 52:54:00:00:00:01 EHS1 --port vnet0
+    Addresses (`--ip`, repeatable) make the vNIC *guarded*: the ARP, IPv4/IPv6 sources
+    and NS/NA it sends must be its own (its EUI-64 link-local always is); without them it
+    keeps the paper's MAC-only check (*unguarded*). An address belongs to one MAC (see
+    `hostvlan addr add --shared` for a VIP); multicast, broadcast, loopback and unspecified
+    addresses are refused. Without --ip, --router or --dhcp-server a MAC keeps the
+    addresses it has. Examples:
+
+      hostvlan reg 1 52:54:00:00:00:01 EHS1 --port vnet0 --ip 10.0.0.1 --ip fd00::1
 
       hostvlan reg global 52:54:00:ff:00:01 --external
     """
@@ -49,7 +75,17 @@ def reg(lnid: str, mac: str, host: str | None, port: str | None, external: bool,
         raise click.UsageError("give HOST, or --external for a MAC outside every end host")
     if external and port is not None:
         raise click.UsageError("an --external MAC has no --port")
-    ans = client().reg(lnid, mac, host, port, external=external)
+    given = bool(ips) or router or dhcp_server
+    ans = client().reg(
+        lnid,
+        mac,
+        host,
+        port,
+        external=external,
+        ips=list(ips) if given else None,
+        router=router,
+        dhcp_server=dhcp_server,
+    )
     if as_json:
         emit(ans)
     elif ans["changed"]:
@@ -132,7 +168,9 @@ def show(host: str | None, lnid: str | None, mac: str | None, as_json: bool) -> 
     HOST is the end host whose virtual switch holds the vNIC (`external`: outside every
     host, e.g. a router); PORT the kernel port the host's agent bound it to (else the port
     the registration named, `-` if none); STATE `bound`, `unbound: <why>`, `host down` (the
-    host's agent is not connected), `pending` (not reported yet) or `external`.
+    host's agent is not connected), `pending` (not reported yet) or `external`; ADDRESSES
+    the addresses the vNIC holds (a VIP marked `(shared)`, then its roles `router`,
+    `dhcp_server`), or `unguarded` for a vNIC without any (MAC-only isolation).
     Filters combine; an unknown --host exits 3.
     """
     manager = client()
@@ -145,7 +183,7 @@ def show(host: str | None, lnid: str | None, mac: str | None, as_json: bool) -> 
     if not rows:
         click.echo("no MAC matches" if host or lnid or mac else "no MAC is registered")
         return
-    table(("MAC", "LNIDS", "HOST", "PORT", "STATE"), [_mac_row(r) for r in rows])
+    table(("MAC", "LNIDS", "HOST", "PORT", "STATE", "ADDRESSES"), [_mac_row(r) for r in rows])
 
 
 def _mac_row(r: MacRow) -> tuple[str, ...]:
@@ -153,7 +191,19 @@ def _mac_row(r: MacRow) -> tuple[str, ...]:
     row: dict[str, Any] = dict(r)
     port = row.get("bound_port") or r["port"] or "-"
     where = "external" if r["external"] else (r["host"] or "-")
-    return (r["mac"], _lnids(r["lnids"]), where, port, str(row.get("state") or "-"))
+    return (r["mac"], _lnids(r["lnids"]), where, port, str(row.get("state") or "-"), addresses_cell(r))
+
+
+def addresses_cell(r: MacRow) -> str:
+    """`show`'s ADDRESSES: the addresses (a VIP marked `(shared)`) and roles, or `unguarded`."""
+    if "addresses" not in r:
+        return "-"  # a manager from before addresses
+    shared = set(r.get("shared", ()))
+    words = [a + ("(shared)" if a in shared else "") for a in r.get("addresses", ())]
+    words += [role for role in ("router", "dhcp_server") if r.get(role)]
+    if not r.get("addresses"):
+        return "unguarded" + (" " + ",".join(words) if words else "")
+    return ",".join(words)
 
 
 @main.command(short_help="List end hosts: connected, vNICs, revision applied/due, in sync.")
@@ -216,14 +266,20 @@ def trace(src_mac: str, dst: str, as_json: bool) -> None:
     DST is a registered MAC or HOST:PORT. Prints ALLOW or DROP and the tenant filter's
     reason, from the manager's model: the frame passes iff its source MAC shares an LNID
     with the destination port (or either is `global`); unknown sources and unbound ports
-    are dropped (fail closed).
+    are dropped (fail closed). The source line says whether the source is guarded (its
+    addresses, which what it sends must carry) or `unguarded` (registered without any).
     """
     t = client().trace(src_mac, dst)
     if as_json:
         emit(t)
         return
     click.echo(f"{'ALLOW' if t['allow'] else 'DROP'}: {t['reason']}")
-    click.echo(f"  from {t['src']} (LNIDs {_lnids(t['src_lnids'])})")
+    row: dict[str, Any] = dict(t)
+    guard = ""
+    if "src_guarded" in row:
+        addrs = row.get("src_addresses") or []
+        guard = f"; addresses {', '.join(addrs)}" if row["src_guarded"] else "; unguarded: MAC-only"
+    click.echo(f"  from {t['src']} (LNIDs {_lnids(t['src_lnids'])}{guard})")
     if "host" in t:
         port = t.get("port") or "-"  # none: the destination vNIC is not bound (the reason says why)
         to = f"{t.get('dst_mac')} on {t['host']}:{port} (LNIDs {_lnids(t.get('dst_lnids', []))})"

@@ -22,8 +22,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hostvlan.manager import observe
 from hostvlan.manager.audit import batch_args
 from hostvlan.manager.contract import ApiError, errors, install_docs, install_error_handlers, install_openapi
-from hostvlan.manager.feed import Subscription
+from hostvlan.manager.feed import Subscription, chunks
 from hostvlan.manager.schemas import (
+    AddrAddIn,
+    AddrDelIn,
     BatchIn,
     Change,
     Health,
@@ -174,8 +176,9 @@ async def stream_feed(sub: Subscription, receive: Receive, send: Send, snapshots
             await send({"type": "http.response.body", "body": sub.snapshot(), "more_body": True})
             # an empty chunk waits until the transport has handed the snapshot to the socket
             await send({"type": "http.response.body", "body": b"", "more_body": True})
-        while (line := await sub.next(HEARTBEAT_S)) is not None:
-            await send({"type": "http.response.body", "body": line, "more_body": True})
+        while (parts := await sub.next_parts(HEARTBEAT_S)) is not None:
+            for chunk in chunks(parts):  # one piece joined at a time; each send waits for the transport
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         # the feed was closed (the host's token rotated, or the host removed)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -297,6 +300,8 @@ _COMMANDS = {
     ("POST", "/v1/rm"): "rm",
     ("POST", "/v1/move"): "move",
     ("POST", "/v1/batch"): "batch",
+    ("POST", "/v1/addr/add"): "addr_add",
+    ("POST", "/v1/addr/del"): "addr_del",
 }
 
 
@@ -478,7 +483,26 @@ def create_app(
     @app.post("/v1/reg", summary="Register a MAC in an LNID (the paper's `reg`)", **command)
     async def reg(body: RegIn) -> dict[str, Any]:
         async with lock:
-            return service.reg(body.lnid, body.mac, body.host, body.port, body.external).json()
+            return service.reg(
+                body.lnid,
+                body.mac,
+                body.host,
+                body.port,
+                body.external,
+                ips=body.ips,
+                router=body.router,
+                dhcp_server=body.dhcp_server,
+            ).json()
+
+    @app.post("/v1/addr/add", summary="Let a registered MAC hold an address too", **command)
+    async def addr_add(body: AddrAddIn) -> dict[str, Any]:
+        async with lock:
+            return service.addr_add(body.mac, body.address, body.shared).json()
+
+    @app.post("/v1/addr/del", summary="Take an address from a MAC", **command)
+    async def addr_del(body: AddrDelIn) -> dict[str, Any]:
+        async with lock:
+            return service.addr_del(body.mac, body.address).json()
 
     @app.post("/v1/unreg", summary="Remove a MAC from one LNID", **command)
     async def unreg(body: UnregIn) -> dict[str, Any]:

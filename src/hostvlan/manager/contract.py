@@ -52,7 +52,8 @@ _DESCRIPTIONS = {
     403: "a valid token that may not make this call (`error`: `auth`)",
     404: "unknown host or MAC (`error`: `not_found`)",
     408: "the request body stalled (`error`: `body`)",
-    409: "the change conflicts with the table (`error`: `conflict`)",
+    409: "the change conflicts with the table (`error`: `conflict`), or gives an address no vNIC may hold "
+    "(multicast, broadcast, loopback, unspecified, host bits set; `error` names the field: `ips[0]`, `address`)",
     413: "request body over the limit (`error`: `body`)",
 }
 
@@ -132,7 +133,7 @@ def install_error_handlers(app: FastAPI, refused: Refused | None = None) -> None
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-        return error_response(400, exc.field, exc.detail)
+        return error_response(exc.status, exc.field, exc.detail)
 
     @app.exception_handler(ModelError)
     async def _model_error(request: Request, exc: ModelError) -> JSONResponse:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from hostvlan.model.addresses import addrs_text
 from hostvlan.model.datacenter import BulkDelta, DataCenter
 from hostvlan.model.ids import HostId, Lnid, Mac
 from hostvlan.wire import Binding, Status, dumps, encode_heartbeat, lnids_json
+
+CHUNK = 1 << 16
+"""About how many bytes of a feed line are joined and sent at a time (`chunks`)."""
 
 Line = list[bytes]
 """One feed line as the parts it is joined from (the newline included): an LNID's encoded
@@ -35,6 +39,7 @@ class Encoder:
         self.dc = dc
         self._sets: dict[frozenset[Lnid], bytes] = {}
         self._whole: dict[Lnid, tuple[int, bytes]] = {}
+        self._whole_addrs: dict[Lnid, tuple[int, bytes]] = {}
 
     def lnids(self, lnids: frozenset[Lnid]) -> bytes:
         got = self._sets.get(lnids)
@@ -55,6 +60,42 @@ class Encoder:
         self._whole[lnid] = (version, frag)
         return frag
 
+    def whole_addrs(self, lnid: Lnid) -> bytes:
+        """`"mac":"addresses",…` for every MAC whose only LNID is `lnid` and that has addresses."""
+        version = self.dc.single_version(lnid)
+        got = self._whole_addrs.get(lnid)
+        if got is not None and got[0] == version:
+            return got[1]
+        text = self.dc.addr_text
+        frag = ",".join([f'"{mac}":"{t}"' for mac in self.dc.singles(lnid) if (t := text(mac))]).encode()
+        self._whole_addrs[lnid] = (version, frag)
+        return frag
+
+    def _addrs(self, bulk: BulkDelta) -> Line:
+        """The members of `addrs`: the whole LNIDs' (shared) and the delta's own."""
+        parts: Line = []
+        if self.dc.has_addresses():
+            for lnid in bulk.whole:
+                frag = self.whole_addrs(lnid)
+                if frag:
+                    if parts:
+                        parts.append(b",")
+                    parts.append(frag)
+        if bulk.addrs:
+            if parts:
+                parts.append(b",")
+            text = self.dc.addr_text
+            parts.append(b",".join([b'"%s":"%s"' % (m.encode(), text(m).encode()) for m in bulk.addrs]))
+        if bulk.delta.addresses:
+            if parts:
+                parts.append(b",")
+            parts.append(
+                b",".join(
+                    [b'"%s":"%s"' % (m.encode(), addrs_text(a).encode()) for m, a in bulk.delta.addresses.items()]
+                )
+            )
+        return parts
+
     def _entries(self, bulk: BulkDelta) -> Line:
         parts: Line = []
         for lnid in bulk.whole:
@@ -71,10 +112,12 @@ class Encoder:
         return parts
 
     def snapshot(self, view: BulkDelta, revision: int) -> Line:
+        addrs = self._addrs(view)
         return [
             b'{"type":"snapshot","revision":%d,"entries":{' % revision,
             *self._entries(view),
-            b'},"local":' + dumps(dict(view.delta.local)) + b"}\n",
+            b'},"local":' + dumps(dict(view.delta.local)),
+            *([b',"addrs":{', *addrs, b"}}\n"] if addrs else [b"}\n"]),
         ]
 
     def delta(self, bulk: BulkDelta, revision: int) -> Line:
@@ -89,6 +132,9 @@ class Encoder:
             parts.append(b',"local":' + dumps(dict(d.local)))
         if d.unlocal:
             parts.append(b',"unlocal":' + dumps(sorted(d.unlocal)))
+        addrs = self._addrs(bulk)
+        if addrs:
+            parts += [b',"addrs":{', *addrs, b"}"]
         parts.append(b"}\n")
         return parts
 
@@ -143,19 +189,41 @@ class Subscription:
         return self._count(b"".join(self._q.get_nowait()))
 
     async def next(self, heartbeat_s: float) -> bytes | None:
+        parts = await self.next_parts(heartbeat_s)
+        return None if parts is None else b"".join(parts)
+
+    async def next_parts(self, heartbeat_s: float) -> Line | None:
+        """The next line as its parts (shared between hosts; send them with `chunks`, which
+        joins one piece at a time: every host's whole copy of a pod's line at once, hundreds
+        of kB each while its agent reads, would be the manager's largest memory)."""
         if self._q.empty():
             try:
                 parts = await asyncio.wait_for(self._q.get(), heartbeat_s)
             except TimeoutError:
-                return encode_heartbeat(self._revision())
+                return [encode_heartbeat(self._revision())]
         else:
             parts = self._q.get_nowait()
         if not parts:  # Feed.close
             return None
-        return self._count(b"".join(parts))
+        st = self._feed.status.get(self.host)
+        if st is not None:
+            st.bytes_sent += sum(len(p) for p in parts)
+        return parts
 
     def close(self) -> None:
         self._feed.unsubscribe(self.host, self._q)
+
+
+def chunks(parts: Line, size: int = CHUNK) -> Iterator[bytes]:
+    """`parts` joined into pieces of about `size` bytes, one at a time."""
+    start, n = 0, 0
+    for i, part in enumerate(parts):
+        n += len(part)
+        if n >= size:
+            yield part if i == start else b"".join(parts[start : i + 1])
+            start, n = i + 1, 0
+    if start < len(parts):
+        yield b"".join(parts[start:])
 
 
 class Feed:

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictInt, Tag
 
+from hostvlan.model.addresses import ADDRESS_PATTERN, parse_net
 from hostvlan.model.ids import (
     HOST_PATTERN,
     LNID_MAX,
@@ -147,6 +148,16 @@ VmMacStr = Annotated[
     _field(VM_MAC_PATTERN, "a vNIC's MAC: unicast (first octet even) and not all-zero", "52:54:00:00:00:01"),
     BeforeValidator(_checked("MAC", VM_MAC_PATTERN, lambda v: parse_mac(v, vm=True))),
 ]
+IpStr = Annotated[
+    str,
+    _field(
+        ADDRESS_PATTERN,
+        "an IPv4/IPv6 address or prefix the vNIC holds; one no vNIC may hold (multicast, broadcast, loopback, "
+        "unspecified, host bits set) is refused with 409",
+        "10.0.0.5",
+    ),
+    BeforeValidator(_checked("address", ADDRESS_PATTERN, parse_net)),
+]
 HostStr = Annotated[
     str,
     _field(HOST_PATTERN, "an end host's name: 1-63 letters, digits, '_', '.', '-'", "ehs1"),
@@ -210,14 +221,35 @@ def _where_tag(value: Any) -> str:
     return "(external)" if isinstance(value, dict) and value.get("external") is True else "(on-host)"
 
 
-class RegOnHost(_OnHost):
+class _Addresses(_In):
+    """A `reg`'s addresses and roles (issue 13); none of them given: the MAC keeps what it has."""
+
+    ips: list[IpStr] | None = Field(
+        None, description="the vNIC's addresses (then exactly these); none: unchanged, [] for none (unguarded)"
+    )
+    router: bool = Field(False, description="the vNIC may send router advertisements and redirects")
+    dhcp_server: bool = Field(False, description="the vNIC may send DHCP/DHCPv6 server messages")
+
+
+class RegOnHost(_OnHost, _Addresses):
     lnid: Lnid
     mac: VmMacStr
 
 
-class RegExternal(_External):
+class RegExternal(_External, _Addresses):
     lnid: Lnid
     mac: VmMacStr
+
+
+class AddrAddIn(_In):
+    mac: MacStr
+    address: IpStr
+    shared: bool = Field(False, description="a VIP (VRRP) that other MACs sharing an LNID may hold too")
+
+
+class AddrDelIn(_In):
+    mac: MacStr
+    address: IpStr
 
 
 class MoveOnHost(_OnHost):
@@ -262,6 +294,14 @@ class RmOp(RmIn):
     op: Literal["rm"]
 
 
+class AddrAddOp(AddrAddIn):
+    op: Literal["addr_add"]
+
+
+class AddrDelOp(AddrDelIn):
+    op: Literal["addr_del"]
+
+
 class MoveOnHostOp(MoveOnHost):
     op: Literal["move"]
 
@@ -270,7 +310,7 @@ class MoveExternalOp(MoveExternal):
     op: Literal["move"]
 
 
-OP_KINDS = ("reg", "unreg", "rm", "move")
+OP_KINDS = ("reg", "unreg", "rm", "move", "addr_add", "addr_del")
 
 
 def _op_tag(value: Any) -> str | None:
@@ -288,7 +328,9 @@ Op = Annotated[
     | Annotated[UnregOp, Tag("(unreg)")]
     | Annotated[RmOp, Tag("(rm)")]
     | Annotated[MoveOnHostOp, Tag("(move(on-host))")]
-    | Annotated[MoveExternalOp, Tag("(move(external))")],
+    | Annotated[MoveExternalOp, Tag("(move(external))")]
+    | Annotated[AddrAddOp, Tag("(addr_add)")]
+    | Annotated[AddrDelOp, Tag("(addr_del)")],
     Discriminator(_op_tag),
 ]
 
@@ -348,6 +390,7 @@ class HostRow(_Out):
     agent_in_sync: bool | None = Field(None, description="the agent's last report: its data path is in sync")
     error: str | None = Field(None, description="the agent's last error, if it is not in sync")
     unbound: int | None = Field(None, description="vNICs of the host the agent reported unbound")
+    guarded: int | None = Field(None, description="vNICs of the host registered with addresses")
 
 
 class MacRow(_Out):
@@ -358,6 +401,11 @@ class MacRow(_Out):
     external: bool
     state: str | None = Field(None, description="bound, unbound: <reason>, host down, pending or external")
     bound_port: str | None = Field(None, description="the kernel port the host's agent reported for this vNIC")
+    addresses: list[str] | None = Field(None, description="the addresses and prefixes the vNIC holds")
+    shared: list[str] | None = Field(None, description="of `addresses`, those registered shared (VIPs)")
+    router: bool | None = Field(None, description="registered as a router (may send RAs, redirects)")
+    dhcp_server: bool | None = Field(None, description="registered as a DHCP server")
+    guarded: bool | None = Field(None, description="has addresses: what it sends is checked against them")
 
 
 class TraceOut(_Out):
@@ -370,6 +418,8 @@ class TraceOut(_Out):
     port: str | None = None
     dst_mac: str | None = None
     dst_lnids: list[LnidOut] | None = None
+    src_addresses: list[str] | None = Field(None, description="the source's addresses")
+    src_guarded: bool | None = Field(None, description="the source has addresses (else unguarded: MAC-only)")
 
 
 class RevisionOut(_Out):
@@ -387,6 +437,8 @@ class Health(_Out):
 
 __all__ = [
     "OP_KINDS",
+    "AddrAddIn",
+    "AddrDelIn",
     "BatchIn",
     "Change",
     "ErrorOut",
@@ -397,6 +449,7 @@ __all__ = [
     "HostToken",
     "HostTokens",
     "HostsIn",
+    "IpStr",
     "LnidStr",
     "MacRow",
     "MacStr",

@@ -220,6 +220,7 @@ def run(
     max_body: int = MAX_BODY,
     max_batch_body: int = MAX_BATCH_BODY,
     metrics_listen: list[Listen] | None = None,
+    require_addresses: bool = False,
 ) -> None:
     """Serve until stopped. Raises ValueError (address, store) with a message for the operator.
     `metrics_listen`: the Prometheus scrape listener (manager/metrics.py)."""
@@ -236,7 +237,7 @@ def run(
     audit_path = audit_log or db.with_name(db.name + ".audit.jsonl")
     gc.disable()
     try:
-        service = Service(store, audit=Audit(audit_path))
+        service = Service(store, audit=Audit(audit_path), require_addresses=require_addresses)
     finally:
         gc.enable()
     gc.freeze()

@@ -22,6 +22,7 @@ from hostvlan.manager.audit import Audit, batch_args
 from hostvlan.manager.feed import Encoder, Feed, Line, Subscription
 from hostvlan.manager.metrics import ManagerMetrics
 from hostvlan.manager.store.sqlite import Store
+from hostvlan.model.addresses import AddressError, AddrSet, IpsError, parse_ips, parse_net, text_json
 from hostvlan.model.datacenter import DataCenter, ModelError
 from hostvlan.model.ids import HostId, InvalidValue, Mac, PortName, parse_host, parse_lnid, parse_mac, parse_port
 from hostvlan.wire import Status, WireError, decode_status, lnids_json
@@ -30,17 +31,22 @@ T = TypeVar("T")
 
 
 class InputError(ValueError):
-    """Bad input: `field` names what is wrong."""
+    """Bad input: `field` names what is wrong. `status` is the API's answer: 400, or 409 for
+    an address in the API's form that no vNIC may hold (multicast, loopback, …) or a
+    registration `--require-addresses` refuses."""
 
-    def __init__(self, field: str, detail: str) -> None:
+    def __init__(self, field: str, detail: str, status: int = 400) -> None:
         super().__init__(detail)
         self.field = field
         self.detail = detail
+        self.status = status
 
 
 def _field(name: str, parse: Callable[[Any], Any], value: Any) -> Any:
     try:
         return parse(value)
+    except AddressError as exc:
+        raise InputError(name, str(exc), 409) from None
     except InvalidValue as exc:
         raise InputError(name, str(exc)) from None
 
@@ -75,8 +81,11 @@ class Service:
     flush costs tens of milliseconds (docs/control-plane.md, "Durability").
     """
 
-    def __init__(self, store: Store, feed: Feed | None = None, audit: Audit | None = None) -> None:
+    def __init__(
+        self, store: Store, feed: Feed | None = None, audit: Audit | None = None, require_addresses: bool = False
+    ) -> None:
         self.store = store
+        self.require_addresses = require_addresses  # refuse a vNIC left without addresses
         self.feed = feed or Feed()
         self.audit = audit or Audit(None)
         self.dc = DataCenter()
@@ -275,9 +284,27 @@ class Service:
         return parsed
 
     def reg(
-        self, lnid: Any, mac: Any, host: Any = None, port: Any = None, external: bool = False, who: str = "admin"
+        self,
+        lnid: Any,
+        mac: Any,
+        host: Any = None,
+        port: Any = None,
+        external: bool = False,
+        who: str = "admin",
+        ips: Any = None,
+        router: Any = False,
+        dhcp_server: Any = False,
     ) -> Result:
-        return self._one(who, {"op": "reg", "lnid": lnid, "mac": mac, "host": host, "port": port, "external": external})
+        op = {"op": "reg", "lnid": lnid, "mac": mac, "host": host, "port": port, "external": external}
+        if ips is not None or router or dhcp_server:
+            op.update(ips=ips, router=router, dhcp_server=dhcp_server)
+        return self._one(who, op)
+
+    def addr_add(self, mac: Any, address: Any, shared: Any = False, who: str = "admin") -> Result:
+        return self._one(who, {"op": "addr_add", "mac": mac, "address": address, "shared": shared})
+
+    def addr_del(self, mac: Any, address: Any, who: str = "admin") -> Result:
+        return self._one(who, {"op": "addr_del", "mac": mac, "address": address})
 
     def unreg(self, lnid: Any, mac: Any, who: str = "admin") -> Result:
         return self._one(who, {"op": "unreg", "lnid": lnid, "mac": mac})
@@ -303,7 +330,7 @@ class Service:
             try:
                 parsed.append(self._parse_op(op))
             except InputError as exc:
-                raise InputError(f"ops[{i}].{exc.field}", exc.detail) from None
+                raise InputError(f"ops[{i}].{exc.field}", exc.detail, exc.status) from None
         return self._run(parsed)
 
     def _parse_op(self, op: Any) -> tuple[Any, ...]:
@@ -319,7 +346,14 @@ class Service:
                 _field("lnid", parse_lnid, op.get("lnid")),
                 self._host_arg(op.get("host"), bool(op.get("external", False))),
                 parsed_port,
+                _addrs_arg(op),
             )
+        if kind in ("addr_add", "addr_del"):
+            mac = _field("mac", parse_mac, op.get("mac"))
+            net = _field("address", parse_net, op.get("address"))
+            if kind == "addr_del":
+                return ("addr_del", mac, net)
+            return ("addr_add", mac, net, _flag("shared", op.get("shared", False)))
         if kind == "unreg":
             return ("unreg", _field("mac", parse_mac, op.get("mac")), _field("lnid", parse_lnid, op.get("lnid")))
         if kind == "rm":
@@ -331,7 +365,7 @@ class Service:
                 self._host_arg(op.get("host"), bool(op.get("external", False))),
                 parsed_port,
             )
-        raise InputError("op", f"unknown command {kind!r} (reg, unreg, rm, move)")
+        raise InputError("op", f"unknown command {kind!r} (reg, unreg, rm, move, addr_add, addr_del)")
 
     def _run(self, ops: list[tuple[Any, ...]]) -> Result:
         """Apply ops to the calc graph, make them durable in one transaction, publish."""
@@ -339,7 +373,11 @@ class Service:
         try:
             for op in ops:
                 if op[0] == "reg":
-                    batch.reg(op[1], op[2], op[3], op[4])
+                    batch.reg(op[1], op[2], op[3], op[4], op[5])
+                elif op[0] == "addr_add":
+                    batch.addr_add(op[1], op[2], op[3])
+                elif op[0] == "addr_del":
+                    batch.addr_del(op[1], op[2])
                 elif op[0] == "unreg":
                     batch.unreg(op[1], op[2])
                 elif op[0] == "rm":
@@ -348,12 +386,16 @@ class Service:
                     batch.move(op[1], op[2], op[3])
             if not batch.changed:
                 return Result(self.revision, False)
+            if self.require_addresses:
+                self._check_required(ops)
             rows = []
             fresh = set()  # MACs with no stored row before this batch
-            for mac, (before, _) in batch.before.items():
+            addr_text = self.dc.addr_text
+            for mac in batch.touched():
                 lnids, loc = self.dc.state_of(mac)
-                rows.append((mac, loc.host if loc else None, loc.port if loc else None, lnids))
-                if not before:
+                rows.append((mac, loc.host if loc else None, loc.port if loc else None, lnids, addr_text(mac)))
+                was = batch.before.get(mac)
+                if was is not None and not was[0]:
                     fresh.add(mac)
             t0 = time.perf_counter()
             with self.store.transaction() as tx:
@@ -367,6 +409,23 @@ class Service:
         self.feed.publish(self.revision, deltas, self.encoder)
         self.metrics.published(self.revision, deltas)
         return Result(self.revision, True)
+
+    def _check_required(self, ops: list[tuple[Any, ...]]) -> None:
+        """`--require-addresses`: every MAC a `reg` or `addr_del` leaves registered has an address."""
+        for i, op in enumerate(ops):
+            if op[0] in ("reg", "addr_del") and op[1] in self.dc.table and not self.dc.addrs(op[1]).guarded:
+                where = "" if len(ops) == 1 else f"ops[{i}]."
+                if op[0] == "reg":
+                    raise InputError(
+                        f"{where}ips",
+                        f"this manager requires addresses (--require-addresses): register {op[1]} with --ip ADDR",
+                        409,
+                    )
+                raise InputError(
+                    f"{where}address",
+                    f"this manager requires addresses (--require-addresses): {op[1]} would be left without any",
+                    409,
+                )
 
     # ----- reading -------------------------------------------------------------------------
     def snapshot(self, host: HostId) -> Line:
@@ -399,6 +458,7 @@ class Service:
                     "external": loc is not None and loc.host is None,
                     "state": state,
                     "bound_port": bound_port,
+                    **text_json(self.dc.addr_text(mac_)),
                 }
             )
         return out
@@ -437,6 +497,7 @@ class Service:
                     "agent_in_sync": agent_in_sync,
                     "error": st.error if st else None,
                     "unbound": st.unbound if st else 0,
+                    "guarded": sum(1 for m in self.dc.local_macs(host) if self.dc.addr_text(m)[:1] not in ("", "+")),
                 }
             )
         return out
@@ -468,6 +529,30 @@ class Service:
             sst = self.feed.status.get(sloc.host)
             src_at = (sloc.host, (sst.bindings if sst else {}).get(s))
         return tracing.trace(self.dc, bindings, bool(st and st.reported), s, dst, dmac, host, port, src_at)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise InputError(name, f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _addrs_arg(op: dict[str, Any]) -> AddrSet | None:
+    """A `reg`'s addresses and roles (`ips`, `router`, `dhcp_server`); None when it gives none
+    (the MAC keeps what it has)."""
+    ips = op.get("ips")
+    router = _flag("router", op.get("router", False))
+    dhcp = _flag("dhcp_server", op.get("dhcp_server", False))
+    if ips is None and not router and not dhcp:
+        return None
+    if ips is None:
+        ips = []
+    if not isinstance(ips, list):
+        raise InputError("ips", "ips must be a list of addresses like 10.0.0.5 or fd00::5")
+    try:
+        return parse_ips(ips, router, dhcp)
+    except IpsError as exc:
+        raise InputError(f"ips[{exc.index}]", str(exc), 409) from None
 
 
 __all__ = ["InputError", "ModelError", "Result", "Service"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hostvlan.model.addresses import text_json
 from hostvlan.model.datacenter import DataCenter
 from hostvlan.model.hostview import HostView, filter_state
 from hostvlan.model.ids import HostId, Mac, PortName, format_lnids
@@ -58,7 +59,14 @@ def trace(
     whether it ever reported bindings); `src_at` the source vNIC's host and what its agent
     reported for it (None: the source is external or unregistered).
     """
-    out: dict[str, Any] = {"src": src, "dst": dst, "src_lnids": lnids_json(dc.table.lnids(src))}
+    shown = text_json(dc.addr_text(src))
+    out: dict[str, Any] = {
+        "src": src,
+        "dst": dst,
+        "src_lnids": lnids_json(dc.table.lnids(src)),
+        "src_addresses": shown["addresses"],
+        "src_guarded": shown["guarded"],
+    }
 
     def answer(allow: bool, reason: str, **extra: Any) -> dict[str, Any]:
         out.update(allow=allow, reason=reason, **extra)

@@ -16,14 +16,23 @@ from the states before and after; a host that gains an LNID gets it as `whole` (
 MAC whose only LNID it is, entry {LNID}: the common case of a tenant's VMs), which the
 feed encodes once per LNID and shares between hosts. `DataCenter.reg` & co. are batches
 of one command whose deltas are expanded to plain `HostDelta`s.
+
+Addresses (issue 13): a MAC's addresses are kept as their compact text
+(`model.addresses.addrs_text`, about 80 bytes for one IPv4 and one IPv6 address, where
+`Addrs` objects would cost 1.2 kB) and indexed by net for the checks across the data
+center: an address has one owner, unless registered shared, and then only MACs sharing an
+LNID hold it. A host view holds the addresses of the entries it holds; an address change
+is a delta (`HostDelta.addresses`) to exactly the hosts holding that MAC's entry.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
+from hostvlan.model.addresses import UNGUARDED, Addrs, AddrSet, IPNet, NetKey, addr_set, parse_addrs_text
+from hostvlan.model.addrindex import AddressBook, AddressConflict
+from hostvlan.model.delta import BulkDelta, HostDelta, apply_delta, merge_delta  # re-exported (see __all__)
 from hostvlan.model.hostview import HostView, Location
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName
 from hostvlan.model.table import LnidTable
@@ -40,55 +49,6 @@ class ModelError(ValueError):
     def __init__(self, message: str, kind: str = "conflict") -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass
-class HostDelta:
-    """What changes in one host's view: entries set/deleted, local vNICs set/unset."""
-
-    entries: dict[Mac, frozenset[Lnid]] = field(default_factory=dict)
-    removed: set[Mac] = field(default_factory=set)
-    local: dict[Mac, PortName | None] = field(default_factory=dict)
-    unlocal: set[Mac] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return bool(self.entries or self.removed or self.local or self.unlocal)
-
-
-@dataclass
-class BulkDelta:
-    """One host's delta as a batch computes it: `delta`, plus every MAC whose only LNID is
-    one of `whole`, with the entry {that LNID} (see `DataCenter.expand`)."""
-
-    delta: HostDelta = field(default_factory=HostDelta)
-    whole: list[Lnid] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.whole or self.delta)
-
-
-def apply_delta(view: HostView, delta: HostDelta) -> HostView:
-    entries = {m: ls for m, ls in view.entries.items() if m not in delta.removed}
-    entries.update(delta.entries)
-    local = {m: p for m, p in view.local.items() if m not in delta.unlocal}
-    local.update(delta.local)
-    return HostView(view.host, entries, local)
-
-
-def merge_delta(acc: HostDelta, later: HostDelta) -> None:
-    """Fold `later` into `acc`, as if both were applied in order."""
-    for mac in later.removed:
-        acc.entries.pop(mac, None)
-    acc.removed |= later.removed
-    for mac in later.entries:
-        acc.removed.discard(mac)
-    acc.entries.update(later.entries)
-    for mac in later.unlocal:
-        acc.local.pop(mac, None)
-    acc.unlocal |= later.unlocal
-    for mac in later.local:
-        acc.unlocal.discard(mac)
-    acc.local.update(later.local)
 
 
 def _entry(lnids: frozenset[Lnid], scope: frozenset[Lnid] | set[Lnid], knows_all: bool) -> frozenset[Lnid] | None:
@@ -113,8 +73,39 @@ class DataCenter:
         self._multi: dict[Lnid, set[Mac]] = {}
         self._single_version: dict[Lnid, int] = {}
         self._version = 0
+        # addresses: the text of each MAC that has some, and the nets by key
+        self.book = AddressBook(self.table)
+        self._addr = self.book.text  # MAC -> its addresses' text (only MACs that have some)
 
     # ----- reading -----------------------------------------------------------------------
+    def addr_text(self, mac: Mac) -> str:
+        """The compact text of `mac`'s addresses ("" when it has none: unguarded)."""
+        return self._addr.get(mac, "")
+
+    def has_addresses(self) -> bool:
+        """Whether any MAC has addresses (a MAC-only data center skips their encoding)."""
+        return bool(self._addr)
+
+    def addrs(self, mac: Mac) -> Addrs:
+        text = self._addr.get(mac)
+        return parse_addrs_text(text) if text else UNGUARDED
+
+    def addresses(self) -> dict[Mac, Addrs]:
+        """Every MAC's addresses (those that have some): the input of `hostview.host_view`."""
+        return {m: parse_addrs_text(t) for m, t in self._addr.items()}
+
+    def holders(self, mac: Mac) -> set[HostId]:
+        """The hosts whose view holds `mac`'s entry (an empty entry included)."""
+        lnids = self.table.lnids(mac)
+        if not lnids:
+            return set()
+        if GLOBAL in lnids:
+            return set(self.hosts)
+        out = set(self._hosts_by_lnid.get(GLOBAL, ()))
+        for lnid in lnids:
+            out |= self._hosts_by_lnid.get(lnid, set())
+        return out
+
     def host_lnids(self, host: HostId) -> frozenset[Lnid]:
         return frozenset(self._host_lnids.get(host, ()))
 
@@ -145,25 +136,35 @@ class DataCenter:
             for mac in self.table:
                 if mac not in entries and not (self.table.lnids(mac) & scope):
                     entries[mac] = _EMPTY
+        if self._addr:
+            texts = self._addr
+            out.addrs = {m for m in entries if m in texts}
         out.delta.local = {mac: self.locations[mac].port for mac in self._local.get(host, ())}
         return out
 
     def view(self, host: HostId) -> HostView:
         d = self.expand(self.view_parts(host))
-        return HostView(host, d.entries, d.local)
+        return HostView(host, d.entries, d.local, d.addresses)
 
     def expand(self, bulk: BulkDelta) -> HostDelta:
-        """`bulk` as a plain HostDelta (its whole LNIDs' entries listed one by one)."""
-        if not bulk.whole:
+        """`bulk` as a plain HostDelta (its whole LNIDs' entries listed one by one, the
+        addresses parsed)."""
+        if not bulk.whole and not bulk.addrs:
             return bulk.delta
         d = bulk.delta
         entries: dict[Mac, frozenset[Lnid]] = {}
+        addresses: dict[Mac, Addrs] = {}
+        texts = self._addr
         for lnid in bulk.whole:
             value = frozenset({lnid})
             for mac in self._single.get(lnid, ()):
                 entries[mac] = value
+                if mac in texts:
+                    addresses[mac] = parse_addrs_text(texts[mac])
         entries.update(d.entries)
-        return HostDelta(entries, set(d.removed), dict(d.local), set(d.unlocal))
+        addresses.update({m: self.addrs(m) for m in bulk.addrs})
+        addresses.update(d.addresses)
+        return HostDelta(entries, set(d.removed), dict(d.local), set(d.unlocal), addresses)
 
     # ----- commands (validated here; each returns the per-host deltas) --------------------
     def state_of(self, mac: Mac) -> tuple[frozenset[Lnid], Location | None]:
@@ -185,11 +186,14 @@ class DataCenter:
         """Apply many commands, then compute every host's delta once (`Batch.deltas`)."""
         return Batch(self)
 
-    def load(self, rows: Iterable[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]]) -> None:
-        """Fill from stored rows (MAC, host, port, LNIDs) without computing any delta."""
+    def load(self, rows: Iterable[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid], str]]) -> None:
+        """Fill from stored rows (MAC, host, port, LNIDs, addresses as text) without computing
+        any delta. Stored addresses were checked when registered: they are indexed, not checked."""
         table, locations, hosts = self.table, self.locations, self.hosts
         single, multi = self._single, self._multi
-        for mac, host, port, lnids in rows:
+        for mac, host, port, lnids, text in rows:
+            if text and lnids:
+                self.book.index(mac, text)
             if not lnids or mac in locations:
                 self._set(mac, lnids, Location(host, port) if lnids else None, None)  # not the plain case
                 continue
@@ -210,10 +214,28 @@ class DataCenter:
         for lnid in single:
             self._single_version[lnid] = self._version
 
-    def reg(self, mac: Mac, lnid: Lnid, host: HostId | None, port: PortName | None = None) -> dict[HostId, HostDelta]:
-        """Register `mac` in `lnid`, on `host` (None: external). Re-registering is a no-op."""
+    def reg(
+        self,
+        mac: Mac,
+        lnid: Lnid,
+        host: HostId | None,
+        port: PortName | None = None,
+        addrs: Addrs | AddrSet | None = None,
+    ) -> dict[HostId, HostDelta]:
+        """Register `mac` in `lnid`, on `host` (None: external). Re-registering is a no-op.
+        `addrs` given: the MAC's addresses become exactly these (None: kept)."""
         b = self.batch()
-        b.reg(mac, lnid, host, port)
+        b.reg(mac, lnid, host, port, addrs)
+        return self._expanded(b)
+
+    def addr_add(self, mac: Mac, net: IPNet, shared: bool = False) -> dict[HostId, HostDelta]:
+        b = self.batch()
+        b.addr_add(mac, net, shared)
+        return self._expanded(b)
+
+    def addr_del(self, mac: Mac, net: IPNet) -> dict[HostId, HostDelta]:
+        b = self.batch()
+        b.addr_del(mac, net)
         return self._expanded(b)
 
     def unreg(self, mac: Mac, lnid: Lnid) -> dict[HostId, HostDelta]:
@@ -234,6 +256,36 @@ class DataCenter:
     def _expanded(self, b: Batch) -> dict[HostId, HostDelta]:
         return {h: self.expand(d) for h, d in b.deltas().items()}
 
+    # ----- addresses ----------------------------------------------------------------------
+    def check_addrs(self, mac: Mac, addrs: AddrSet, lnids: frozenset[Lnid]) -> None:
+        """Refuse addresses `mac` may not hold with LNIDs `lnids` (`AddressBook.check`)."""
+        try:
+            self.book.check(mac, addrs.keys, lnids)
+        except AddressConflict as exc:
+            raise ModelError(str(exc)) from None
+
+    def _set_addrs(self, mac: Mac, addrs: AddrSet, batch: Batch) -> None:
+        self._set_addr(mac, addrs.text, batch, addrs.keys)
+
+    def _set_addr(
+        self, mac: Mac, text: str, batch: Batch | None, keys: tuple[tuple[NetKey, bool], ...] | None = None
+    ) -> bool:
+        """Make `mac`'s addresses exactly `text`; records the before-state in `batch`."""
+        old = self._addr.get(mac, "")
+        if old == text:
+            return False
+        if batch is not None and mac not in batch.addr_before:
+            batch.addr_before[mac] = old
+        self.book.unindex(mac)
+        if text:
+            self.book.index(mac, text, keys)
+        lnids = self.table.lnids(mac)
+        if len(lnids) == 1:  # its LNID's shared encoding carries the addresses
+            self._version += 1
+            (lnid,) = lnids
+            self._single_version[lnid] = self._version
+        return True
+
     # ----- the indexes ----------------------------------------------------------------------
     def _set(self, mac: Mac, new_lnids: frozenset[Lnid], new_loc: Location | None, batch: Batch | None) -> bool:
         """Make `mac` have exactly these LNIDs and location; records the before-state in `batch`."""
@@ -243,6 +295,8 @@ class DataCenter:
             new_loc = None
         if old_lnids == new_lnids and old_loc == new_loc:
             return False
+        if not new_lnids and mac in self._addr:  # a MAC gone takes its addresses with it
+            self._set_addr(mac, "", batch)
         old_host = old_loc.host if old_loc else None
         new_host = new_loc.host if new_loc else None
         if batch is not None:
@@ -326,12 +380,24 @@ class Batch:
         self.dc = dc
         self.before: dict[Mac, tuple[frozenset[Lnid], Location | None]] = {}  # MACs changed
         self.host_before: dict[HostId, frozenset[Lnid]] = {}  # LNIDs of hosts whose vNICs changed
+        self.addr_before: dict[Mac, str] = {}  # MACs whose addresses changed: their text before
 
     @property
     def changed(self) -> bool:
-        return bool(self.before)
+        return bool(self.before) or any(self.dc.addr_text(m) != t for m, t in self.addr_before.items())
 
-    def reg(self, mac: Mac, lnid: Lnid, host: HostId | None, port: PortName | None = None) -> None:
+    def touched(self) -> set[Mac]:
+        """Every MAC whose row this batch changed (LNIDs, location or addresses)."""
+        return set(self.before) | set(self.addr_before)
+
+    def reg(
+        self,
+        mac: Mac,
+        lnid: Lnid,
+        host: HostId | None,
+        port: PortName | None = None,
+        addrs: Addrs | AddrSet | None = None,
+    ) -> None:
         dc = self.dc
         if host is not None and host not in dc.hosts:
             raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
@@ -341,13 +407,47 @@ class Batch:
             to = f"host {host}" if host else "external"
             raise ModelError(f"MAC {mac} is already registered {where}; use `move` to take it to {to}")
         new_port = port if port is not None else (loc.port if loc else None)
-        dc._set(mac, dc.table.lnids(mac) | {lnid}, Location(host, new_port), self)
+        lnids = dc.table.lnids(mac) | {lnid}
+        if isinstance(addrs, Addrs):
+            addrs = addr_set(addrs)
+        if addrs is not None:
+            dc.check_addrs(mac, addrs, lnids)
+        dc._set(mac, lnids, Location(host, new_port), self)
+        if addrs is not None:
+            dc._set_addrs(mac, addrs, self)
+
+    def addr_add(self, mac: Mac, net: IPNet, shared: bool = False) -> None:
+        """Let `mac` (registered) hold `net` too (`shared`: a VIP other MACs of its LNIDs may hold)."""
+        dc = self.dc
+        lnids = dc.table.lnids(mac)
+        if not lnids:
+            raise ModelError(f"MAC {mac} is not registered", "not_found")
+        now = dc.addrs(mac)
+        if net in now.nets and (net in now.shared) == shared:
+            return
+        nets = now.nets | {net}
+        new = Addrs(nets, (now.shared | {net}) if shared else (now.shared - {net}), now.router, now.dhcp_server)
+        prepared = addr_set(new)
+        dc.check_addrs(mac, prepared, lnids)
+        dc._set_addrs(mac, prepared, self)
+
+    def addr_del(self, mac: Mac, net: IPNet) -> None:
+        """`mac` no longer holds `net` (a no-op if it does not)."""
+        dc = self.dc
+        if not dc.table.lnids(mac):
+            raise ModelError(f"MAC {mac} is not registered", "not_found")
+        now = dc.addrs(mac)
+        if net not in now.nets:
+            return
+        dc._set_addrs(mac, addr_set(Addrs(now.nets - {net}, now.shared - {net}, now.router, now.dhcp_server)), self)
 
     def unreg(self, mac: Mac, lnid: Lnid) -> None:
         dc = self.dc
         lnids = dc.table.lnids(mac)
         if lnid in lnids:
             rest = lnids - {lnid}
+            if rest and dc._addr.get(mac, "").find("~") >= 0:  # its shared nets must stay within an LNID
+                dc.check_addrs(mac, addr_set(dc.addrs(mac)), rest)
             dc._set(mac, rest, dc.locations[mac] if rest else None, self)
 
     def rm(self, mac: Mac) -> None:
@@ -365,8 +465,11 @@ class Batch:
     def undo(self) -> None:
         for mac, (lnids, loc) in self.before.items():
             self.dc._set(mac, lnids, loc, None)
+        for mac, text in self.addr_before.items():
+            self.dc._set_addr(mac, text, None)
         self.before.clear()
         self.host_before.clear()
+        self.addr_before.clear()
 
     # ----- the calc graph -----------------------------------------------------------------
     def deltas(self) -> dict[HostId, BulkDelta]:
@@ -416,7 +519,7 @@ class Batch:
                         candidates.update(touched_single.get(lnid, ()))
                 if k1:
                     candidates.update(self.before)
-            self._entries(bulk.delta, candidates, s0, s1, k0, k1, joined)
+            self._entries(bulk, candidates, s0, s1, k0, k1, joined)
             out[h] = bulk
 
         # 2. every other host: only the touched MACs, in the LNIDs it holds
@@ -442,11 +545,32 @@ class Batch:
                 candidates.update(touched_single.get(lnid, ()))
                 candidates.update(touched_other.get(lnid, ()))
             bulk = BulkDelta()
-            self._entries(bulk.delta, candidates, scope, scope, knows_all, knows_all, _EMPTY)
+            self._entries(bulk, candidates, scope, scope, knows_all, knows_all, _EMPTY)
             if bulk:
                 out[h] = bulk
 
-        # 3. vNICs placed, moved, re-ported or gone
+        # 3. addresses changed of entries a host held before and holds now (an entry new to a
+        # view brought its addresses in `_entries`; one gone took them)
+        wholes = {h: set(b.whole) for h, b in out.items() if b.whole}
+        for mac, old_text in self.addr_before.items():
+            text = dc._addr.get(mac, "")
+            if text == old_text:
+                continue
+            now = table.lnids(mac)
+            was = self.before.get(mac)
+            if not now or (was is not None and not was[0]):
+                continue  # gone, or new: no view held it, each holder got its entry with its addresses
+            for h in dc.holders(mac):
+                got = out.get(h)
+                if got is None:
+                    got = out[h] = BulkDelta()
+                elif mac in got.addrs or mac in got.delta.removed:
+                    continue  # came with its entry (or went)
+                elif len(now) == 1 and next(iter(now)) in wholes.get(h, ()):
+                    continue  # travels with its whole LNID
+                got.addrs.add(mac)
+
+        # 4. vNICs placed, moved, re-ported or gone
         for mac, (_, old_loc) in self.before.items():
             new_loc = dc.locations.get(mac)
             old_host = old_loc.host if old_loc else None
@@ -460,7 +584,7 @@ class Batch:
 
     def _entries(
         self,
-        d: HostDelta,
+        bulk: BulkDelta,
         candidates: Iterable[Mac],
         s0: frozenset[Lnid],
         s1: frozenset[Lnid],
@@ -471,6 +595,8 @@ class Batch:
         """Entries of `candidates` that differ between scope s0 (before) and s1 (after)."""
         table = self.dc.table
         before = self.before
+        texts = self.dc._addr
+        d = bulk.delta
         for c in candidates:
             now = table.lnids(c)
             if len(now) == 1 and now <= joined:
@@ -483,3 +609,8 @@ class Batch:
                     d.removed.add(c)
             elif e1 != e0:
                 d.entries[c] = e1
+                if e0 is None and c in texts:
+                    bulk.addrs.add(c)
+
+
+__all__ = ["Batch", "BulkDelta", "DataCenter", "HostDelta", "ModelError", "apply_delta", "merge_delta"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from hostvlan.model.addresses import Addrs
+from hostvlan.model.addresses import UNGUARDED, Addrs
 from hostvlan.model.ids import GLOBAL, HostId, Lnid, Mac, PortName, tap_mac
 from hostvlan.model.ports import FilterState, PortBinding
 from hostvlan.model.table import LnidTable
@@ -45,7 +45,13 @@ def host_lnids(table: LnidTable, local_macs: set[Mac] | frozenset[Mac]) -> froze
     return frozenset(out)
 
 
-def host_view(table: LnidTable, locations: Mapping[Mac, Location], host: HostId) -> HostView:
+def host_view(
+    table: LnidTable,
+    locations: Mapping[Mac, Location],
+    host: HostId,
+    addresses: Mapping[Mac, Addrs] | None = None,
+) -> HostView:
+    """The reference view of `host`; `addresses` (every MAC's, absent: none) of the entries it holds."""
     local = {mac: loc.port for mac, loc in locations.items() if loc.host == host and mac in table}
     lnids = host_lnids(table, set(local))
     scope = lnids | {GLOBAL}
@@ -56,7 +62,8 @@ def host_view(table: LnidTable, locations: Mapping[Mac, Location], host: HostId)
         for lnid in scope:
             candidates |= table.macs(lnid)
     entries = {mac: table.lnids(mac) & scope for mac in candidates}
-    return HostView(host=host, entries=entries, local=local)
+    held = {m: a for m, a in (addresses or {}).items() if m in entries and a != UNGUARDED}
+    return HostView(host=host, entries=entries, local=local, addresses=held)
 
 
 def filter_state(

@@ -88,12 +88,21 @@ class Layout:
         return (lnid - 1) % self.vms_per_host
 
     # ----- commands and expectations ------------------------------------------------------------
-    def reg_ops(self, hosts: range) -> Iterator[dict[str, Any]]:
-        """`reg` commands (for /v1/batch) placing every VM of `hosts`."""
+    def reg_ops(self, hosts: range, addresses: bool = False) -> Iterator[dict[str, Any]]:
+        """`reg` commands (for /v1/batch) placing every VM of `hosts`; `addresses`: each with
+        one IPv4 and one IPv6 address (`ips_of`)."""
         for h in hosts:
             name = self.host_name(h)
             for s in range(self.vms_per_host):
-                yield {"op": "reg", "lnid": self.lnid(h, s), "mac": self.mac(h, s), "host": name, "port": self.port(s)}
+                op = {"op": "reg", "lnid": self.lnid(h, s), "mac": self.mac(h, s), "host": name, "port": self.port(s)}
+                if addresses:
+                    op["ips"] = self.ips_of(h, s)
+                yield op
+
+    def ips_of(self, h: int, s: int) -> list[str]:
+        """VM `s` of host `h`'s addresses: 10.0.0.0/8 and fd00::/64 counted from 1 (16M VMs)."""
+        i = h * self.vms_per_host + s + 1
+        return [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", f"fd00::{i >> 16:x}:{i & 0xFFFF:x}"]
 
     def pod_entries(self, pod: int) -> dict[str, tuple[int, ...]]:
         """The view entries of every host of `pod` (MAC → its LNIDs, as the feed lists them).

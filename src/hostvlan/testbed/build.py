@@ -46,7 +46,7 @@ from hostvlan.model.hostview import Location, filter_state, host_view
 from hostvlan.model.ids import HostId, Lnid, Mac, PortName, parse_lnid, tap_mac
 from hostvlan.model.ports import FilterState
 from hostvlan.model.table import LnidTable
-from hostvlan.testbed import control, guestvms, netns, record, wiring
+from hostvlan.testbed import control, guestvms, ipv6, netns, record, wiring
 from hostvlan.testbed import metrics as tbm
 from hostvlan.testbed.ovsd import OvsDaemons
 from hostvlan.testbed.plan import (
@@ -317,14 +317,14 @@ class Testbed:
                 self.pids[f"libvirtd:{h.name}"] = self.guests.spawn(h.name, i, h.netns, h.switch, source, ovs_rundir)
         self._start_agents()
         for j, e in enumerate(self.external.values()):
-            wiring.endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None)
+            wiring.endpoint(e.netns, e.mac, e.ip, self.switch_ns, f"ex{j}", SWITCH, None, ip6=e.ip6)
         guest_vms = [vm for vm in self.vms.values() if vm.domain]  # libvirt guests: booted last
         macvtap_vms = [vm for vm in self.vms.values() if self.hosts[vm.host].switch == "macvtap" and not vm.domain]
         cabled = [vm for vm in self.vms.values() if vm not in macvtap_vms and not vm.domain]
         for vm in cabled:
             h = self.hosts[vm.host]
             ovs_port = functools.partial(self._ovs_port, h.name) if h.switch == "ovs" else None
-            wiring.endpoint(vm.netns, vm.mac, vm.ip, h.netns, vm.port, BRIDGE, tap_mac(vm.mac), ovs_port)
+            wiring.endpoint(vm.netns, vm.mac, vm.ip, h.netns, vm.port, BRIDGE, tap_mac(vm.mac), ovs_port, vm.ip6)
         if self._ovs:  # the userspace datapath takes frames as AF_PACKET hands them: no offloads
             for ns in [vm.netns for vm in cabled] + [e.netns for e in self.external.values()]:
                 wiring.offloads_off(ns)
@@ -345,7 +345,7 @@ class Testbed:
         needs it), then wait until each agent has found its guests' ports."""
         self.guests.wait()
         for vm in vms:
-            dom = self.guests.start(vm.name, vm.host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+            dom = self.guests.start(vm.name, vm.host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}", f"{vm.ip6}/64")
             self.vms[vm.name] = replace(vm, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
         self._save(status="building")
         self.guests.wait_booted([vm.name for vm in vms])
@@ -383,7 +383,7 @@ class Testbed:
         port = self.guests.predict_port(host) if dst.switch == "macvtap" else None
         self.api.move(vm.mac, host, port)
         self.program()
-        dom = self.guests.start(name, host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}")
+        dom = self.guests.start(name, host, vm.mac, f"{vm.ip}/{SUBNET.prefixlen}", f"{vm.ip6}/64")
         self.vms[name] = replace(vm, host=host, port=dom.port, domain=dom.domain, libvirt_uri=dom.uri)
         self._save(status="up")
         self.guests.wait_booted([name])
@@ -554,6 +554,7 @@ class Testbed:
         self.pids[f"vmtap:{vm.name}"] = proc.pid
         self._procs.append(proc)
         control.wait_log(log, f"ready {vm.port} {vm.ifname} {vm.mac}", proc, f"the stand-in of {vm.name}")
+        ipv6.enable(vm.netns, vm.ip6, vm.ifname)
 
     def _wait_macvtaps(self, vms: list[VmInfo], timeout: float = 10.0) -> None:
         """Wait until the agents brought up the macvtap of every registered VM."""

@@ -126,7 +126,7 @@ class GuestFleet:
         kind = "macvtap" if h.switch == "macvtap" else "vnet"
         return PortName(f"{kind}{h.next_index[kind]}")
 
-    def start(self, vm: str, host: str, mac: Mac, ip: str) -> Domain:
+    def start(self, vm: str, host: str, mac: Mac, ip: str, ip6: str | None = None) -> Domain:
         """Define nothing persistent: `virsh create` a transient domain for `vm` on `host`."""
         assert self._image is not None
         h = self.hosts[host]
@@ -137,7 +137,7 @@ class GuestFleet:
         console = gdir / f"{vm}.console"
         for p in (channel, console):
             p.unlink(missing_ok=True)
-        spec = GuestSpec(f"{self.prefix}-{vm}", mac, ip, h.switch, h.source, console, channel)
+        spec = GuestSpec(f"{self.prefix}-{vm}", mac, ip, h.switch, h.source, console, channel, ip6)
         xml = gdir / f"{vm}.{host}.xml"
         xml.write_text(domain_xml(spec, self._image))
         h.daemon.virsh("create", str(xml), timeout=120.0)

@@ -10,13 +10,14 @@ a plan, the way mininet's `buildFromTopo` instantiates a `Topo`; the state recor
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hostvlan.model.ids import GLOBAL, Lnid, Mac, PortName, int_to_mac, tap_mac
-from hostvlan.testbed.topology import Topology
+from hostvlan.testbed.topology import Endpoint, Topology
 
 SUBNET = ipaddress.ip_network("10.200.0.0/16")
 UPLINK = PortName("uplink0")
@@ -41,6 +42,7 @@ class VmInfo:
     port: PortName
     domain: str | None = None  # a libvirt guest (`guests: libvirt`): its domain, its daemon's URI
     libvirt_uri: str | None = None  # (set by the builder: the daemon's socket is in the work dir)
+    ip6: str = ""  # its IPv6 address in the run's /64 (`subnet6`)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ExternalInfo:
     ifname: str
     mac: Mac
     ip: str
+    ip6: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ def make_plan(topology: Topology, prefix: str) -> Plan:
     uplink MACs that collide with no endpoint's. A libvirt guest has no namespace (netns "")
     but a domain `<prefix>-<vm>`."""
     ips = iter(SUBNET.hosts())
+    six = subnet6(prefix)
+    n6 = iter(range(1, 1 << 32))
     taken = {e.mac for e in topology.endpoints()}
     hosts: dict[str, HostInfo] = {}
     vms: dict[str, VmInfo] = {}
@@ -114,12 +119,23 @@ def make_plan(topology: Topology, prefix: str) -> Plan:
         for k, vm in enumerate(h.vms):
             port = PortName(f"macvtap{k}" if h.backend.startswith("macvtap") else f"vnet{k}")
             if h.guests == "libvirt":
-                vms[vm.name] = VmInfo(vm.name, "", "eth0", vm.mac, str(next(ips)), h.name, port, f"{prefix}-{vm.name}")
+                vms[vm.name] = VmInfo(vm.name, "", "eth0", vm.mac, str(next(ips)), h.name, port, f"{prefix}-{vm.name}",
+                                      ip6=str(six[next(n6)]))  # fmt: skip
                 continue
-            vms[vm.name] = VmInfo(vm.name, f"{prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, port)
+            vms[vm.name] = VmInfo(vm.name, f"{prefix}-v-{vm.name}", "eth0", vm.mac, str(next(ips)), h.name, port,
+                                  ip6=str(six[next(n6)]))  # fmt: skip
     for e in topology.external:
-        external[e.name] = ExternalInfo(e.name, f"{prefix}-x-{e.name}", "eth0", e.mac, str(next(ips)))
+        external[e.name] = ExternalInfo(
+            e.name, f"{prefix}-x-{e.name}", "eth0", e.mac, str(next(ips)), str(six[next(n6)])
+        )
     return Plan(prefix, hosts, vms, external)
+
+
+def subnet6(prefix: str) -> ipaddress.IPv6Network:
+    """The run's IPv6 /64: a unique local prefix (RFC 4193, fd00::/8) whose 40-bit global ID
+    is taken from the run's prefix, so that two testbeds never share one."""
+    gid = int.from_bytes(hashlib.sha256(prefix.encode()).digest()[:5], "big")
+    return ipaddress.IPv6Network(((0xFD << 120) | (gid << 80), 64))
 
 
 def uplink_mac(index: int, taken: set[Mac]) -> Mac:
@@ -136,16 +152,26 @@ def lnid_json(lnid: Lnid) -> int | str:
 
 def registration_ops(topology: Topology, plan: Plan) -> list[dict[str, Any]]:
     """Register the topology's VMs and external endpoints, as an administrator would. A macvtap
-    VM is registered with its port, so that its filter exists before its device does."""
+    VM is registered with its port, so that its filter exists before its device does. Each
+    with its addresses (`addresses: auto`: its IPv4 and IPv6; `[]`: none, MAC-only) and roles."""
     ops: list[dict[str, Any]] = []
     for e in topology.endpoints():
         port = plan.vms[e.name].port if e.host and plan.hosts[e.host].switch == "macvtap" else None
+        extra = address_args(e, plan)
         for lnid in sorted(e.lnids):
             ops.append(
                 {"op": "reg", "lnid": lnid_json(lnid), "mac": e.mac, "host": e.host, "port": port,
-                 "external": e.host is None}
+                 "external": e.host is None} | extra
             )  # fmt: skip
     return ops
+
+
+def address_args(e: Endpoint, plan: Plan) -> dict[str, Any]:
+    """The `ips`/`router`/`dhcp_server` of endpoint `e`'s registration (none for MAC-only)."""
+    info = plan.vms.get(e.name) or plan.external[e.name]
+    ips = [info.ip, info.ip6] if e.addresses is None else list(e.addresses)
+    out: dict[str, Any] = {"ips": ips} if ips else {}
+    return out | {k: True for k in ("router", "dhcp_server") if getattr(e, k)}
 
 
 def lnid_change_ops(mac: Mac, host: str | None, have: set[Lnid], want: set[Lnid]) -> list[dict[str, Any]]:

@@ -10,6 +10,9 @@
           - name: vm1-1
             mac: "52:54:00:00:01:01"
             lnids: [1]           # integers 1..2^63-1 and/or global; [] = present, unregistered
+            addresses: auto      # optional: auto (default: its testbed IPv4 and IPv6), [] (MAC-only,
+                                 # unguarded) or a list of addresses/prefixes to register
+            router: true         # optional: may send RAs/redirects; dhcp_server: true likewise
     external:                    # optional: endpoints behind the physical switch
       - name: gw
         mac: "52:54:00:ff:00:01"
@@ -34,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from hostvlan.model.addresses import parse_net
 from hostvlan.model.ids import InvalidValue, Lnid, Mac, parse_lnid, parse_mac
 
 BACKENDS = ("bridge", "ovs", "macvtap", "none", "ovs-none", "macvtap-none")
@@ -54,6 +58,9 @@ class Endpoint:
     lnids: frozenset[Lnid]
     host: str | None  # None: external
     line: int = field(default=0, compare=False)
+    addresses: tuple[str, ...] | None = None  # None: auto (its testbed IPv4 and IPv6); (): MAC-only
+    router: bool = False
+    dhcp_server: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,10 @@ class Topology:
 
     def to_dict(self) -> dict[str, Any]:
         def ep(e: Endpoint) -> dict[str, Any]:
-            return {"name": e.name, "mac": e.mac, "lnids": [_lnid_out(x) for x in sorted(e.lnids)]}
+            out = {"name": e.name, "mac": e.mac, "lnids": [_lnid_out(x) for x in sorted(e.lnids)]}
+            if e.addresses is not None:
+                out["addresses"] = list(e.addresses)
+            return out | {k: True for k in ("router", "dhcp_server") if getattr(e, k)}
 
         return {
             "hosts": [
@@ -165,7 +175,7 @@ class _Reader:
         return Fill(macs, lnids, ports, per_port)
 
     def endpoint(self, node: yaml.Node, what: str, host: str | None) -> Endpoint:
-        m = self.mapping(node, what, {"name", "mac", "lnids"}, {"name", "mac"})
+        m = self.mapping(node, what, {"name", "mac", "lnids", "addresses", "router", "dhcp_server"}, {"name", "mac"})
         name = self.name(m["name"], f"{what} name")
         try:
             mac = parse_mac(self.scalar(m["mac"], f"{what} {name}: mac"), vm=True)
@@ -180,7 +190,31 @@ class _Reader:
                 lnids.add(parse_lnid(raw))
             except InvalidValue as exc:
                 raise self.fail(item, f"{what} {name}: {exc}") from None
-        return Endpoint(name=name, mac=mac, lnids=frozenset(lnids), host=host, line=node.start_mark.line + 1)
+        addresses = self.addresses(m["addresses"], f"{what} {name}") if "addresses" in m else None
+        roles = {k: self.flag(m[k], f"{what} {name}: {k}") for k in ("router", "dhcp_server") if k in m}
+        return Endpoint(
+            name=name, mac=mac, lnids=frozenset(lnids), host=host, line=node.start_mark.line + 1, addresses=addresses,
+            **roles,
+        )  # fmt: skip
+
+    def addresses(self, node: yaml.Node, what: str) -> tuple[str, ...] | None:
+        """`auto` (None), or a list of addresses the manager would take (checked here)."""
+        if isinstance(node, yaml.ScalarNode) and node.value == "auto":
+            return None
+        out = []
+        for item in self.seq(node, f"{what}: addresses"):
+            text = self.scalar(item, "address")
+            try:
+                parse_net(text)
+            except InvalidValue as exc:
+                raise self.fail(item, f"{what}: {exc}") from None
+            out.append(text)
+        return tuple(out)
+
+    def flag(self, node: yaml.Node, what: str) -> bool:
+        if not isinstance(node, yaml.ScalarNode) or not node.tag.endswith(":bool"):
+            raise self.fail(node, f"{what} must be true or false")
+        return str(node.value).lower() in ("true", "yes", "on")
 
 
 def parse_topology(text: str, source: str = "<topology>") -> Topology:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hostvlan.model.ids import Mac
-from hostvlan.testbed import netns
+from hostvlan.testbed import ipv6, netns
 from hostvlan.testbed.plan import BRIDGE, SUBNET, HostInfo
 
 IFF_UP = 0x1
@@ -76,9 +76,10 @@ def host(h: HostInfo, index: int, switch_ns: str, switch_name: str, mgmt_ns: str
 
 
 def endpoint(ns: str, mac: Mac, ip: str, parent_ns: str, port: str, bridge: str, port_mac: Mac | None,
-             ovs_port: OvsPort | None = None) -> None:  # fmt: skip
+             ovs_port: OvsPort | None = None, ip6: str = "") -> None:  # fmt: skip
     """An endpoint namespace with `eth0`, cabled to `bridge` in `parent_ns` through port `port`
-    (a Linux bridge, or with `ovs_port` the host's OVS bridge, the port tagged with the vNIC MAC)."""
+    (a Linux bridge, or with `ovs_port` the host's OVS bridge, the port tagged with the vNIC MAC);
+    with `ip6`, IPv6 on on its eth0 (`testbed.ipv6`)."""
     new_ns(ns)
     with netns.iproute(parent_ns) as ipr:
         kw = {"address": port_mac} if port_mac else {}
@@ -92,7 +93,9 @@ def endpoint(ns: str, mac: Mac, ip: str, parent_ns: str, port: str, bridge: str,
     with netns.iproute(ns) as ipr:
         idx = ipr.link_lookup(ifname="eth0")[0]
         ipr.addr("add", index=idx, address=ip, prefixlen=SUBNET.prefixlen)
-        ipr.link("set", index=idx, state="up")
+    ipv6.enable(ns, ip6)
+    with netns.iproute(ns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="eth0")[0], state="up")
 
 
 def offloads_off(ns: str, dev: str = "eth0") -> None:

@@ -8,7 +8,9 @@ the revision. LNIDs are stored as SQLite integers (signed 64-bit), `global` as 0
 Schema version: `meta.schema_version` (`SCHEMA_VERSION`). A new database records it; a
 database from before versions were recorded is upgraded in place (`MIGRATIONS`); a
 database of a newer version is refused untouched (`StoreError`), so an older manager
-never misreads what a newer one wrote. `backup` copies a live database consistently
+never misreads what a newer one wrote. Version 2 added `macs.addrs` (issue 13: a MAC's
+addresses as `model.addresses.addrs_text`, NULL for none); a version-1 database is
+upgraded by adding the column, its MACs unguarded. `backup` copies a live database consistently
 (SQLite's online backup), which `hostvlan manager --backup FILE` uses.
 """
 
@@ -21,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hostvlan.model.addresses import UNGUARDED, Addrs, parse_addrs_text
 from hostvlan.model.ids import HostId, Lnid, Mac, PortName
 
 SCHEMA = """
@@ -29,7 +32,8 @@ CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, token_sha256 TEXT NOT N
 CREATE TABLE IF NOT EXISTS macs (
     mac TEXT PRIMARY KEY,
     host TEXT REFERENCES hosts(name),
-    port TEXT
+    port TEXT,
+    addrs TEXT
 );
 CREATE TABLE IF NOT EXISTS memberships (
     mac TEXT NOT NULL REFERENCES macs(mac) ON DELETE CASCADE,
@@ -40,12 +44,21 @@ CREATE INDEX IF NOT EXISTS memberships_by_lnid ON memberships(lnid);
 """
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _add_addrs(db: sqlite3.Connection) -> None:
+    """Version 2: `macs.addrs`, a MAC's addresses as `model.addresses.addrs_text` (NULL: none)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(macs)")}
+    if "addrs" not in columns:  # a new database has it from SCHEMA already
+        db.execute("ALTER TABLE macs ADD COLUMN addrs TEXT")
+
 
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     # from version N to N+1, run inside the upgrade's transaction; version 0 is every
     # database before the version was recorded, whose tables are version 1's
     0: lambda db: None,
+    1: _add_addrs,
 }
 
 
@@ -67,6 +80,12 @@ class Row:
     host: HostId | None
     port: PortName | None
     lnids: frozenset[Lnid]
+    addrs: Addrs = UNGUARDED
+
+
+TableRow = tuple[Mac, HostId | None, PortName | None, frozenset[Lnid], str]
+"""A row as `Store.table` gives it and `Tx.put_macs` takes it: the addresses as their text
+(`addrs_text`, "" for none), which the data center keeps as is."""
 
 
 class Store:
@@ -141,25 +160,25 @@ class Store:
 
     def rows(self) -> Iterator[Row]:
         """Every registered MAC with its location and LNIDs."""
-        for mac, host, port, lnids in self.table():
-            yield Row(mac, host, port, lnids)
+        for mac, host, port, lnids, text in self.table():
+            yield Row(mac, host, port, lnids, parse_addrs_text(text))
 
-    def table(self) -> Iterator[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]]:
+    def table(self) -> Iterator[TableRow]:
         """`rows()` as plain tuples, fast enough for a million MACs at start.
 
         SQLite groups the memberships; equal LNID sets come back as the same frozenset.
         """
         sets: dict[str, frozenset[Lnid]] = {}
         cur = self._db.execute(
-            "SELECT s.mac, m.host, m.port, group_concat(s.lnid) FROM memberships s JOIN macs m ON m.mac = s.mac "
-            "GROUP BY s.mac"
+            "SELECT s.mac, m.host, m.port, group_concat(s.lnid), m.addrs FROM memberships s "
+            "JOIN macs m ON m.mac = s.mac GROUP BY s.mac"
         )
         while batch := cur.fetchmany(65536):
-            for mac, host, port, text in batch:
+            for mac, host, port, text, addrs in batch:
                 lnids = sets.get(text)
                 if lnids is None:
                     lnids = sets[text] = frozenset(Lnid(int(x)) for x in text.split(","))
-                yield mac, host or None, port or None, lnids
+                yield mac, host or None, port or None, lnids, addrs or ""
 
 
 class Tx:
@@ -187,19 +206,17 @@ class Tx:
         self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
         self.dirty = True
 
-    def put_macs(
-        self, rows: list[tuple[Mac, HostId | None, PortName | None, frozenset[Lnid]]], fresh: Collection[Mac] = ()
-    ) -> None:
+    def put_macs(self, rows: list[TableRow], fresh: Collection[Mac] = ()) -> None:
         """`put_mac` for many MACs (statements batched: bulk registration); `fresh` MACs have no row yet."""
-        gone = [(mac,) for mac, _, _, lnids in rows if not lnids]
+        gone = [(row[0],) for row in rows if not row[3]]
         kept = [row for row in rows if row[3]]
         if gone:
             self._db.executemany("DELETE FROM macs WHERE mac=?", gone)
         if kept:
             self._db.executemany(
-                "INSERT INTO macs(mac, host, port) VALUES (?, ?, ?) "
-                "ON CONFLICT(mac) DO UPDATE SET host=excluded.host, port=excluded.port",
-                [(mac, host, port) for mac, host, port, _ in kept],
+                "INSERT INTO macs(mac, host, port, addrs) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(mac) DO UPDATE SET host=excluded.host, port=excluded.port, addrs=excluded.addrs",
+                [(mac, host, port, addrs or None) for mac, host, port, _, addrs in kept],
             )
             old = [(row[0],) for row in kept if row[0] not in fresh]
             if old:
@@ -210,15 +227,17 @@ class Tx:
             )
         self.dirty = True
 
-    def put_mac(self, mac: Mac, host: HostId | None, port: PortName | None, lnids: frozenset[Lnid]) -> None:
+    def put_mac(
+        self, mac: Mac, host: HostId | None, port: PortName | None, lnids: frozenset[Lnid], addrs: str = ""
+    ) -> None:
         """Make the stored row of `mac` exactly this (no LNIDs: delete it)."""
         if not lnids:
             self._db.execute("DELETE FROM macs WHERE mac=?", (mac,))
         else:
             self._db.execute(
-                "INSERT INTO macs(mac, host, port) VALUES (?, ?, ?) "
-                "ON CONFLICT(mac) DO UPDATE SET host=excluded.host, port=excluded.port",
-                (mac, host, port),
+                "INSERT INTO macs(mac, host, port, addrs) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(mac) DO UPDATE SET host=excluded.host, port=excluded.port, addrs=excluded.addrs",
+                (mac, host, port, addrs or None),
             )
             self._db.execute("DELETE FROM memberships WHERE mac=?", (mac,))
             self._db.executemany("INSERT INTO memberships(mac, lnid) VALUES (?, ?)", [(mac, int(x)) for x in lnids])
