@@ -87,6 +87,9 @@ class KernelWorker:
         for mac, lnids in delta.entries.items():
             if mac not in uplink_macs:
                 self.backend.set_entry(mac, lnids)
+        for mac, addrs in delta.addresses.items():  # the address guard's (issue 13)
+            if mac not in uplink_macs:
+                self.backend.set_addrs(mac, addrs)
         bindings = None
         if delta.local or delta.unlocal:
             bindings = self._bind(view)
