@@ -196,8 +196,9 @@ def manager(
     default="locked",
     show_default=True,
     help="Linux bridge only: where the anti-spoofing check runs. `locked`: in the bridge itself (locked "
-    "ports, one sticky static FDB entry per bound vNIC MAC; no cost per frame, forged frames dropped "
-    "uncounted). `nft`: an nftables prerouting chain that counts forged frames per port, at the cost "
+    "ports, one sticky static FDB entry per bound vNIC MAC; no cost per frame; with the default receive "
+    "filter the closing part's fast path drops and counts forged frames first, else they go uncounted). "
+    "`nft`: an nftables prerouting chain that counts forged frames per port, at the cost "
     "of one more netfilter hook per frame.",
 )
 @click.option(

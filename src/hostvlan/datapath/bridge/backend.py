@@ -5,7 +5,8 @@ drop counters: `nft_table.NftTable`) and the chain that guards the host's own st
 two parts (`parts`) own the rest:
 
   send check       `locked` (`locked.LockedPorts`: the bridge's locked ports and sticky FDB
-                   entries, no hook, uncounted) | `nft` (`nft.NftSendCheck`: chain prerouting)
+                   entries, no hook; forged frames counted by the closing part's hv_fwd)
+                   | `nft` (`nft.NftSendCheck`: chain prerouting)
   receive filter   `tc` (`tc.TcReceiveFilter`: an eBPF program per bridge port, no netfilter
                    hook on the forward path) | `nft` (`nft.NftReceiveFilter`: chains forward,
                    output)

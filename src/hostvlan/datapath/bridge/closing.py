@@ -10,8 +10,8 @@ it shares: the receive filter then loads `bpf/hv_fwd.o`, hv_rx.c plus the fast p
    agent runs or not (table `bridge hostvlan`, every base chain policy drop, kernel state that
    outlives the agent):
 
-       prerouting  iif @open accept                       (before FDB learning: a new port's
-                   frames are neither forwarded nor learned; uncounted, like the lock's drops)
+       prerouting  iif @open accept ; counter tx_unbound drop   (before FDB learning: a new
+                   port's frames are neither forwarded nor learned)
        forward     oif @open accept ; counter rx_unbound drop   (no copy of a flood, no
        output      the same, for the host's own frames           unicast reaches it)
 
