@@ -45,7 +45,10 @@ def test_guard_matches_model(backend: str, make_host: Callable[[int], SwitchHost
     socks = Sockets({vm.name: vm.ns for vm in host.vms} | {OUTSIDE: host.outside_ns})
     host._closers.append(socks.close)
     socks.collect(0.3)
-    before = Counter(filt.drops())
+    # the guard's own counts: the receive filter also counts (no_shared_lnid) the copies of
+    # these broadcasts it keeps from other LNIDs' ports, which are not the guard's drops
+    guard_counts = filt.guard.counts if backend == "bridge-closed" else filt.drops  # type: ignore[attr-defined]
+    before = Counter(guard_counts())
     wrong: list[str] = []
     want_drops: Counter[tuple[str, str]] = Counter()
     want_replies: dict[str, Counter[bytes]] = {vm.name: Counter() for vm in host.vms}
@@ -82,7 +85,7 @@ def test_guard_matches_model(backend: str, make_host: Callable[[int], SwitchHost
     assert not wrong, "\n".join(wrong)
     assert answered >= 12 or not ANSWERS_ARP[backend]
     assert set(codes) >= set(verdict.DROP_REASONS[4:]) | {verdict.NO_SHARED_LNID}, codes
-    after = Counter(filt.drops())
+    after = Counter(guard_counts())
     if not COUNTS_AS_MODEL[backend]:
         return
     delta = {k: n for k, n in (after - before).items() if k[1] in verdict.DROP_REASONS[4:] or k[1] == "no_shared_lnid"}
