@@ -76,6 +76,18 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
     metavar="BYTES",
     help="Largest request body of a single call (413 above); /v1/batch takes up to 256 MiB or this.",
 )
+@click.option(
+    "--store",
+    "store_url",
+    default="sqlite",
+    show_default=True,
+    metavar="STORE",
+    help="sqlite (the --db file), or etcd://HOST:PORT[,HOST:PORT...] for replicas sharing an etcd cluster "
+    "(--db then only names the default admin token file and audit log).",
+)
+@click.option("--etcd-cacert", type=click.Path(exists=True, dir_okay=False), help="CA of etcd's client certificate.")
+@click.option("--etcd-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate for etcd.")
+@click.option("--etcd-key", type=click.Path(exists=True, dir_okay=False), help="Private key of --etcd-cert.")
 def manager(
     db: str,
     listens: tuple[str, ...],
@@ -88,6 +100,10 @@ def manager(
     audit_log: str | None,
     backup_to: str | None,
     max_body: int,
+    store_url: str,
+    etcd_cacert: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -121,6 +137,8 @@ def manager(
             log_format=log_format,
             audit_log=Path(audit_log) if audit_log else None,
             max_body=max_body,
+            store=store_url,
+            etcd_tls=(etcd_cacert, etcd_cert, etcd_key),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

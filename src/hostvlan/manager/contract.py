@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from hostvlan.manager.schemas import OP_KINDS, ErrorOut
-from hostvlan.manager.service import InputError
+from hostvlan.manager.service import InputError, StoreUnavailable
 from hostvlan.model.datacenter import ModelError
 
 log = logging.getLogger("hostvlan.manager")
@@ -133,6 +133,10 @@ def install_error_handlers(app: FastAPI, refused: Refused | None = None) -> None
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return error_response(400, exc.field, exc.detail)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return error_response(503, "store", str(exc), {"Retry-After": "1"})
 
     @app.exception_handler(ModelError)
     async def _model_error(request: Request, exc: ModelError) -> JSONResponse:

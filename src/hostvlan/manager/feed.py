@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -113,6 +114,8 @@ class HostStatus:
     unbound: int = 0  # of `bindings`, those not bound
     reported: bool = False  # the agent has reported bindings at least once
     placed: dict[Mac, int] = field(default_factory=dict)  # vNIC -> revision it was (un)placed here, until reported
+    history: deque[tuple[int, Line]] = field(default_factory=deque)  # its last HISTORY delta lines
+    floor: int | None = None  # `history` holds every delta of this host after this revision
 
     @property
     def connected(self) -> bool:
@@ -158,14 +161,34 @@ class Subscription:
         self._feed.unsubscribe(self.host, self._q)
 
 
+HISTORY = 64
+"""Delta lines kept per host, so an agent can resume from its revision, on any replica (all
+compute the same lines), without a snapshot."""
+
+
 class Feed:
     def __init__(self) -> None:
         self.status: dict[HostId, HostStatus] = {}
+        self.floor = 0  # the revision the history of every host starts after (the service's first)
+
+    def since(self, host: HostId, revision: int, now: int) -> Line | None:
+        """Every delta line of `host` after `revision` (up to `now`), or None if not all are kept."""
+        st = self.status.get(host)
+        floor = self.floor if st is None or st.floor is None else st.floor
+        if revision < floor or revision > now:
+            return None
+        out: Line = []
+        if st is not None:
+            for rev, line in st.history:
+                if rev > revision:
+                    out += line
+        return out or encode_heartbeat_line(now)
 
     def _st(self, host: HostId) -> HostStatus:
         return self.status.setdefault(host, HostStatus())
 
     def subscribe(self, host: HostId, snapshot: Line, revision: int) -> asyncio.Queue[Line]:
+        """A new stream of `host`, whose first line is `snapshot` (or the lines it resumes with)."""
         st = self._st(host)
         q: asyncio.Queue[Line] = asyncio.Queue()
         q.put_nowait(snapshot)
@@ -197,10 +220,12 @@ class Feed:
                     if gone is not None and not gone.bound:
                         st.unbound -= 1
                     st.placed[mac] = revision
-            if st.subscribers:
-                line = encoder.delta(delta, revision)
-                for q in st.subscribers:
-                    q.put_nowait(line)
+            line = encoder.delta(delta, revision)
+            st.history.append((revision, line))
+            if len(st.history) > HISTORY:
+                st.floor = st.history.popleft()[0]
+            for q in st.subscribers:
+                q.put_nowait(line)
 
     def report(self, host: HostId, status: Status, local: Callable[[Mac], bool] = lambda m: True) -> None:
         """Keep a status report; of its bindings only those of vNICs `local` to the host."""
@@ -231,3 +256,7 @@ class Feed:
     def forget(self, host: HostId) -> None:
         self.close(host)
         self.status.pop(host, None)
+
+
+def encode_heartbeat_line(revision: int) -> Line:
+    return [encode_heartbeat(revision)]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hostvlan.model.ids import HostId, Lnid, Mac, PortName
 
@@ -108,6 +109,15 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # ----- one process, one file: no other replica to follow (store/base.py) ---------------
+    available = True
+
+    def follow(self, listener: Callable[[Any], None], lost: Callable[[], None] = lambda: None) -> None:
+        pass
+
+    def catch_up(self) -> bool:
+        return False
 
     # ----- transactions --------------------------------------------------------------------
     @contextmanager
