@@ -146,7 +146,10 @@ def manager(
 
 @main.command("agent")
 @click.option(
-    "--manager", envvar="HOSTVLAN_MANAGER", help="Manager URL (or HOSTVLAN_MANAGER). Required unless --cleanup."
+    "--manager",
+    envvar="HOSTVLAN_MANAGER",
+    help="Manager URL, or URL1,URL2,... of replicas to fail over between (or HOSTVLAN_MANAGER). "
+    "Required unless --cleanup.",
 )
 @click.option(
     "--host", "host", help="This end host's name, as registered with `hostvlan host add`. Required unless --cleanup."
@@ -328,7 +331,7 @@ def agent(
     except (DatapathError, ValueError) as exc:
         raise click.ClickException(f"cannot open the {backend} back end: {exc}") from None
     cfg = AgentConfig(
-        manager=manager.rstrip("/"),
+        manager=",".join(u.strip().rstrip("/") for u in manager.split(",")),
         host=host_id,
         token=token,
         token_file=Path(token_file) if token_file else None,
