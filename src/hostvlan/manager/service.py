@@ -173,7 +173,8 @@ class Service:
         if not self.store.available:
             raise StoreUnavailable("this replica lost its store: connect to another one")
         first = self.feed.since(host, since, self.revision) if since is not None else None
-        q = self.feed.subscribe(host, first or self.snapshot(host), self.revision)
+        # resumed: due stays the last revision that concerned the host (what the agent enforces)
+        q = self.feed.subscribe(host, first or self.snapshot(host), 0 if first else self.revision)
         return Subscription(self.feed, host, q, lambda: self.revision)
 
     def record_status(self, host: HostId, body: Status | Any, who: str | None = None) -> None:

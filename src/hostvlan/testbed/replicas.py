@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hostvlan.client import Client
+from hostvlan.client import Client, ManagerError
 from hostvlan.testbed import control
 from hostvlan.testbed.etcd import Cluster, free_ports
 
@@ -167,6 +167,27 @@ class Replicas:
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"agents not in sync after {timeout}s: {', '.join(lagging)}")
             time.sleep(0.02)
+
+    def wait_applied(
+        self, hosts: list[str], revision: int, timeout: float = 15.0, on: list[int] | None = None
+    ) -> float:
+        """Until every host's agent is connected to a live replica (one of `on`) and enforces
+        `revision` or later (while commands go on, "in sync" may never hold for long)."""
+        t0 = time.monotonic()
+        while True:
+            done: set[str] = set()
+            for i in self.alive() if on is None else on:
+                try:
+                    got = self.client(i).hosts()
+                except ManagerError:
+                    continue
+                done |= {h["name"] for h in got if h["connected"] and h["revision_applied"] >= revision}
+            lagging = [h for h in hosts if h not in done]
+            if not lagging:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"agents not at r{revision} after {timeout}s: {', '.join(lagging)}")
+            time.sleep(0.01)
 
     def record(self) -> dict[str, Any]:
         """The testbed JSON's `managers` and `etcd`."""

@@ -51,9 +51,12 @@ from hostvlan.model.ids import HostId, Lnid, Mac, PortName
 log = logging.getLogger("hostvlan.manager.etcd")
 
 PREFIX = "/hostvlan/"
-TIMEOUT_S = 3.0  # one request to etcd (a leader election takes about one election timeout)
+TIMEOUT_S = 3.0  # one read from etcd
+TXN_TIMEOUT_S = 1.0  # one commit, plus TXN_OPS_PER_S: a commit waiting through a leader election is
+TXN_OPS_PER_S = 2000  # answered 503 (and tried elsewhere) rather than stall this replica's loop
 PROBE_EVERY_S = 0.25
-LOST_AFTER_S = 1.0  # no linearizable read for this long: the replica stops serving
+LOST_AFTER_S = 3.0  # no linearizable read for this long (longer than a leader election): stop serving
+PROBE_TIMEOUT_S = 1.0
 PAGE = 10_000
 
 
@@ -167,7 +170,9 @@ class EtcdStore:
         self.applied = full.revision
 
     # ----- requests ------------------------------------------------------------------------
-    def _call(self, path: str, body: dict[str, Any], *, retry: bool = True) -> dict[str, Any]:
+    def _call(
+        self, path: str, body: dict[str, Any], *, retry: bool = True, timeout: float = TIMEOUT_S
+    ) -> dict[str, Any]:
         """POST to one endpoint; on a connection refused (nothing sent) try the next ones.
 
         `retry` also moves on after a timeout or an etcd error (reads: safe to repeat).
@@ -176,18 +181,20 @@ class EtcdStore:
         for i in range(len(self.cfg.endpoints)):
             ep = (self._ep + i) % len(self.cfg.endpoints)
             try:
-                resp = self._http.post(self.cfg.endpoints[ep] + path, json=body)
+                resp = self._http.post(self.cfg.endpoints[ep] + path, json=body, timeout=timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 last = exc
                 continue
             except httpx.HTTPError as exc:
-                if not retry:
+                if not retry:  # the next command tries another member first
+                    self._ep = (ep + 1) % len(self.cfg.endpoints)
                     raise StoreUnavailable(f"etcd at {self.cfg.endpoints[ep]}: {exc!r}") from None
                 last = exc
                 continue
             if resp.status_code != 200:
                 err = StoreUnavailable(f"etcd at {self.cfg.endpoints[ep]} answered {resp.status_code}: {resp.text}")
                 if not retry:
+                    self._ep = (ep + 1) % len(self.cfg.endpoints)
                     raise err
                 last = err
                 continue
@@ -248,7 +255,7 @@ class EtcdStore:
             "compare": [{"key": rev, "result": "EQUAL", "target": "MOD", "mod_revision": self.applied}],
             "success": [*tx.ops, {"request_put": {"key": rev, "value": ""}}],
         }
-        got = self._call("/v3/kv/txn", body, retry=False)
+        got = self._call("/v3/kv/txn", body, retry=False, timeout=TXN_TIMEOUT_S + len(tx.ops) / TXN_OPS_PER_S)
         if not got.get("succeeded"):
             raise StoreConflict("another replica committed first")
         tx.revision = self.applied = int(got["header"]["revision"])
@@ -396,7 +403,7 @@ class EtcdStore:
         while True:
             ep = self.cfg.endpoints[i % len(self.cfg.endpoints)]
             try:
-                resp = await client.post(ep + "/v3/kv/range", json=body, timeout=LOST_AFTER_S)
+                resp = await client.post(ep + "/v3/kv/range", json=body, timeout=PROBE_TIMEOUT_S)
                 good = resp.status_code == 200
             except httpx.HTTPError:
                 good = False
