@@ -170,12 +170,13 @@ class Feed:
     def __init__(self) -> None:
         self.status: dict[HostId, HostStatus] = {}
         self.floor = 0  # the revision the history of every host starts after (the service's first)
+        self.keep = 0  # delta lines kept per host (HISTORY with a replicated store; 0: none)
 
     def since(self, host: HostId, revision: int, now: int) -> Line | None:
         """Every delta line of `host` after `revision` (up to `now`), or None if not all are kept."""
         st = self.status.get(host)
         floor = self.floor if st is None or st.floor is None else st.floor
-        if revision < floor or revision > now:
+        if not self.keep or revision < floor or revision > now:
             return None
         out: Line = []
         if st is not None:
@@ -220,10 +221,13 @@ class Feed:
                     if gone is not None and not gone.bound:
                         st.unbound -= 1
                     st.placed[mac] = revision
+            if not self.keep and not st.subscribers:
+                continue
             line = encoder.delta(delta, revision)
-            st.history.append((revision, line))
-            if len(st.history) > HISTORY:
-                st.floor = st.history.popleft()[0]
+            if self.keep:
+                st.history.append((revision, line))
+                if len(st.history) > self.keep:
+                    st.floor = st.history.popleft()[0]
             for q in st.subscribers:
                 q.put_nowait(line)
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from hostvlan.manager import trace as tracing
 from hostvlan.manager.audit import Audit, batch_args
-from hostvlan.manager.feed import Encoder, Feed, Line, Subscription
+from hostvlan.manager.feed import HISTORY, Encoder, Feed, Line, Subscription
 from hostvlan.manager.store.base import Changes, Store, StoreConflict, StoreUnavailable
 from hostvlan.model.datacenter import DataCenter, ModelError
 from hostvlan.model.ids import HostId, InvalidValue, Mac, PortName, parse_host, parse_lnid, parse_mac, parse_port
@@ -96,6 +96,8 @@ class Service:
         self.dc.load(store.table())
         self.encoder = Encoder(self.dc)
         self.feed.floor = self.revision
+        if store.resumable:  # revisions mean the same on every replica and after restarts
+            self.feed.keep = HISTORY
         store.follow(self._apply_changes, self._store_lost)
 
     # ----- tokens --------------------------------------------------------------------------

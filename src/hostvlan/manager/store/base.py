@@ -70,6 +70,7 @@ class Store(Protocol):
     """The store interface (`sqlite.Store`, `etcd.EtcdStore`)."""
 
     available: bool  # False while a replicated store cannot reach its cluster
+    resumable: bool  # an agent's revision means the same view on every replica: feeds resume by revision
 
     def transaction(self) -> AbstractContextManager[Tx]: ...
 

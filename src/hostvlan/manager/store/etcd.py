@@ -150,6 +150,8 @@ class EtcdTx:
 class EtcdStore:
     """The store interface (`store.base.Store`) on an etcd cluster."""
 
+    resumable = True  # one revision numbering for every replica, never reused
+
     def __init__(self, cfg: EtcdConfig) -> None:
         self.cfg = cfg
         self._ep = 0  # endpoint in use

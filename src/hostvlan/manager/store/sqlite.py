@@ -112,6 +112,8 @@ class Store:
 
     # ----- one process, one file: no other replica to follow (store/base.py) ---------------
     available = True
+    # a restored backup reuses revision numbers with another history: agents get snapshots
+    resumable = False
 
     def follow(self, listener: Callable[[Any], None], lost: Callable[[], None] = lambda: None) -> None:
         pass
