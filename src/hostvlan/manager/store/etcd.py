@@ -160,6 +160,7 @@ class EtcdStore:
         self._verify = verify
         self.applied = 0  # the last hostvlan revision this replica's service reflects
         self.available = True
+        self._broken = False  # a change could not be applied: never serves again
         self._listener: Callable[[Changes], None] | None = None
         self._lost: Callable[[], None] | None = None
         self._meta: dict[str, str] = {}
@@ -394,6 +395,13 @@ class EtcdStore:
                 log.debug("watch on %s ended: %r", ep, exc)
             except StoreUnavailable as exc:
                 log.warning("%s", exc)
+            except Exception:  # a change this replica could not take: its table is unknown now
+                log.exception("cannot apply etcd's changes after r%d: serving nothing, restart it", self.applied)
+                self.available = False
+                self._broken = True
+                if self._lost is not None:
+                    self._lost()
+                return
             i += 1
             await asyncio.sleep(0.1)
 
@@ -410,6 +418,8 @@ class EtcdStore:
             except httpx.HTTPError:
                 good = False
             now = time.monotonic()
+            if self._broken:
+                return
             if good and not self.available:
                 try:
                     self._catch_up()  # never serve a view older than what agents may have seen
