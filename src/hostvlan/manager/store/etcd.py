@@ -113,6 +113,7 @@ class EtcdTx:
         self._p = store.cfg.prefix
         self.ops: list[dict[str, Any]] = []
         self.revision = store.applied
+        self.kept = Changes(0)  # its hosts and meta, which the store answers from once committed
 
     def _put(self, key: str, value: str) -> None:
         self.ops.append({"request_put": {"key": _b64(self._p + key), "value": _b64(value)}})
@@ -122,6 +123,7 @@ class EtcdTx:
 
     def put_host(self, name: HostId, token_sha256: str) -> None:
         self._put("hosts/" + name, token_sha256)
+        self.kept.hosts[name] = token_sha256
 
     def put_hosts(self, rows: list[tuple[HostId, str]]) -> None:
         for name, token in rows:
@@ -129,6 +131,7 @@ class EtcdTx:
 
     def delete_host(self, name: HostId) -> None:
         self._delete("hosts/" + name)
+        self.kept.hosts[name] = None
 
     def put_macs(self, rows: list[TableRow], fresh: Collection[Mac] = ()) -> None:
         for mac, host, port, lnids in rows:
@@ -145,6 +148,7 @@ class EtcdTx:
 
     def set_meta(self, key: str, value: str) -> None:
         self._put("meta/" + key, value)
+        self.kept.meta[key] = value
 
 
 class EtcdStore:
@@ -262,12 +266,7 @@ class EtcdStore:
         if not got.get("succeeded"):
             raise StoreConflict("another replica committed first")
         tx.revision = self.applied = int(got["header"]["revision"])
-        for op in tx.ops:  # the meta and hosts this replica answers from
-            put = op.get("request_put")
-            key = _unb64((put or op["request_delete_range"])["key"])
-            ch = Changes(tx.revision)
-            self._take(ch, key, _unb64(put["value"]) if put else "", put is None)
-            self._keep(ch)
+        self._keep(tx.kept)
 
     def _keep(self, ch: Changes) -> None:
         for k, v in ch.meta.items():
