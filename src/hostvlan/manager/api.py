@@ -422,7 +422,7 @@ def create_app(
         dependencies=[Admin],
         summary="Register an end host; returns its token",
         response_model=HostToken,
-        responses=errors(400, *AUTH, 409, 413),
+        responses=errors(400, *AUTH, 409, 413, 503),
     )
     async def add_host(body: HostIn) -> dict[str, Any]:
         async with lock:
@@ -435,7 +435,7 @@ def create_app(
         dependencies=[Admin],
         summary="Register many end hosts in one durable transaction; returns their tokens",
         response_model=HostTokens,
-        responses=errors(400, *AUTH, 409, 413),
+        responses=errors(400, *AUTH, 409, 413, 503),
     )
     async def add_hosts(body: HostsIn) -> dict[str, Any]:
         async with lock:
@@ -453,7 +453,7 @@ def create_app(
         dependencies=[Admin],
         summary="Rotate a host's token",
         response_model=HostToken,
-        responses=errors(400, *AUTH, 404),
+        responses=errors(400, *AUTH, 404, 503),
     )
     async def rotate(name: HostPath) -> dict[str, Any]:
         async with lock:
@@ -465,7 +465,7 @@ def create_app(
         dependencies=[Admin],
         summary="Remove a host that has no vNIC",
         response_model=Removed,
-        responses=errors(400, *AUTH, 404, 409),
+        responses=errors(400, *AUTH, 404, 409, 503),
     )
     async def remove_host(name: HostPath) -> dict[str, Any]:
         async with lock:
@@ -477,7 +477,7 @@ def create_app(
         dependencies=[Admin],
         summary="Hosts: connected, revision applied, lag",
         response_model=None,
-        responses={200: {"model": list[HostRow], "description": "one row per host"}, **errors(*AUTH)},
+        responses={200: {"model": list[HostRow], "description": "one row per host"}, **errors(400, *AUTH, 409, 503)},
     )
     async def hosts(min_revision: MinRevision = None) -> JSONResponse:
         await service.wait_revision(min_revision)
@@ -487,7 +487,7 @@ def create_app(
     command: dict[str, Any] = {
         "dependencies": [Admin],
         "response_model": Change,
-        "responses": errors(400, *AUTH, 404, 409, 413),
+        "responses": errors(400, *AUTH, 404, 409, 413, 503),
     }
 
     @app.post("/v1/reg", summary="Register a MAC in an LNID (the paper's `reg`)", **command)
@@ -521,7 +521,7 @@ def create_app(
         dependencies=[Admin],
         summary="The LNID table, filtered",
         response_model=None,
-        responses={200: {"model": list[MacRow], "description": "one row per MAC"}, **errors(400, *AUTH)},
+        responses={200: {"model": list[MacRow], "description": "one row per MAC"}, **errors(400, *AUTH, 409, 503)},
     )
     async def macs(
         host: Annotated[HostStr | None, Query()] = None,
@@ -540,7 +540,7 @@ def create_app(
         summary="Why can (not) a frame from SRC reach DST?",
         response_model=TraceOut,
         response_model_exclude_unset=True,
-        responses=errors(400, *AUTH, 404),
+        responses=errors(400, *AUTH, 404, 409, 503),
     )
     async def trace(
         src: Annotated[MacStr, Query()], dst: Annotated[TraceDst, Query()], min_revision: MinRevision = None
@@ -553,7 +553,7 @@ def create_app(
         dependencies=[Admin],
         summary="The last durable revision",
         response_model=RevisionOut,
-        responses=errors(*AUTH),
+        responses=errors(400, *AUTH, 409, 503),
     )
     async def revision(min_revision: MinRevision = None) -> dict[str, Any]:
         await service.wait_revision(min_revision)
@@ -565,7 +565,7 @@ def create_app(
         summary="The host's view: a snapshot, then deltas (JSON lines)",
         response_class=FeedResponse,
         status_code=200,
-        responses={200: {"content": {"application/x-ndjson": {}}}, **errors(400, *AUTH, 404)},
+        responses={200: {"content": {"application/x-ndjson": {}}}, **errors(400, *AUTH, 404, 503)},
     )
     async def feed(
         name: HostPath,

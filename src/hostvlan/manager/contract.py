@@ -52,8 +52,10 @@ _DESCRIPTIONS = {
     403: "a valid token that may not make this call (`error`: `auth`)",
     404: "unknown host or MAC (`error`: `not_found`)",
     408: "the request body stalled (`error`: `body`)",
-    409: "the change conflicts with the table (`error`: `conflict`)",
+    409: "the change conflicts with the table (`error`: `conflict`), or a read asks for a `min_revision` "
+    "one manager has not reached (`error`: `min_revision`)",
     413: "request body over the limit (`error`: `body`)",
+    503: "a replica that cannot reach its store, or not yet at `min_revision` (`error`: `store`): try another",
 }
 
 

@@ -445,6 +445,8 @@ class Service:
         """Return once this replica reflects `revision` (read-your-writes across replicas)."""
         if revision is None or self.revision >= revision:
             return
+        if not self.store.resumable:  # one manager: every acknowledged revision is already here
+            raise ModelError(f"this manager is at r{self.revision}: there is no r{revision} yet", "min_revision")
         deadline = time.monotonic() + timeout_s
         while self.revision < revision:
             if time.monotonic() > deadline:
