@@ -113,6 +113,8 @@ def manager(
     """
     from hostvlan.manager.server import Listen, backup_db, run
 
+    if backup_to and store_url != "sqlite":
+        raise click.UsageError("--backup copies a SQLite database; back etcd up with `etcdctl snapshot save FILE`")
     if backup_to:
         try:
             backup_db(Path(db), Path(backup_to))

@@ -400,17 +400,17 @@ class Service:
         Validated by the replica that committed them against this same state, so the
         calc graph takes them as they are; every replica computes the same deltas.
         """
-        tokens = self.store.hosts()
+        tokens = self.store.hosts() if ch.full else {}  # (a copy: only when it is needed)
         gone_hosts = [h for h in self.dc.hosts if h not in tokens] if ch.full else []
         gone_hosts += [h for h, t in ch.hosts.items() if t is None and h in self.dc.hosts]
+        token_of = {h: t for t, h in self._host_tokens.items()} if ch.hosts else {}
         for host, token_hash in ch.hosts.items():
             if token_hash is None:
                 continue
-            old = [t for t, h in self._host_tokens.items() if h == host]
-            if old and old != [token_hash]:
+            old = token_of.get(host)
+            if old is not None and old != token_hash:
                 self.feed.close(host)  # streams opened with the old token end now
-            for t in old:
-                del self._host_tokens[t]
+                del self._host_tokens[old]
             self._host_tokens[token_hash] = host
             self.dc.add_host(host)
         if ch.full:
