@@ -155,3 +155,25 @@ def test_restart_and_compaction(replicas: list[Service], cluster: Cluster) -> No
     b.store.catch_up()
     assert table(b) == table(a) and b.revision == a.revision
     assert b.dc.hosts == {H1}
+
+
+def test_a_stuck_watch_is_noticed_and_caught_up(replicas: list[Service]) -> None:
+    """A watch stream that hangs (a half-open connection) brings nothing: the probe sees etcd
+    ahead of the replica, catches up and watches again, within about WATCH_LAG_S."""
+    a, b = replicas
+
+    async def stuck(client: object) -> None:
+        await asyncio.sleep(3600)
+
+    async def scenario() -> None:
+        b.store._watch = stuck  # type: ignore[attr-defined, method-assign]
+        task = asyncio.ensure_future(b.store.run())  # type: ignore[attr-defined]
+        try:
+            a.add_hosts([H1])
+            a.reg(5, A, H1)
+            await b.wait_revision(a.revision, 4.0)
+            assert table(a) == table(b)
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())

@@ -57,6 +57,7 @@ TXN_OPS_PER_S = 2000  # answered 503 (and tried elsewhere) rather than stall thi
 PROBE_EVERY_S = 0.25
 LOST_AFTER_S = 3.0  # no linearizable read for this long (longer than a leader election): stop serving
 PROBE_TIMEOUT_S = 1.0
+WATCH_LAG_S = 1.0  # the probe sees a commit the watch has not brought for this long: catch up, watch again
 PAGE = 10_000
 
 
@@ -165,6 +166,7 @@ class EtcdStore:
         self.applied = 0  # the last hostvlan revision this replica's service reflects
         self.available = True
         self._broken = False  # a change could not be applied: never serves again
+        self._watching: asyncio.Future[None] | None = None
         self._listener: Callable[[Changes], None] | None = None
         self._lost: Callable[[], None] | None = None
         self._meta: dict[str, str] = {}
@@ -378,7 +380,19 @@ class EtcdStore:
     async def run(self) -> None:
         """Follow the watch and probe the cluster until cancelled."""
         async with httpx.AsyncClient(verify=self._verify, timeout=httpx.Timeout(TIMEOUT_S, read=None)) as client:
-            await asyncio.gather(self._watch(client), self._probe(client))
+            probe = asyncio.ensure_future(self._probe(client))
+            watching: asyncio.Future[None] | None = None
+            try:
+                while not probe.done():  # a watch the probe found stuck is cancelled: watch again
+                    watching = self._watching = asyncio.ensure_future(self._watch(client))
+                    await asyncio.wait({probe, watching}, return_when=asyncio.FIRST_COMPLETED)
+                    if watching.done() and not watching.cancelled():
+                        break  # broken: serves nothing any more
+                await asyncio.wait({probe})
+            finally:
+                probe.cancel()
+                if watching is not None:
+                    watching.cancel()
 
     async def _watch(self, client: httpx.AsyncClient) -> None:
         i = 0
@@ -395,18 +409,28 @@ class EtcdStore:
             except StoreUnavailable as exc:
                 log.warning("%s", exc)
             except Exception:  # a change this replica could not take: its table is unknown now
-                log.exception("cannot apply etcd's changes after r%d: serving nothing, restart it", self.applied)
-                self.available = False
-                self._broken = True
-                if self._lost is not None:
-                    self._lost()
+                self._break()
                 return
             i += 1
             await asyncio.sleep(0.1)
 
+    def _break(self) -> None:
+        log.exception("cannot apply etcd's changes after r%d: serving nothing, restart it", self.applied)
+        self.available = False
+        self._broken = True
+        if self._lost is not None:
+            self._lost()
+
     async def _probe(self, client: httpx.AsyncClient) -> None:
+        try:
+            await self._probing(client)
+        except Exception:
+            self._break()
+
+    async def _probing(self, client: httpx.AsyncClient) -> None:
         """A linearizable read every PROBE_EVERY_S; none for LOST_AFTER_S: lost (feeds closed)."""
         ok_at = time.monotonic()
+        behind_at: float | None = None
         i = 0
         body = {"key": _b64(self.cfg.prefix + "rev")}
         while True:
@@ -427,6 +451,19 @@ class EtcdStore:
                 else:
                     log.warning("etcd reachable again: serving")
                     self.available = True
+            elif good:
+                kvs = resp.json().get("kvs") or []
+                last = int(kvs[0]["mod_revision"]) if kvs else 0
+                behind_at = (behind_at or now) if last > self.applied else None
+                if behind_at is not None and now - behind_at > WATCH_LAG_S:
+                    log.warning("the watch brought nothing up to r%d for %.1f s: catching up", last, now - behind_at)
+                    behind_at = None
+                    try:
+                        self._catch_up()
+                    except StoreUnavailable:
+                        good = False
+                    if self._watching is not None:
+                        self._watching.cancel()
             if good:
                 ok_at = now
             else:
