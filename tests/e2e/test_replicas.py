@@ -14,6 +14,7 @@ frames lost, no forbidden frame delivered, and the frames agree with the model.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -102,6 +103,7 @@ class Burst:
     def __init__(self, tb: Testbed, base: int, workers: int = 3) -> None:
         self.tb, self.base = tb, base
         self.acked: list[str] = []
+        self.at: list[float] = []  # when each was acknowledged
         self.failed: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(workers)]
@@ -129,6 +131,12 @@ class Burst:
                     self.failed.append(f"{m}: {exc}")  # not acknowledged: may or may not be in
                     continue
                 self.acked.append(m)
+                self.at.append(time.monotonic())
+
+    def pause_after(self, t: float, within: float = 5.0) -> float:
+        """The longest time without an acknowledgement in the `within` s after `t`."""
+        times = [t, *sorted(x for x in self.at if t < x < t + within)]
+        return max(b - a for a, b in itertools.pairwise(times)) if len(times) > 1 else within
 
 
 def all_in(tb: Testbed, macs: list[str]) -> None:
@@ -150,12 +158,15 @@ def test_etcd_leader_then_a_replica_killed_mid_burst(tb: Testbed) -> None:
         figure("etcd_leader_kill_to_next_50_acks_s", round(time.monotonic() - t0, 3))
         # the replica the agent of host2 (index 1) is connected to
         at = r.revision()
+        t1 = time.monotonic()
         r.kill_replica(1)
         failover = r.wait_applied(["host2"], at, 10.0)  # on another replica, resumed where it was
         before = len(burst.acked)
         wait_for(lambda: len(burst.acked) >= before + 50, 30.0, "acknowledged after the replica's kill", step=0.001)
         figure("replica_kill_agent_resumed_elsewhere_s", round(failover, 3))
         time.sleep(0.3)
+    figure("burst_pause_after_leader_kill_s", round(burst.pause_after(t0), 3))
+    figure("burst_pause_after_replica_kill_s", round(burst.pause_after(t1), 3))
     judge("leader_and_replica_kill", streams.result, fl)
     figure("burst", {"acknowledged": len(burst.acked), "refused": len(burst.failed)})
     assert failover <= 2.0, "the agents of a killed replica resume on another within 2 s"
