@@ -262,3 +262,19 @@ def test_cli_with_every_url_reads_its_writes(tb: Testbed) -> None:
         headers={"Authorization": f"Bearer {tb.manager_token}"},
     ).json()
     assert got and got[0]["host"] == "host3"
+
+
+def test_etcd_client_urls_on_loopback_and_on_the_management_network(tb: Testbed) -> None:
+    """The testbed JSON's members answer on 127.0.0.1 (root namespace) and, from a host's
+    namespace, on the management network."""
+    from hostvlan.testbed import netns
+
+    body = {"key": "L2hvc3R2bGFuL3Jldg=="}  # /hostvlan/rev
+    members = tb.to_json()["etcd"]["members"]
+    assert len(members) == 3 and len({m["pid"] for m in members}) == 3
+    for m in members:
+        assert httpx.post(m["client_url"] + "/v3/kv/range", json=body, timeout=5).json()["kvs"]
+        with netns.inside(tb.hosts["host1"].netns):
+            got = httpx.post(m["mgmt_url"] + "/v3/kv/range", json=body, timeout=5)
+        assert got.status_code == 200 and got.json()["kvs"], m
+    assert [x["url"] for x in tb.to_json()["managers"]] == reps(tb).urls

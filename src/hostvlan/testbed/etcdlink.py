@@ -5,6 +5,9 @@ port LISTEN to TARGET (an etcd member's client port). The testbed gives every re
 own link and points the replica's `--store` at it; SIGSTOP on the link is the replica's
 network link going down (its connections to etcd hang, nothing is refused, as with a
 pulled cable), SIGCONT brings it back. Nothing else is in the path.
+
+With `--netns NS --host IP` the listening sockets are bound inside namespace NS on IP:
+that is how the testbed also offers the members' client URLs on the management network.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import socket
 from pathlib import Path
 
 
@@ -28,7 +32,24 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-async def _serve(pairs: list[tuple[int, int]], ready: Path) -> None:
+def _listener(host: str, port: int, netns: str | None) -> socket.socket:
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(1024)
+        s.setblocking(False)
+        return s
+
+    if netns is None:
+        return make()
+    from hostvlan.testbed.netns import inside
+
+    with inside(netns):
+        return make()
+
+
+async def _serve(pairs: list[tuple[int, int]], ready: Path, host: str, netns: str | None) -> None:
     async def forward(target: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             tr, tw = await asyncio.open_connection("127.0.0.1", target)
@@ -43,7 +64,7 @@ async def _serve(pairs: list[tuple[int, int]], ready: Path) -> None:
         async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, target: int = target) -> None:
             await forward(target, r, w)
 
-        servers.append(await asyncio.start_server(handle, "127.0.0.1", listen, backlog=1024))
+        servers.append(await asyncio.start_server(handle, sock=_listener(host, listen, netns)))
     ready.write_text(json.dumps({"ports": [p for p, _ in pairs]}))
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
@@ -51,10 +72,12 @@ async def _serve(pairs: list[tuple[int, int]], ready: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ready", required=True, type=Path)
+    ap.add_argument("--netns", help="bind the listening sockets inside this network namespace")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
     ap.add_argument("pairs", nargs="+", help="LISTEN=TARGET (loopback ports)")
     args = ap.parse_args()
     pairs = [(int(a), int(b)) for a, b in (p.split("=") for p in args.pairs)]
-    asyncio.run(_serve(pairs, args.ready))
+    asyncio.run(_serve(pairs, args.ready, args.host, args.netns))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The testbed's replicated control plane: `control: {managers: N, store: etcd}`.
 
     root namespace                                   <prefix>-mg (management switch)
-    etcd e0 e1 e2 ── 127.0.0.1 (client, peer ports)
+    etcd e0 e1 e2 ── 127.0.0.1 (client, peer ports) ◄── 10.201.0.1:2379+k (etcdlink, bound there)
       ▲  link i (testbed.etcdlink, one per replica: SIGSTOP = its link down)
     replica i ── 127.0.0.1:P_i (CLI)                 10.201.0.1:7080+i (agents)
 
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from hostvlan.client import Client, ManagerError
 from hostvlan.testbed import control
 from hostvlan.testbed.etcd import Cluster, free_ports
+
+ETCD_MGMT_PORT = 2379  # member k's client URL on the management network: 10.201.0.1:2379+k
 
 if TYPE_CHECKING:
     from hostvlan.testbed.build import Testbed
@@ -65,6 +67,7 @@ class Replicas:
             self.tb.pids[f"etcd:{m.name}"] = m.pid
         for i in range(self.n):
             self._start_link(i)
+        self._start_mgmt_link()
         self.start_replica(0)  # creates the admin token the others share
         pending = [self._spawn(i) for i in range(1, self.n)]
         for i, (proc, ready) in enumerate(pending, start=1):
@@ -82,6 +85,21 @@ class Replicas:
         self.tb.pids[f"etcdlink:{i}"] = proc.pid
         self.tb._procs.append(proc)
         control.wait_file(ready, proc, f"the etcd link of replica {i}")
+
+    def mgmt_client_url(self, k: int) -> str:
+        """Member k's client URL on the management network (forwarded to its loopback one)."""
+        return f"http://{control.MGMT_NET}.1:{ETCD_MGMT_PORT + k}"
+
+    def _start_mgmt_link(self) -> None:
+        ready = self.tb.workdir / "etcdlink-mgmt.ready"
+        ready.unlink(missing_ok=True)
+        pairs = [f"{ETCD_MGMT_PORT + k}={m.client_port}" for k, m in enumerate(self.cluster.members)]
+        argv = [*control.hostvlan_argv()[:2], "hostvlan.testbed.etcdlink", "--ready", str(ready)]
+        argv += ["--netns", self.tb.mgmt_ns, "--host", f"{control.MGMT_NET}.1", *pairs]
+        proc = control.start(argv, self.tb.workdir / "etcdlink-mgmt.log")
+        self.tb.pids["etcdlink:mgmt"] = proc.pid
+        self.tb._procs.append(proc)
+        control.wait_file(ready, proc, "the etcd link on the management network")
 
     def store_url(self, i: int) -> str:
         return "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.link_ports[i])
@@ -192,7 +210,10 @@ class Replicas:
     def record(self) -> dict[str, Any]:
         """The testbed JSON's `managers` and `etcd`."""
         managers = [{"url": u, "pid": self.tb.pids.get(f"manager:{i}", 0)} for i, u in enumerate(self.urls)]
-        return {"managers": managers, "etcd": self.cluster.record()}
+        etcd = self.cluster.record()
+        for k, m in enumerate(etcd["members"]):
+            m["mgmt_url"] = self.mgmt_client_url(k)
+        return {"managers": managers, "etcd": etcd}
 
     def close(self) -> None:
         for c in self._clients.values():
