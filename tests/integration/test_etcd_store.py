@@ -177,3 +177,67 @@ def test_a_stuck_watch_is_noticed_and_caught_up(replicas: list[Service]) -> None
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def _openssl(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_tls_to_etcd_with_a_client_certificate(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`--store etcds://…` with `--etcd-cacert/--etcd-cert/--etcd-key` against a member that
+    requires client certificates (`--client-cert-auth`)."""
+    import subprocess
+    import time
+
+    from hostvlan.testbed.etcd import free_ports
+
+    d = tmp_path_factory.mktemp("etcd-tls")
+    ca, ca_key = d / "ca.pem", d / "ca.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+             "-days", "1", "-subj", "/CN=test-ca")  # fmt: skip
+    ext = d / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),
+                 "-out", str(d / f"{name}.csr"), "-subj", f"/CN={name}")  # fmt: skip
+        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(ca), "-CAkey", str(ca_key),
+                 "-CAcreateserial", "-out", str(d / f"{name}.pem"), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    client_port, peer_port = free_ports(2)
+    url = f"https://127.0.0.1:{client_port}"
+    argv = ["/usr/bin/etcd", "--name", "t0", "--data-dir", str(d / "data"),
+            "--listen-client-urls", url, "--advertise-client-urls", url,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster", f"t0=http://127.0.0.1:{peer_port}",
+            "--cert-file", str(d / "server.pem"), "--key-file", str(d / "server.key"),
+            "--client-cert-auth", "--trusted-ca-file", str(ca), "--log-level", "error", "--logger", "zap"]  # fmt: skip
+    with (d / "etcd.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    try:
+        cfg = EtcdConfig.parse(f"etcds://127.0.0.1:{client_port}", ca, d / "client.pem", d / "client.key")
+        end = time.monotonic() + 15
+        while True:
+            try:
+                store = EtcdStore(cfg)
+                break
+            except Exception:
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        s = Service(store)
+        s.add_hosts([H1])
+        assert s.reg(5, A, H1).changed
+        other = Service(EtcdStore(cfg))
+        assert table(other) == table(s)
+        other.store.close()
+        # without the client certificate: refused (no store)
+        from hostvlan.manager.store.base import StoreUnavailable
+
+        with pytest.raises(StoreUnavailable):
+            EtcdStore(EtcdConfig.parse(f"etcds://127.0.0.1:{client_port}", ca))
+        store.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

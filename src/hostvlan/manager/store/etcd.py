@@ -172,7 +172,11 @@ class EtcdStore:
         self._meta: dict[str, str] = {}
         self._hosts: dict[HostId, str] = {}
         self._loaded: list[Row] | None = None
-        full = self._read_all()
+        try:
+            full = self._read_all()
+        except BaseException:
+            self._http.close()
+            raise
         self._meta = {k: v for k, v in full.meta.items() if v is not None}
         self._hosts = {h: t for h, t in full.hosts.items() if t is not None}
         self._loaded = [r for r in full.macs.values() if r is not None]
