@@ -16,7 +16,9 @@ May import: httpx and the standard library only (no `hostvlan.model`, no manager
 
 from __future__ import annotations
 
+import random
 import ssl
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NotRequired, TypedDict
@@ -28,6 +30,8 @@ LnidArg = int | str
 """An LNID as the API takes it: an integer 1..2^63-1, or "global" (strings are parsed by the manager)."""
 
 DEFAULT_TIMEOUT = 10.0
+FAILOVER_S = 20.0
+"""With several manager URLs, how long a call keeps trying them (jittered backoff between rounds)."""
 
 
 class ManagerError(Exception):
@@ -125,6 +129,12 @@ def _reason(exc: httpx.TransportError) -> str:
 class Client:
     """The manager's admin API. `token` is the admin token.
 
+    `base_url` may name several replicas of one manager (`URL1,URL2,...`, on one etcd
+    cluster): a call goes to the one that last answered; one unreachable or answering 503
+    (it lost its store, or etcd is electing a leader) makes the call go to the next, round
+    after round with a jittered backoff, for up to FAILOVER_S. Reads then ask for the
+    highest revision this client has seen (`min_revision`): read-your-writes across them.
+
     `cacert` is a CA bundle (PEM) to verify an HTTPS manager with; `verify=False`
     disables verification (tests only). Use as a context manager, or call `close()`.
     """
@@ -139,10 +149,13 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        url = base_url.rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"manager URL must start with http:// or https://, got {base_url!r}")
-        self.base_url = url
+        urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()] or [base_url]
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"manager URL must start with http:// or https://, got {url!r}")
+        self.urls = urls
+        self.revision = 0  # the highest revision an answer carried
+        self._at = 0
         tls: ssl.SSLContext | bool
         if cacert is not None:
             try:
@@ -152,12 +165,23 @@ class Client:
         else:
             tls = verify
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(
-            base_url=url, headers=headers, verify=tls, timeout=timeout, transport=transport, trust_env=False
-        )
+        self._clients = [
+            httpx.Client(base_url=u, headers=headers, verify=tls, timeout=timeout, transport=transport, trust_env=False)
+            for u in urls
+        ]
+
+    @property
+    def base_url(self) -> str:
+        """The URL in use (the replica that last answered)."""
+        return self.urls[self._at]
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._clients[self._at]
 
     def close(self) -> None:
-        self.http.close()
+        for c in self._clients:
+            c.close()
 
     def __enter__(self) -> Client:
         return self
@@ -170,15 +194,15 @@ class Client:
     # ----- transport -----------------------------------------------------------------------------
     def call(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None) -> Any:
         """One API call; the decoded JSON answer, or `ManagerError`."""
-        try:
-            resp = self.http.request(method, path, json=body, params=params)
-        except httpx.TransportError as exc:
-            raise ManagerUnreachable(self.base_url, _reason(exc)) from exc
+        resp = self._send(method, path, body, params)
         if resp.is_success:
             try:
-                return resp.json()
+                out = resp.json()
             except ValueError:
                 raise ManagerError(resp.status_code, "answer", f"not JSON: {resp.text[:200]!r}") from None
+            if isinstance(out, dict) and isinstance(out.get("revision"), int):
+                self.revision = max(self.revision, out["revision"])
+            return out
         try:
             err = resp.json()
         except ValueError:
@@ -186,6 +210,36 @@ class Client:
         if isinstance(err, dict) and isinstance(err.get("error"), str):
             raise ManagerError(resp.status_code, err["error"], str(err.get("detail", "")))
         raise ManagerError(resp.status_code, "http", f"{resp.status_code} {resp.reason_phrase}: {resp.text[:200]}")
+
+    def _send(self, method: str, path: str, body: Any, params: dict[str, str] | None) -> httpx.Response:
+        """The answer of the first replica that gives one other than 503 (see the class doc)."""
+        n = len(self.urls)
+        if n > 1 and method == "GET" and self.revision:
+            params = {**(params or {}), "min_revision": str(self.revision)}
+        deadline = time.monotonic() + (FAILOVER_S if n > 1 else 0.0)
+        delay = 0.05
+        while True:
+            last: ManagerError | None = None
+            resp = None
+            for i in range(n):
+                at = (self._at + i) % n
+                try:
+                    resp = self._clients[at].request(method, path, json=body, params=params)
+                except httpx.TransportError as exc:
+                    last = ManagerUnreachable(self.urls[at], _reason(exc))
+                    last.__cause__ = exc
+                    continue
+                if resp.status_code == 503 and n > 1:
+                    continue
+                self._at = at
+                return resp
+            if time.monotonic() >= deadline:
+                if resp is not None:
+                    return resp
+                assert last is not None
+                raise last
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(1.0, delay * 2)
 
     # ----- hosts ---------------------------------------------------------------------------------
     def hosts(self) -> list[HostInfo]:

@@ -339,3 +339,32 @@ def test_client_maps_every_failure_to_manager_error() -> None:
         assert str(unreachable.value).startswith("manager: cannot reach the manager at http://m.example:7080: ")
     with pytest.raises(ValueError, match="http://"):
         Client("m.example:7080", "T")
+
+
+def test_client_fails_over_between_replicas_and_reads_its_writes() -> None:
+    """`URL1,URL2`: a replica answering 503 or unreachable makes the call go to the next;
+    reads then carry the highest revision seen (`min_revision`)."""
+    import httpx
+
+    from hostvlan.client import Client
+
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, str(request.url)))
+        if request.url.host == "down":
+            raise httpx.ConnectError("refused")
+        if request.url.host == "lost":
+            return httpx.Response(503, json={"error": "store", "detail": "lost its store"})
+        if request.method == "POST":
+            return httpx.Response(200, json={"revision": 42, "changed": True})
+        return httpx.Response(200, json=[])
+
+    c = Client("http://down:1,http://lost:2,http://up:3", "t", transport=httpx.MockTransport(handler))
+    assert c.reg(1, "52:54:00:00:00:01", "h")["revision"] == 42
+    assert [h for h, _ in seen] == ["down", "lost", "up"]
+    assert c.base_url == "http://up:3"
+    seen.clear()
+    c.macs()
+    assert seen == [("up", "http://up:3/v1/macs?min_revision=42")]
+    c.close()

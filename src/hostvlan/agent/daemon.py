@@ -171,6 +171,7 @@ class Agent:
         elif kind == "delta":
             if self.state.view is None:
                 raise ProtocolError("delta before snapshot")
+            self._snapshots_seen += 1  # lines came: the connection worked
             delta = wire.decode_delta(msg)
             self.state.received = int(msg["revision"])
             if self._unfolded is None:  # folded into the view when the next job takes it: one copy
@@ -362,6 +363,8 @@ class Agent:
 
     async def _follow_feed(self) -> None:
         url = f"/v1/hosts/{self.cfg.host}/feed"
+        if self.state.view is not None:  # resume: the deltas since (on any replica), else a snapshot
+            url += f"?since={self.state.received}"
         async with (
             self.conn.client(httpx.Timeout(10.0, read=60.0)) as client,
             client.stream("GET", url, headers=self.conn.auth()) as resp,
@@ -371,11 +374,17 @@ class Agent:
                 if resp.status_code in (401, 403):
                     raise TokenRejected(resp.status_code, body)
                 raise FeedRefused(f"manager refused the feed ({resp.status_code}): {body}")
-            log.info("connected to %s as %s", self.cfg.manager, self.cfg.host)
+            log.info("connected to %s as %s", self.conn.manager, self.cfg.host)
             self.metrics.connected.set(1)
+            self.status.reconnected()
+            first = True
             async for line in resp.aiter_lines():
                 if line.strip():
-                    await self.handle(json.loads(line))
+                    msg = json.loads(line)
+                    await self.handle(msg)
+                    if first and msg.get("type") != "snapshot":  # resumed: tell this replica where we are
+                        self.status.report()
+                    first = False
 
     async def _feed_loop(self) -> None:
         backoff = Backoff(0.1, self.cfg.backoff_max)
@@ -403,6 +412,9 @@ class Agent:
             if self._snapshots_seen:  # the connection worked: the next outage starts the backoff anew
                 self._snapshots_seen = 0
                 backoff.reset()
+            # with several replicas the next try goes to the next one; the data path keeps
+            # enforcing the last view meanwhile (nothing here touches it)
+            self.conn.fail_over()
             await asyncio.sleep(backoff.next())
 
     # ----- main loop ---------------------------------------------------------------------------

@@ -67,7 +67,11 @@ def wire_bindings(bindings: Mapping[Mac, VnicBinding]) -> dict[Mac, wire.Binding
 
 
 class Connection:
-    """The manager's URL, TLS settings and this host's (re-readable) token."""
+    """The manager's URL, TLS settings and this host's (re-readable) token.
+
+    `manager` may list several replicas (`URL1,URL2,...`): `manager` is the one in use,
+    `fail_over()` moves to the next (the feed and the status reports follow it).
+    """
 
     def __init__(
         self,
@@ -79,12 +83,22 @@ class Connection:
         cacert: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.manager, self.host = manager, host
+        self.managers = [u.strip() for u in manager.split(",") if u.strip()] or [manager]
+        self._at = 0
+        self.host = host
         self._token = token
         self._token_file = token_file
         self._cacert = cacert
         self._transport = transport
         self._ssl: ssl.SSLContext | None = None  # built once: loading a CA store costs ~25 ms of CPU
+
+    @property
+    def manager(self) -> str:
+        return self.managers[self._at]
+
+    def fail_over(self) -> None:
+        """Use the next replica (no-op with one URL)."""
+        self._at = (self._at + 1) % len(self.managers)
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"}
@@ -124,6 +138,7 @@ class StatusReporter:
         self._backoff_max = backoff_max
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None  # one, kept alive: reports are frequent
+        self._client_url = ""  # the replica `_client` speaks to
         self._due = False
         self._kick = asyncio.Event()
         self._sent: dict[str, Any] | None = None  # the last report the manager took (without bindings)
@@ -131,6 +146,11 @@ class StatusReporter:
 
     def new_snapshot(self) -> None:
         """The next report carries the bindings, changed or not."""
+        self._bindings_sent = None
+
+    def reconnected(self) -> None:
+        """A new feed (maybe on another replica) has no report yet: the next one is whole."""
+        self._sent = None
         self._bindings_sent = None
 
     def report(self) -> None:
@@ -180,8 +200,12 @@ class StatusReporter:
         """POST one report; None when taken, else what went wrong."""
         host = self._conn.host
         try:
+            if self._client is not None and self._client_url != self._conn.manager:
+                await self._client.aclose()  # the feed moved to another replica: so do the reports
+                self._client = None
             if self._client is None:
                 self._client = self._conn.client()
+                self._client_url = self._conn.manager
             resp = await self._client.post(f"/v1/hosts/{host}/status", json=body, headers=self._conn.auth())
         except httpx.HTTPError as exc:
             return f"manager unreachable ({exc})"

@@ -111,13 +111,14 @@ class ManagerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.token = ""
+        self.extra: list[str] = []  # more `hostvlan manager` options (bench/replicated.py: --store)
 
     async def start(self) -> float:
         """Start and wait until it serves; returns the seconds that took."""
         t0 = time.perf_counter()
         self.ready.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "hostvlan.cli", "manager", "--db", str(self.db)]
-        argv += ["--listen", f"127.0.0.1:{self.port}", "--ready-file", str(self.ready)]
+        argv += ["--listen", f"127.0.0.1:{self.port}", "--ready-file", str(self.ready), *self.extra]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         while not self.ready.exists():

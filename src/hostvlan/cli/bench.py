@@ -154,6 +154,14 @@ def bench_data_path(
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep the manager's database and log here.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "etcd"]),
+    default="sqlite",
+    show_default=True,
+    help="etcd: run the SQLite configuration, then --managers replicas on a 3-member etcd cluster; ratios.",
+)
+@click.option("--managers", type=click.IntRange(1, 16), default=3, show_default=True, help="Replicas (--store etcd).")
 def bench_control_plane(
     hosts: int,
     vms_per_host: int,
@@ -167,6 +175,8 @@ def bench_control_plane(
     workdir: str | None,
     out: str | None,
     as_json: bool,
+    store: str,
+    managers: int,
 ) -> None:
     """The control plane at the paper's scale (Table 1: 8,192 hosts x 128 VMs, 64 VMs per tenant).
 
@@ -189,6 +199,18 @@ def bench_control_plane(
         sim_procs=sim_procs,
         workdir=workdir,
     )
+    if store == "etcd":
+        from hostvlan.bench.replicated import run_compare
+
+        compared = run_compare(cfg, managers)
+        if out:
+            Path(out).write_text(json.dumps(compared, indent=2) + "\n")
+        if as_json:
+            emit(compared)
+        else:
+            for key in ("ratios", "goals", "sqlite_summary", "etcd_summary"):
+                click.echo(f"{key}: {json.dumps(compared[key])}")
+        return
     try:
         result = run(cfg)
     except ValueError as exc:

@@ -81,10 +81,10 @@ _CONNECTION = (
         envvar="HOSTVLAN_MANAGER",
         default=DEFAULT_MANAGER,
         show_default=True,
-        metavar="URL",
+        metavar="URL[,URL...]",
         expose_value=False,
         callback=_keep("manager"),
-        help="The manager's URL (env HOSTVLAN_MANAGER).",
+        help="The manager's URL, or the URLs of its replicas to fail over between (env HOSTVLAN_MANAGER).",
     ),
     click.option(
         "--token",

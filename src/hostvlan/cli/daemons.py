@@ -89,6 +89,18 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
     is_flag=True,
     help="Refuse registrations without addresses (`reg ... --ip`) and taking a vNIC's last one: none unguarded.",
 )
+@click.option(
+    "--store",
+    "store_url",
+    default="sqlite",
+    show_default=True,
+    metavar="STORE",
+    help="sqlite (the --db file), or etcd://HOST:PORT[,HOST:PORT...] for replicas sharing an etcd cluster "
+    "(--db then only names the default admin token file and audit log).",
+)
+@click.option("--etcd-cacert", type=click.Path(exists=True, dir_okay=False), help="CA of etcd's client certificate.")
+@click.option("--etcd-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate for etcd.")
+@click.option("--etcd-key", type=click.Path(exists=True, dir_okay=False), help="Private key of --etcd-cert.")
 def manager(
     db: str,
     listens: tuple[str, ...],
@@ -103,6 +115,10 @@ def manager(
     max_body: int,
     metrics_listens: tuple[str, ...],
     require_addresses: bool,
+    store_url: str,
+    etcd_cacert: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
 ) -> None:
     """Run the management server: the authoritative LNID table and the agents' feeds.
 
@@ -112,6 +128,8 @@ def manager(
     """
     from hostvlan.manager.server import Listen, backup_db, run
 
+    if backup_to and store_url != "sqlite":
+        raise click.UsageError("--backup copies a SQLite database; back etcd up with `etcdctl snapshot save FILE`")
     if backup_to:
         try:
             backup_db(Path(db), Path(backup_to))
@@ -142,6 +160,8 @@ def manager(
             max_body=max_body,
             metrics_listen=metrics,
             require_addresses=require_addresses,
+            store=store_url,
+            etcd_tls=(etcd_cacert, etcd_cert, etcd_key),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -149,7 +169,10 @@ def manager(
 
 @main.command("agent")
 @click.option(
-    "--manager", envvar="HOSTVLAN_MANAGER", help="Manager URL (or HOSTVLAN_MANAGER). Required unless --cleanup."
+    "--manager",
+    envvar="HOSTVLAN_MANAGER",
+    help="Manager URL, or URL1,URL2,... of replicas to fail over between (or HOSTVLAN_MANAGER). "
+    "Required unless --cleanup.",
 )
 @click.option(
     "--host", "host", help="This end host's name, as registered with `hostvlan host add`. Required unless --cleanup."
@@ -358,7 +381,7 @@ def agent(
     except (DatapathError, ValueError) as exc:
         raise click.ClickException(f"cannot open the {backend} back end: {exc}") from None
     cfg = AgentConfig(
-        manager=manager.rstrip("/"),
+        manager=",".join(u.strip().rstrip("/") for u in manager.split(",")),
         host=host_id,
         token=token,
         token_file=Path(token_file) if token_file else None,

@@ -48,7 +48,7 @@ from hostvlan.manager.schemas import (
     TraceOut,
     UnregIn,
 )
-from hostvlan.manager.service import InputError, Service
+from hostvlan.manager.service import InputError, Service, StoreUnavailable
 from hostvlan.model.ids import HostId
 from hostvlan.wire import Status, decode_status
 
@@ -237,8 +237,10 @@ class AgentFastPath:
                 name, _, call = path[len("/v1/hosts/") :].partition("/")
                 method = scope["method"]
                 if call == "feed" and method == "GET" and (host := self._host(scope, name)) is not None:
-                    await stream_feed(self.service.open_feed(host), receive, send, self._snapshots)
-                    return
+                    since = _since(scope)
+                    if self.service.store.available and (since is None or since <= self.service.revision):
+                        await stream_feed(self.service.open_feed(host, since), receive, send, self._snapshots)
+                        return
                 if call == "status" and method == "POST" and (host := self._host(scope, name)) is not None:
                     await self._status(host, scope, receive, send)
                     return
@@ -279,6 +281,15 @@ class AgentFastPath:
             }
         )
         await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+
+def _since(scope: Scope) -> int | None:
+    """The feed's `?since=N` (the revision the agent enforces), if well-formed."""
+    for part in scope.get("query_string", b"").split(b"&"):
+        key, _, value = part.partition(b"=")
+        if key == b"since" and value.isdigit():
+            return int(value)
+    return None
 
 
 def _status_body(body: bytes) -> Status | None:
@@ -346,6 +357,10 @@ def create_asgi(service: Service, max_body: int = MAX_BODY, max_batch_body: int 
 
 _bearer = HTTPBearer(auto_error=False, description="the admin token, or a host's own token for its feed and status")
 HostPath = Annotated[HostStr, "a host name in the path"]
+MinRevision = Annotated[
+    int | None,
+    Query(ge=0, description="answer once this replica reflects this revision (read-your-writes; 503 after 5 s)"),
+]
 
 
 def create_app(
@@ -413,7 +428,7 @@ def create_app(
         dependencies=[Admin],
         summary="Register an end host; returns its token",
         response_model=HostToken,
-        responses=errors(400, *AUTH, 409, 413),
+        responses=errors(400, *AUTH, 409, 413, 503),
     )
     async def add_host(body: HostIn) -> dict[str, Any]:
         async with lock:
@@ -426,7 +441,7 @@ def create_app(
         dependencies=[Admin],
         summary="Register many end hosts in one durable transaction; returns their tokens",
         response_model=HostTokens,
-        responses=errors(400, *AUTH, 409, 413),
+        responses=errors(400, *AUTH, 409, 413, 503),
     )
     async def add_hosts(body: HostsIn) -> dict[str, Any]:
         async with lock:
@@ -444,7 +459,7 @@ def create_app(
         dependencies=[Admin],
         summary="Rotate a host's token",
         response_model=HostToken,
-        responses=errors(400, *AUTH, 404),
+        responses=errors(400, *AUTH, 404, 503),
     )
     async def rotate(name: HostPath) -> dict[str, Any]:
         async with lock:
@@ -456,7 +471,7 @@ def create_app(
         dependencies=[Admin],
         summary="Remove a host that has no vNIC",
         response_model=Removed,
-        responses=errors(400, *AUTH, 404, 409),
+        responses=errors(400, *AUTH, 404, 409, 503),
     )
     async def remove_host(name: HostPath) -> dict[str, Any]:
         async with lock:
@@ -468,16 +483,17 @@ def create_app(
         dependencies=[Admin],
         summary="Hosts: connected, revision applied, lag",
         response_model=None,
-        responses={200: {"model": list[HostRow], "description": "one row per host"}, **errors(*AUTH)},
+        responses={200: {"model": list[HostRow], "description": "one row per host"}, **errors(400, *AUTH, 409, 503)},
     )
-    async def hosts() -> JSONResponse:
+    async def hosts(min_revision: MinRevision = None) -> JSONResponse:
+        await service.wait_revision(min_revision)
         return JSONResponse(service.hosts())
 
     # ----- commands ------------------------------------------------------------------------------
     command: dict[str, Any] = {
         "dependencies": [Admin],
         "response_model": Change,
-        "responses": errors(400, *AUTH, 404, 409, 413),
+        "responses": errors(400, *AUTH, 404, 409, 413, 503),
     }
 
     @app.post("/v1/reg", summary="Register a MAC in an LNID (the paper's `reg`)", **command)
@@ -530,13 +546,15 @@ def create_app(
         dependencies=[Admin],
         summary="The LNID table, filtered",
         response_model=None,
-        responses={200: {"model": list[MacRow], "description": "one row per MAC"}, **errors(400, *AUTH)},
+        responses={200: {"model": list[MacRow], "description": "one row per MAC"}, **errors(400, *AUTH, 409, 503)},
     )
     async def macs(
         host: Annotated[HostStr | None, Query()] = None,
         lnid: Annotated[LnidStr | None, Query()] = None,
         mac: Annotated[MacStr | None, Query()] = None,
+        min_revision: MinRevision = None,
     ) -> JSONResponse:
+        await service.wait_revision(min_revision)
         # the table can be millions of rows: sent as the service made them (the document
         # states their schema; the contract test checks the answers against it)
         return JSONResponse(service.show(host, lnid, mac))
@@ -547,9 +565,12 @@ def create_app(
         summary="Why can (not) a frame from SRC reach DST?",
         response_model=TraceOut,
         response_model_exclude_unset=True,
-        responses=errors(400, *AUTH, 404),
+        responses=errors(400, *AUTH, 404, 409, 503),
     )
-    async def trace(src: Annotated[MacStr, Query()], dst: Annotated[TraceDst, Query()]) -> dict[str, Any]:
+    async def trace(
+        src: Annotated[MacStr, Query()], dst: Annotated[TraceDst, Query()], min_revision: MinRevision = None
+    ) -> dict[str, Any]:
+        await service.wait_revision(min_revision)
         return service.trace(src, dst)
 
     @app.get(
@@ -557,9 +578,10 @@ def create_app(
         dependencies=[Admin],
         summary="The last durable revision",
         response_model=RevisionOut,
-        responses=errors(*AUTH),
+        responses=errors(400, *AUTH, 409, 503),
     )
-    async def revision() -> dict[str, Any]:
+    async def revision(min_revision: MinRevision = None) -> dict[str, Any]:
+        await service.wait_revision(min_revision)
         return {"revision": service.revision}
 
     # ----- agents ------------------------------------------------------------------------------------
@@ -568,15 +590,21 @@ def create_app(
         summary="The host's view: a snapshot, then deltas (JSON lines)",
         response_class=FeedResponse,
         status_code=200,
-        responses={200: {"content": {"application/x-ndjson": {}}}, **errors(400, *AUTH, 404)},
+        responses={200: {"content": {"application/x-ndjson": {}}}, **errors(400, *AUTH, 404, 503)},
     )
     async def feed(
         name: HostPath,
         host: HostId = Depends(host_auth),  # noqa: B008
+        since: Annotated[int | None, Query(ge=0, description="resume after this revision")] = None,
     ) -> Response:
         if not service.knows_host(host):
             raise ApiError(404, "not_found", f"unknown host {host!r}")
-        return FeedResponse(service.open_feed(host), snapshot_gate)
+        if since is not None and since > service.revision:  # another replica is ahead: wait a bit
+            try:
+                await service.wait_revision(since, 2.0)
+            except StoreUnavailable:
+                since = None  # a snapshot then
+        return FeedResponse(service.open_feed(host, since), snapshot_gate)
 
     @app.post(
         "/v1/hosts/{name}/status",

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from hostvlan.manager.schemas import OP_KINDS, ErrorOut
-from hostvlan.manager.service import InputError
+from hostvlan.manager.service import InputError, StoreUnavailable
 from hostvlan.model.datacenter import ModelError
 
 log = logging.getLogger("hostvlan.manager")
@@ -53,8 +53,10 @@ _DESCRIPTIONS = {
     404: "unknown host or MAC (`error`: `not_found`)",
     408: "the request body stalled (`error`: `body`)",
     409: "the change conflicts with the table (`error`: `conflict`), or gives an address no vNIC may hold "
-    "(multicast, broadcast, loopback, unspecified, host bits set; `error` names the field: `ips[0]`, `address`)",
+    "(multicast, broadcast, loopback, unspecified, host bits set; `error` names the field: `ips[0]`, `address`), "
+    "or a read asks for a `min_revision` one manager has not reached (`error`: `min_revision`)",
     413: "request body over the limit (`error`: `body`)",
+    503: "a replica that cannot reach its store, or not yet at `min_revision` (`error`: `store`): try another",
 }
 
 
@@ -134,6 +136,10 @@ def install_error_handlers(app: FastAPI, refused: Refused | None = None) -> None
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return error_response(exc.status, exc.field, exc.detail)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return error_response(503, "store", str(exc), {"Retry-After": "1"})
 
     @app.exception_handler(ModelError)
     async def _model_error(request: Request, exc: ModelError) -> JSONResponse:

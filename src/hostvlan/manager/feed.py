@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -159,6 +160,8 @@ class HostStatus:
     unbound: int = 0  # of `bindings`, those not bound
     reported: bool = False  # the agent has reported bindings at least once
     placed: dict[Mac, int] = field(default_factory=dict)  # vNIC -> revision it was (un)placed here, until reported
+    history: deque[tuple[int, Line]] = field(default_factory=deque)  # its last HISTORY delta lines
+    floor: int | None = None  # `history` holds every delta of this host after this revision
 
     @property
     def connected(self) -> bool:
@@ -226,14 +229,35 @@ def chunks(parts: Line, size: int = CHUNK) -> Iterator[bytes]:
         yield b"".join(parts[start:])
 
 
+HISTORY = 64
+"""Delta lines kept per host, so an agent can resume from its revision, on any replica (all
+compute the same lines), without a snapshot."""
+
+
 class Feed:
     def __init__(self) -> None:
         self.status: dict[HostId, HostStatus] = {}
+        self.floor = 0  # the revision the history of every host starts after (the service's first)
+        self.keep = 0  # delta lines kept per host (HISTORY with a replicated store; 0: none)
+
+    def since(self, host: HostId, revision: int, now: int) -> Line | None:
+        """Every delta line of `host` after `revision` (up to `now`), or None if not all are kept."""
+        st = self.status.get(host)
+        floor = self.floor if st is None or st.floor is None else st.floor
+        if not self.keep or revision < floor or revision > now:
+            return None
+        out: Line = []
+        if st is not None:
+            for rev, line in st.history:
+                if rev > revision:
+                    out += line
+        return out or encode_heartbeat_line(now)
 
     def _st(self, host: HostId) -> HostStatus:
         return self.status.setdefault(host, HostStatus())
 
     def subscribe(self, host: HostId, snapshot: Line, revision: int) -> asyncio.Queue[Line]:
+        """A new stream of `host`, whose first line is `snapshot` (or the lines it resumes with)."""
         st = self._st(host)
         q: asyncio.Queue[Line] = asyncio.Queue()
         q.put_nowait(snapshot)
@@ -265,10 +289,15 @@ class Feed:
                     if gone is not None and not gone.bound:
                         st.unbound -= 1
                     st.placed[mac] = revision
-            if st.subscribers:
-                line = encoder.delta(delta, revision)
-                for q in st.subscribers:
-                    q.put_nowait(line)
+            if not self.keep and not st.subscribers:
+                continue
+            line = encoder.delta(delta, revision)
+            if self.keep:
+                st.history.append((revision, line))
+                if len(st.history) > self.keep:
+                    st.floor = st.history.popleft()[0]
+            for q in st.subscribers:
+                q.put_nowait(line)
 
     def report(self, host: HostId, status: Status, local: Callable[[Mac], bool] = lambda m: True) -> None:
         """Keep a status report; of its bindings only those of vNICs `local` to the host."""
@@ -299,3 +328,7 @@ class Feed:
     def forget(self, host: HostId) -> None:
         self.close(host)
         self.status.pop(host, None)
+
+
+def encode_heartbeat_line(revision: int) -> Line:
+    return [encode_heartbeat(revision)]

@@ -33,6 +33,8 @@ from hostvlan import scrape
 from hostvlan.manager.api import MAX_BATCH_BODY, MAX_BODY, create_asgi
 from hostvlan.manager.audit import Audit
 from hostvlan.manager.service import Service
+from hostvlan.manager.store.base import Store as StoreBase
+from hostvlan.manager.store.base import StoreUnavailable
 from hostvlan.manager.store.sqlite import Store, backup
 
 log = logging.getLogger("hostvlan.manager")
@@ -221,6 +223,8 @@ def run(
     max_batch_body: int = MAX_BATCH_BODY,
     metrics_listen: list[Listen] | None = None,
     require_addresses: bool = False,
+    store: str = "sqlite",
+    etcd_tls: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> None:
     """Serve until stopped. Raises ValueError (address, store) with a message for the operator.
     `metrics_listen`: the Prometheus scrape listener (manager/metrics.py)."""
@@ -230,14 +234,14 @@ def run(
     socks = [bind(x) for x in listens]
     msocks = [bind(x) for x in metrics_listen or []]
     db.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(db)
+    the_store = open_store(store, db, etcd_tls)
     # The table is long-lived and acyclic: no collection while it loads (each full pass
     # would walk millions of objects), then keep it out of the collector's passes and
     # collect young objects less often.
     audit_path = audit_log or db.with_name(db.name + ".audit.jsonl")
     gc.disable()
     try:
-        service = Service(store, audit=Audit(audit_path), require_addresses=require_addresses)
+        service = Service(the_store, audit=Audit(audit_path), require_addresses=require_addresses)
     finally:
         gc.enable()
     gc.freeze()
@@ -286,10 +290,35 @@ def run(
         tmp.write_text(json.dumps(ready))
         tmp.replace(ready_file)
     try:
-        _serve(_with_metrics(server.serve(sockets=socks), service, msocks))
+        _serve(_with_metrics(_main(server.serve(sockets=socks), the_store), service, msocks))
     finally:
-        store.close()
+        the_store.close()
         service.audit.close()
+
+
+def open_store(url: str, db: Path, tls: tuple[str | None, str | None, str | None]) -> StoreBase:
+    """`--store`: the SQLite file `db`, or an etcd cluster (ValueError naming what is wrong)."""
+    if url == "sqlite":
+        return Store(db)
+    from hostvlan.manager.store.etcd import EtcdConfig, EtcdStore
+
+    cacert, cert, key = (Path(x) if x else None for x in tls)
+    cfg = EtcdConfig.parse(url, cacert, cert, key)
+    try:
+        return EtcdStore(cfg)
+    except StoreUnavailable as exc:
+        raise ValueError(f"cannot read the table from etcd ({', '.join(cfg.endpoints)}): {exc}") from None
+
+
+async def _main(serve: Coroutine[Any, Any, None], store: StoreBase) -> None:
+    """Serve; a replicated store's watch and probe run beside (store/etcd.py)."""
+    follow = getattr(store, "run", None)
+    task = asyncio.ensure_future(follow()) if follow is not None else None
+    try:
+        await serve
+    finally:
+        if task is not None:
+            task.cancel()
 
 
 def backup_db(db: Path, dest: Path) -> None:

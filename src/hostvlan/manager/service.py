@@ -8,7 +8,9 @@ before the answer) → publish the deltas. If the write fails, the calc graph is
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import secrets
 import time
@@ -19,15 +21,19 @@ from typing import Any, TypeVar
 
 from hostvlan.manager import trace as tracing
 from hostvlan.manager.audit import Audit, batch_args
-from hostvlan.manager.feed import Encoder, Feed, Line, Subscription
+from hostvlan.manager.feed import HISTORY, Encoder, Feed, Line, Subscription
 from hostvlan.manager.metrics import ManagerMetrics
-from hostvlan.manager.store.sqlite import Store
-from hostvlan.model.addresses import AddressError, AddrSet, IpsError, parse_ips, parse_net, text_json
+from hostvlan.manager.store.base import Changes, Store, StoreConflict, StoreUnavailable
+from hostvlan.model.addresses import AddressError, AddrSet, IpsError, addrs_text, parse_ips, parse_net, text_json
 from hostvlan.model.datacenter import DataCenter, ModelError
 from hostvlan.model.ids import HostId, InvalidValue, Mac, PortName, parse_host, parse_lnid, parse_mac, parse_port
 from hostvlan.wire import Status, WireError, decode_status, lnids_json
 
 T = TypeVar("T")
+log = logging.getLogger("hostvlan.manager")
+
+CONFLICT_RETRIES = 50  # a command validated again after another replica's commit, at most this often
+MIN_REVISION_WAIT_S = 5.0  # a read waits this long for the revision it asks for
 
 
 class InputError(ValueError):
@@ -103,6 +109,10 @@ class Service:
         self.metrics.watch(
             lambda: self.revision, self.hosts, lambda: {h: st.bytes_sent for h, st in self.feed.status.items()}
         )
+        self.feed.floor = self.revision
+        if store.resumable:  # revisions mean the same on every replica and after restarts
+            self.feed.keep = HISTORY
+        store.follow(self._apply_changes, self._store_lost)
 
     # ----- tokens --------------------------------------------------------------------------
     def ensure_admin_token(self, path: Path, rotate: bool = False) -> str | None:
@@ -140,7 +150,7 @@ class Service:
     # ----- audit -----------------------------------------------------------------------------
     def _audited(self, who: str, command: str, args: Any, run: Callable[[], T]) -> T:
         try:
-            out = run()
+            out = self._retried(run)
         except (InputError, ModelError) as exc:
             what = exc.field if isinstance(exc, InputError) else exc.kind
             self.audit.record(who, command, args, "refused", f"{what}: {exc}", self.revision)
@@ -154,14 +164,36 @@ class Service:
         self.metrics.command(command, "ok")
         return out
 
+    def _retried(self, run: Callable[[], T]) -> T:
+        """`run`, validated and committed again while another replica commits first.
+
+        A refusal (or a command that changes nothing) is only final once this replica is
+        known to be current: with a replicated store it may have been validated against a
+        state another replica has changed since.
+        """
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return run()
+            except StoreConflict:
+                self.store.catch_up()
+            except ModelError:
+                if not self.store.catch_up():
+                    raise
+        raise StoreUnavailable(f"the store changed under {CONFLICT_RETRIES} attempts in a row: try again")
+
     def refused(self, who: str, command: str) -> None:
         """Record a change refused before it reached a command (a token not allowed to make it)."""
         self.audit.record(who, command, None, "refused", "auth: this token cannot make management calls", self.revision)
 
     # ----- agents ----------------------------------------------------------------------------
-    def open_feed(self, host: HostId) -> Subscription:
-        """Subscribe `host` (registered) to its feed; the first line is its snapshot at `revision`."""
-        q = self.feed.subscribe(host, self.snapshot(host), self.revision)
+    def open_feed(self, host: HostId, since: int | None = None) -> Subscription:
+        """Subscribe `host` (registered) to its feed; the first line is its snapshot at `revision`,
+        or, for an agent at revision `since` whose deltas since then this replica holds, those."""
+        if not self.store.available:
+            raise StoreUnavailable("this replica lost its store: connect to another one")
+        first = self.feed.since(host, since, self.revision) if since is not None else None
+        # resumed: due stays the last revision that concerned the host (what the agent enforces)
+        q = self.feed.subscribe(host, first or self.snapshot(host), 0 if first else self.revision)
         return Subscription(self.feed, host, q, lambda: self.revision)
 
     def record_status(self, host: HostId, body: Status | Any, who: str | None = None) -> None:
@@ -252,8 +284,12 @@ class Service:
         if host not in self.dc.hosts:
             raise ModelError(f"unknown host {host!r}", "not_found")
         self.dc.remove_host(host)
-        with self.store.transaction() as tx:
-            tx.delete_host(host)
+        try:
+            with self.store.transaction() as tx:
+                tx.delete_host(host)
+        except BaseException:
+            self.dc.add_host(host)
+            raise
         self.revision = tx.revision
         self._host_tokens = {h: n for h, n in self._host_tokens.items() if n != host}
         self.feed.forget(host)
@@ -385,6 +421,8 @@ class Service:
                 else:
                     batch.move(op[1], op[2], op[3])
             if not batch.changed:
+                if self.store.catch_up():  # it may change something on the current table
+                    raise StoreConflict("this replica was behind")
                 return Result(self.revision, False)
             if self.require_addresses:
                 self._check_required(ops)
@@ -426,6 +464,69 @@ class Service:
                     f"this manager requires addresses (--require-addresses): {op[1]} would be left without any",
                     409,
                 )
+
+    # ----- other replicas (a replicated store, store/base.py) ----------------------------------
+    def _apply_changes(self, ch: Changes) -> None:
+        """Another replica's commit(s): into the calc graph, deltas published at its revision.
+
+        Validated by the replica that committed them against this same state, so the
+        calc graph takes them as they are; every replica computes the same deltas.
+        """
+        tokens = self.store.hosts() if ch.full else {}  # (a copy: only when it is needed)
+        gone_hosts = [h for h in self.dc.hosts if h not in tokens] if ch.full else []
+        gone_hosts += [h for h, t in ch.hosts.items() if t is None and h in self.dc.hosts]
+        token_of = {h: t for t, h in self._host_tokens.items()} if ch.hosts else {}
+        for host, token_hash in ch.hosts.items():
+            if token_hash is None:
+                continue
+            old = token_of.get(host)
+            if old is not None and old != token_hash:
+                self.feed.close(host)  # streams opened with the old token end now
+                del self._host_tokens[old]
+            self._host_tokens[token_hash] = host
+            self.dc.add_host(host)
+        if ch.full:
+            self._host_tokens = {t: h for h, t in tokens.items()}
+            for host in tokens:
+                self.dc.add_host(host)
+        batch = self.dc.batch()
+        macs: dict[Mac, Any] = dict(ch.macs)
+        if ch.full:
+            for mac in self.dc.table:
+                macs.setdefault(mac, None)
+        for mac, row in macs.items():
+            if row is None:
+                batch.put(mac, frozenset(), None, None)
+            else:
+                batch.put(mac, row.lnids, row.host, row.port, addrs_text(row.addrs))
+        for host in gone_hosts:
+            try:
+                self.dc.remove_host(host)
+            except ModelError as exc:  # cannot be, the other replica checked: say so, keep serving
+                log.error("r%d: %s", ch.revision, exc)
+            self._host_tokens = {t: h for t, h in self._host_tokens.items() if h != host}
+            self.feed.forget(host)
+        if "admin_token_sha256" in ch.meta or ch.full:
+            self._admin_sha256 = self.store.meta("admin_token_sha256")
+        self.revision = max(self.revision, ch.revision)
+        self.feed.publish(self.revision, {h: d for h, d in batch.deltas().items() if d}, self.encoder)
+
+    def _store_lost(self) -> None:
+        """The store is out of reach: end every feed (agents go to another replica)."""
+        for host in list(self.feed.status):
+            self.feed.close(host)
+
+    async def wait_revision(self, revision: int | None, timeout_s: float = MIN_REVISION_WAIT_S) -> None:
+        """Return once this replica reflects `revision` (read-your-writes across replicas)."""
+        if revision is None or self.revision >= revision:
+            return
+        if not self.store.resumable:  # one manager: every acknowledged revision is already here
+            raise ModelError(f"this manager is at r{self.revision}: there is no r{revision} yet", "min_revision")
+        deadline = time.monotonic() + timeout_s
+        while self.revision < revision:
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"this replica is at r{self.revision}, not yet at r{revision}: try again")
+            await asyncio.sleep(0.005)
 
     # ----- reading -------------------------------------------------------------------------
     def snapshot(self, host: HostId) -> Line:
@@ -555,4 +656,4 @@ def _addrs_arg(op: dict[str, Any]) -> AddrSet | None:
         raise InputError(f"ips[{exc.index}]", str(exc), 409) from None
 
 
-__all__ = ["InputError", "ModelError", "Result", "Service"]
+__all__ = ["InputError", "ModelError", "Result", "Service", "StoreUnavailable"]

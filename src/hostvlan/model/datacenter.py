@@ -462,6 +462,15 @@ class Batch:
             raise ModelError(f"unknown host {host!r} (register it with `hostvlan host add`)", "not_found")
         dc._set(mac, dc.table.lnids(mac), Location(host, port), self)
 
+    def put(
+        self, mac: Mac, lnids: frozenset[Lnid], host: HostId | None, port: PortName | None, addrs: str = ""
+    ) -> None:
+        """Make `mac` exactly this (no LNIDs: gone; `addrs` as `addrs_text`), unchecked: a row
+        another replica validated."""
+        self.dc._set(mac, lnids, Location(host, port) if lnids else None, self)
+        if lnids:
+            self.dc._set_addr(mac, addrs, self)
+
     def undo(self) -> None:
         for mac, (lnids, loc) in self.before.items():
             self.dc._set(mac, lnids, loc, None)

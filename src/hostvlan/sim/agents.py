@@ -150,12 +150,13 @@ class SimAgent:
         self._status: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._status_task: asyncio.Task[None] | None = None
         self._feed_w: asyncio.StreamWriter | None = None
+        self.at = len(fleet.agents) % len(fleet.addrs)  # the replica in use (agents spread over them)
 
     # ----- feed ----------------------------------------------------------------------------------
     async def run(self) -> None:
         backoff = 0.1
         while True:
-            snapshots = self.counters.snapshots
+            snapshots, lines = self.counters.snapshots, self.counters.lines_in
             try:
                 await self._follow()
                 self.last_error = "feed closed by the manager"
@@ -168,15 +169,19 @@ class SimAgent:
                 if self._feed_w is not None:
                     self._feed_w.close()
                     self._feed_w = None
-            if self.counters.snapshots != snapshots:
+            if self.counters.snapshots != snapshots or self.counters.lines_in != lines:
                 backoff = 0.1
+            if len(self.fleet.addrs) > 1:  # the next replica; status reports follow the feed
+                self.at = (self.at + 1) % len(self.fleet.addrs)
+                self._close_status()
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(self.fleet.backoff_max, backoff * 2)
 
     async def _follow(self) -> None:
-        reader, writer = await self.fleet.connect()
+        reader, writer = await self.fleet.connect(self.at)
         self._feed_w = writer
-        writer.write(self.fleet.request("GET", f"/v1/hosts/{self.name}/feed", self.token))
+        since = f"?since={self.view.revision}" if self.view.revision >= 0 else ""
+        writer.write(self.fleet.request("GET", f"/v1/hosts/{self.name}/feed{since}", self.token))
         status, headers = await _read_head(reader)
         if status != 200:
             body = await _read_body(reader, headers)
@@ -185,6 +190,8 @@ class SimAgent:
             raise ProtocolError("the feed is not a chunked stream")
         self.connected = True
         self.counters.connects += 1
+        if since and (self._status_task is None or self._status_task.done()):  # resumed: report here
+            self._status_task = asyncio.get_running_loop().create_task(self._post_status())
         pending = b""
         while True:
             size_line = await reader.readuntil(b"\r\n")
@@ -242,7 +249,7 @@ class SimAgent:
                     await asyncio.sleep(0.2 * attempt)
                 try:
                     if self._status is None:
-                        self._status = await self.fleet.connect()
+                        self._status = await self.fleet.connect(self.at)
                     reader, writer = self._status
                     writer.write(self.fleet.request("POST", f"/v1/hosts/{self.name}/status", self.token, body))
                     status, headers = await _read_head(reader)
@@ -320,11 +327,13 @@ class Fleet:
     """
 
     def __init__(self, url: str, backoff_max: float = 5.0) -> None:
-        if not url.startswith("http://"):
-            raise ValueError("simulated agents speak plain HTTP (http://HOST:PORT)")
-        hostport = url[len("http://") :].rstrip("/")
-        host, _, port = hostport.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.addrs: list[tuple[str, int]] = []  # `URL1,URL2,...`: replicas, agent i starts on i mod n
+        for u in url.split(","):
+            if not u.startswith("http://"):
+                raise ValueError("simulated agents speak plain HTTP (http://HOST:PORT)")
+            host, _, port = u[len("http://") :].rstrip("/").rpartition(":")
+            self.addrs.append((host.strip("[]"), int(port)))
+        self.host, self.port = self.addrs[0]
         self.backoff_max = backoff_max
         self.agents: dict[str, SimAgent] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -337,8 +346,9 @@ class Fleet:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         return head.encode() + b"\r\n" + body
 
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+    async def connect(self, at: int = 0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = self.addrs[at]
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -69,6 +69,7 @@ from hostvlan.testbed.plan import (
     registration_ops,
 )
 from hostvlan.testbed.record import STATE_DIR, PrefixInUse, down_recorded, recorded, sweep_pins
+from hostvlan.testbed.replicas import Replicas
 from hostvlan.testbed.topology import Endpoint, Topology, parse_topology
 from hostvlan.testbed.vmtap import private_tap_node
 from hostvlan.testbed.wiring import add_idle_ports
@@ -116,6 +117,7 @@ class Testbed:
         self.manager_token = ""
         self.manager_metrics: dict[str, str] = {}  # metrics_url, metrics_netns_url (testbed.metrics)
         self.api: Client | None = None
+        self.replicas: Replicas | None = None  # `control: {managers: N, store: etcd}`
         self.pids: dict[str, int] = {}
         self._procs: list[subprocess.Popen[bytes]] = []  # kept until reaped (else ResourceWarning)
         self._readers: dict[str, TenantFilter] = {}
@@ -209,7 +211,7 @@ class Testbed:
     def program(self, timeout: float = 30.0) -> float:
         """Wait until every agent enforces the manager's current table; mirror it. Returns the wait."""
         assert self.api is not None
-        waited = control.wait_synced(self.api, self.filtered_hosts(), timeout)
+        waited = self._wait_synced(self.filtered_hosts(), timeout)
         self.refresh()
         return waited
 
@@ -228,6 +230,14 @@ class Testbed:
             else:
                 self._readers[host] = self.bridge_filter(host)
         return self._readers[host].counters()
+
+    def _wait_synced(self, hosts: list[str], timeout: float) -> float:
+        assert self.api is not None
+        return (
+            self.replicas.wait_synced(hosts, timeout)
+            if self.replicas
+            else control.wait_synced(self.api, hosts, timeout)
+        )
 
     def bpf_pins(self, host: str) -> Path:
         """Where `host`'s agent pins its tc receive filter (removed by `down`)."""
@@ -256,21 +266,13 @@ class Testbed:
         try:
             self._build()
         except Exception as exc:
-            logs = self._log_tails()
+            logs = control.log_tails(self.workdir)
             self.down()
             raise RuntimeError(f"testbed {self.prefix} failed to come up: {exc}{logs}") from exc
         except BaseException:
             self.down()
             raise
         self._save(status="up")
-
-    def _log_tails(self, lines: int = 15) -> str:
-        out = []
-        for log in sorted(self.workdir.glob("*.log")):
-            tail = log.read_text(errors="replace").splitlines()[-lines:]
-            if tail:
-                out.append(f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
-        return "".join(out)
 
     def down(self) -> None:
         for reader in self._readers.values():
@@ -281,6 +283,8 @@ class Testbed:
         if self.api is not None:
             self.api.close()
             self.api = None
+        if self.replicas is not None:
+            self.replicas.close()
         try:  # domains first (libvirt removes their ports), then the daemons
             self.guests.stop()
         except guestvms.LibvirtdError:
@@ -392,6 +396,10 @@ class Testbed:
 
     def _start_manager(self) -> None:
         wiring.switch(self.mgmt_ns, wiring.MGMT_BRIDGE, f"{control.MGMT_NET}.1")
+        if self.topology.control is not None:  # replicas on an etcd cluster
+            self.replicas = Replicas(self, self.topology.control.managers)
+            self.replicas.start()
+            return
         self._run_manager()
 
     def _run_manager(self, status: str = "building") -> None:
@@ -486,9 +494,16 @@ class Testbed:
         extra = self._ovs_agent_args(h.name) if h.backend == "ovs" else []
         extra += ["--bpf-pins", str(self.bpf_pins(h.name))] if h.backend == "bridge" else []
         extra += tbm.agent_args(self.hosts, h.name)
+        managers = self.replicas.agent_managers(list(self.hosts).index(h.name)) if self.replicas else ""
         proc = control.start(
             control.agent_argv(
-                h.name, h.backend, f"{h.uplink}={h.uplink_mac}", self.workdir / f"{h.name}.token", ready, extra
+                h.name,
+                h.backend,
+                f"{h.uplink}={h.uplink_mac}",
+                self.workdir / f"{h.name}.token",
+                ready,
+                extra,
+                managers,
             ),
             self.workdir / f"{h.name}.agent.log",
             netns=h.netns,
@@ -517,14 +532,14 @@ class Testbed:
         proc, ready = self._run_agent(h)
         self._save(status="up")
         control.wait_file(ready, proc, f"the agent of {host}", timeout)
-        while SNAPSHOT_LOG not in _read_from(log, start):
+        while SNAPSHOT_LOG not in control.read_from(log, start):
             if proc.poll() is not None:
                 raise RuntimeError(f"the agent of {host} exited with status {proc.returncode}")
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"the agent of {host} enforced no snapshot after {timeout}s")
             time.sleep(0.01)
         assert self.api is not None
-        control.wait_synced(self.api, [host], max(0.1, timeout - (time.monotonic() - t0)))
+        self._wait_synced([host], max(0.1, timeout - (time.monotonic() - t0)))
         return time.monotonic() - t0
 
     def _register(self) -> None:
@@ -582,13 +597,7 @@ class Testbed:
             "pids": dict(self.pids),
             "workdir": str(self.workdir),
             "topology": self.topology.to_dict(),
-        }
-
-
-def _read_from(path: Path, offset: int) -> str:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        return fh.read().decode(errors="replace")
+        } | (self.replicas.record() if self.replicas else {})
 
 
 def from_record(data: dict[str, Any]) -> Testbed:
@@ -598,8 +607,10 @@ def from_record(data: dict[str, Any]) -> Testbed:
     tb.manager_url = data["manager"]["url"]
     tb.manager_token = data["manager"]["token"]
     tb.manager_metrics = {k: str(v) for k, v in data["manager"].items() if k.startswith("metrics")}
-    tb.api = Client(tb.manager_url, tb.manager_token)
     tb.pids = {k: int(v) for k, v in data.get("pids", {}).items()}
+    if data.get("managers"):
+        tb.replicas = Replicas.attach(tb, data)
+    tb.api = Client(",".join(m["url"] for m in data.get("managers") or [data["manager"]]), tb.manager_token)
     if data.get("vms"):  # where the VMs are now (libvirt's ports, migrated guests)
         tb.vms = {n: VmInfo(**v) for n, v in data["vms"].items()}
     tb.refresh()

@@ -41,10 +41,14 @@ def manager_argv(db: Path, mgmt_ns: str, ready: Path) -> list[str]:
                          "--ready-file", str(ready))  # fmt: skip
 
 
-def agent_argv(host: str, backend: str, uplink: str, token_file: Path, ready: Path, extra: list[str]) -> list[str]:
-    """A host's agent (run inside its namespace), reaching the manager on the management network."""
+def agent_argv(
+    host: str, backend: str, uplink: str, token_file: Path, ready: Path, extra: list[str], manager: str = ""
+) -> list[str]:
+    """A host's agent (run inside its namespace), reaching the manager on the management network
+    (`manager`: the replicas' URLs, `testbed.replicas`)."""
     return hostvlan_argv(
-        "agent", "--manager", f"http://{MGMT_NET}.1:{MGMT_PORT}", "--host", host, "--token-file", str(token_file),
+        "agent", "--manager", manager or f"http://{MGMT_NET}.1:{MGMT_PORT}", "--host", host,
+        "--token-file", str(token_file),
         "--uplink", uplink, "--backend", backend, *extra, "--ready-file", str(ready), "-v",
     )  # fmt: skip
 
@@ -196,3 +200,19 @@ def wait_synced(api: Client, hosts: list[str], timeout: float = 15.0) -> float:
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"agents not in sync after {timeout}s: {', '.join(lagging)}")
         time.sleep(0.01)
+
+
+def read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
+
+
+def log_tails(workdir: Path, lines: int = 15) -> str:
+    """The last lines of every log in a testbed's work dir (for the error of a failed `up`)."""
+    out = []
+    for log in sorted(workdir.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        if tail:
+            out.append(f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "".join(out)

@@ -82,9 +82,18 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
+class Control:
+    """`control: {managers: N, store: etcd}`: N manager replicas on a 3-member etcd cluster."""
+
+    managers: int = 1
+    store: str = "etcd"
+
+
+@dataclass(frozen=True)
 class Topology:
     hosts: tuple[HostSpec, ...]
     external: tuple[Endpoint, ...] = ()
+    control: Control | None = None
 
     def endpoints(self) -> list[Endpoint]:
         return [vm for h in self.hosts for vm in h.vms] + list(self.external)
@@ -104,7 +113,7 @@ class Topology:
                 for h in self.hosts
             ],
             "external": [ep(e) for e in self.external],
-        }
+        } | ({"control": {"managers": self.control.managers, "store": self.control.store}} if self.control else {})
 
 
 def _fill_out(fill: Fill) -> dict[str, int]:
@@ -225,7 +234,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         raise TopologyError(f"{source}: not valid YAML: {exc}") from None
     if root is None:
         raise TopologyError(f"{source}: empty topology")
-    top = r.mapping(root, "topology", {"hosts", "external"}, {"hosts"})
+    top = r.mapping(root, "topology", {"hosts", "external", "control"}, {"hosts"})
     hosts: list[HostSpec] = []
     for hnode in r.seq(top["hosts"], "hosts"):
         hm = r.mapping(hnode, "host", {"name", "backend", "vms", "fill", "guests"}, {"name"})
@@ -245,7 +254,15 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     if not hosts:
         raise r.fail(top["hosts"], "a topology needs at least one host")
     _check_unique(r, root, hosts, external)
-    return Topology(tuple(hosts), external)
+    control = None
+    if "control" in top:
+        cm = r.mapping(top["control"], "control", {"managers", "store"}, {"managers"})
+        managers = r.count(cm["managers"], "control.managers", 1, 16)
+        store = r.scalar(cm["store"], "control.store") if "store" in cm else "etcd"
+        if store != "etcd":
+            raise r.fail(cm["store"], f"control.store: unknown store {store!r} (supported: etcd)")
+        control = Control(managers, store)
+    return Topology(tuple(hosts), external, control)
 
 
 def _check_unique(r: _Reader, root: yaml.Node, hosts: list[HostSpec], external: tuple[Endpoint, ...]) -> None:

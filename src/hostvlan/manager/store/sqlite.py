@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hostvlan.model.addresses import UNGUARDED, Addrs, parse_addrs_text
 from hostvlan.model.ids import HostId, Lnid, Mac, PortName
@@ -127,6 +128,17 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # ----- one process, one file: no other replica to follow (store/base.py) ---------------
+    available = True
+    # a restored backup reuses revision numbers with another history: agents get snapshots
+    resumable = False
+
+    def follow(self, listener: Callable[[Any], None], lost: Callable[[], None] = lambda: None) -> None:
+        pass
+
+    def catch_up(self) -> bool:
+        return False
 
     # ----- transactions --------------------------------------------------------------------
     @contextmanager
