@@ -241,3 +241,44 @@ def test_tls_to_etcd_with_a_client_certificate(tmp_path_factory: pytest.TempPath
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_addresses_reach_every_replica(replicas: list[Service]) -> None:
+    """Addresses (issue 13) travel in the rows: another replica's table, host views and
+    feed lines carry them, and an address conflict is refused on either replica."""
+    a, b = replicas
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(b.store.run())  # type: ignore[attr-defined]
+        try:
+            a.add_hosts([H1, H2])
+            a.reg(5, A, H1, "vnet0", ips=["10.5.0.1", "fd05::1"])
+            a.reg(5, B, H2)
+            await b.wait_revision(a.revision, 5.0)
+            start = a.revision  # (b may have read the whole table: the cluster is compacted)
+            a.addr_add(B, "10.5.0.2")
+            await b.wait_revision(a.revision, 5.0)
+            assert table(a) == table(b)
+            assert str(b.dc.addrs(A).nets) == str(a.dc.addrs(A).nets) and b.dc.addrs(A).guarded
+            assert b.dc.view(H2).addresses == a.dc.view(H2).addresses
+            assert set(b.dc.view(H2).addresses) == {A, B}
+            for h in (H1, H2):  # the address change: the same delta lines on both
+                assert a.feed.since(h, start, a.revision) == b.feed.since(h, start, b.revision)
+            assert b"10.5.0.2" in b"".join(b.feed.since(H2, start, b.revision) or [])
+            with pytest.raises(ModelError, match="10.5.0.1"):  # held by A, validated on b's copy
+                b.addr_add(B, "10.5.0.1")
+            a.addr_del(A, "fd05::1")
+            await b.wait_revision(a.revision, 5.0)
+            assert b.dc.addr_text(A) == a.dc.addr_text(A) == "10.5.0.1"
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_rows_round_trip_with_addresses() -> None:
+    from hostvlan.model.addresses import parse_addrs_text
+
+    row = Row(A, H1, None, frozenset({Lnid(2)}), parse_addrs_text("10.0.0.1 ~10.0.0.100 fd00::1 +router"))
+    assert row_from_json(json.loads(json.dumps(row_to_json(row)))) == row
+    assert "addrs" not in row_to_json(Row(B, None, None, frozenset({Lnid(3)})))
