@@ -72,7 +72,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from hostvlan.datapath import ovs_drops
+from hostvlan.datapath import ovs_drops, ovs_guard
 from hostvlan.datapath.base import ApplyReport, DatapathError, DropEvent, PortCounters, TenantFilter
 from hostvlan.datapath.kernel.ovs_proc import OvsTools
 from hostvlan.datapath.kernel.ovsdb import OvsDb
@@ -85,20 +85,30 @@ from hostvlan.datapath.ovs_drops import (  # the counted drop flows (port group 
 )
 from hostvlan.datapath.ovs_drops import UNBOUND as UNBOUND  # re-exported: counters()' buckets
 from hostvlan.datapath.ovs_drops import UNKNOWN as UNKNOWN
+from hostvlan.datapath.ovs_flows import (  # re-exported: the vocabulary (ovs_flows)
+    ALL,
+    COOKIE_BASE,
+    COOKIE_MASK,
+    T_CLASSIFY,
+    T_FORWARD,
+    T_GUARD,
+    T_KNOWN,
+    T_META,
+    T_OUTPUT,
+    T_RECEIVE,
+    T_SEND,
+    T_UPLINKS,
+    Flow,
+    cookie,
+    note,
+)
 from hostvlan.model.facts import FACT_NAMES, Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
 
 VERSION = "hostvlan-ovs-v2"  # v2: unknown sources counted per uplink
 
-COOKIE_BASE = 0x4856 << 48
 GUARD_GROUP = 0x4856  # an empty OpenFlow group that every bundle's digest flow refers to
-COOKIE_MASK = 0xFFFF << 48
-_ALL = (1 << 64) - 1
-
-# tables
-T_CLASSIFY, T_SEND, T_KNOWN, T_FORWARD, T_RECEIVE, T_OUTPUT, T_UPLINKS = 0, 1, 2, 3, 4, 5, 6
-T_META = 200
-T_GUARD = 10  # the address guard's tables 10-13 (`ovs_guard`), between the send check and `known`
+_ALL = ALL
 
 # flow kinds (cookie bits 32-47); the low 32 bits hold the port's pid where there is one
 K_META = 0x01
@@ -121,31 +131,6 @@ _PORT_GROUP = (COOKIE_BASE | K_PORT << 32, (_ALL << 35) & _ALL)
 
 
 _R_OUT, _R_IN = "NXM_NX_REG0[]", "NXM_NX_REG1[]"
-
-
-def cookie(kind: int, pid: int = 0) -> int:
-    return COOKIE_BASE | kind << 32 | pid
-
-
-class Flow(NamedTuple):
-    table: int
-    priority: int
-    cookie: int
-    match: str
-    actions: str
-
-    def add(self) -> str:
-        m = f",{self.match}" if self.match else ""
-        return f"add table={self.table},priority={self.priority},cookie={self.cookie:#x}{m},actions={self.actions}"
-
-    def delete(self) -> str:
-        m = f",{self.match}" if self.match else ""
-        return f"delete_strict table={self.table},priority={self.priority},cookie={self.cookie:#x}/{_ALL:#x}{m}"
-
-
-def note(*fields: str) -> str:
-    """A no-op `note` action holding `fields` (NUL-separated: no MAC or ifname contains NUL)."""
-    return "note:" + "\0".join(fields).encode().hex(".")
 
 
 def _is_group(mac: Mac) -> bool:
@@ -309,8 +294,6 @@ class OvsFilter(TenantFilter):
         self._target = tools.of_target(bridge)
         self._mirror: _Mirror | None = None
         self._events = ovs_drops.Sampler(self._target.removeprefix("unix:"))  # drop events (packet-ins)
-        from hostvlan.datapath import ovs_guard  # builds on this module
-
         self._guard = ovs_guard.GuardFlows()
 
     # ----- process plumbing ---------------------------------------------------------
@@ -577,8 +560,6 @@ class OvsFilter(TenantFilter):
         """Drops per (port, reason) (`ovs_drops.tally`). Unlike `counters` it does not purge the
         datapath's flow cache (the agent reads this every few seconds): the frames of cached
         flows are added when the revalidators next dump them, within about a second."""
-        from hostvlan.datapath import ovs_guard  # builds on this module (the address guard's drops)
-
         counted = self._counted()
         guard = ovs_guard.counts(self._dump(f"cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}", stats=True), K_PORT)
         return ovs_guard.merge(ovs_drops.tally(counted, with_zeros=False), guard)

@@ -38,7 +38,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hostvlan.datapath.ovs import COOKIE_BASE, T_GUARD, T_KNOWN, T_META, Flow, cookie, note
+from hostvlan.datapath.ovs_flows import COOKIE_BASE, T_GUARD, T_KNOWN, T_META, Flow, cookie, note
 from hostvlan.model import verdict as V
 from hostvlan.model.addresses import IPAddr
 from hostvlan.model.guardfacts import GuardFacts, PortGuard

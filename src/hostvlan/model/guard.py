@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from hostvlan.model import frames as fr
 from hostvlan.model.addresses import Addrs, IPAddr
 from hostvlan.model.ids import Mac, PortName
-from hostvlan.model.ports import FilterState
-from hostvlan.model.verdict import (
+from hostvlan.model.macfilter import (
     ARP_SPOOF,
     DHCP_GUARD,
     IP_SPOOF,
@@ -48,6 +47,7 @@ from hostvlan.model.verdict import (
     receive,
     send,
 )
+from hostvlan.model.ports import FilterState
 
 DAD_MLD = (fr.ND_NS, 131, 143)  # ICMPv6 types a host may send from :: (DAD, MLD reports)
 ND_ROUTER, ND_SOLICITED, ND_OVERRIDE = 0x80, 0x40, 0x20

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hostvlan.client import Client, ManagerError
 from hostvlan.testbed import control
@@ -27,8 +27,20 @@ from hostvlan.testbed.etcd import Cluster, free_ports
 
 ETCD_MGMT_PORT = 2379  # member k's client URL on the management network: 10.201.0.1:2379+k
 
-if TYPE_CHECKING:
-    from hostvlan.testbed.build import Testbed
+
+class Testbed(Protocol):
+    """What the replicas take of the testbed they run in (`testbed.build.Testbed`)."""
+
+    prefix: str
+    workdir: Path
+    mgmt_ns: str
+    manager_url: str
+    manager_token: str
+    api: Client | None
+    pids: dict[str, int]
+    _procs: list[subprocess.Popen[bytes]]
+
+    def kill(self, name: str, timeout: float = 10.0) -> None: ...
 
 
 class Replicas:
