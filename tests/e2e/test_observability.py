@@ -180,8 +180,9 @@ def test_prometheus_scrapes_drops_and_lag_and_hostvlan_drops_names_the_forged_so
 
         prom.wait(f'hostvlan_drops_total{{reason="{FORGED_SOURCE}"}}', forged)
 
-        def cross(got: list[dict[str, Any]]) -> bool:
-            return (_value(got, instance=hb_at, port=b3.port), _value(got, instance=ho_at, port=o2.port)) == (2, 2)
+        def cross(got: list[dict[str, Any]]) -> bool:  # at least: the VMs' own IPv6 multicast crosses LNIDs too
+            counts = (_value(got, instance=hb_at, port=b3.port), _value(got, instance=ho_at, port=o2.port))
+            return all(n is not None and n >= 2 for n in counts)
 
         prom.wait(f'hostvlan_drops_total{{reason="{NO_SHARED_LNID}"}}', cross)
         lag = prom.wait(
@@ -245,6 +246,9 @@ def test_prometheus_scrapes_drops_and_lag_and_hostvlan_drops_names_the_forged_so
     st = json.loads(status.stdout)
     assert st["summary"]["hosts"] == 2 and st["summary"]["in_sync"] == 2
     minute = {h["name"]: h["drops_last_minute"] for h in st["hosts"]}  # each agent reported zero drops first
-    assert minute == {"hb": {FORGED_SOURCE: 4, NO_SHARED_LNID: 2}, "ho": {FORGED_SOURCE: 4, NO_SHARED_LNID: 2}}
-    assert st["drops_last_minute"] == {FORGED_SOURCE: 8, NO_SHARED_LNID: 4}
+    # forged frames only the test sends: exact; cross-LNID drops at least the test's (the VMs'
+    # own IPv6 multicast, MLD and ND, crosses LNIDs and unbound ports too)
+    assert {h: m.get(FORGED_SOURCE) for h, m in minute.items()} == {"hb": 4, "ho": 4}
+    assert all(m.get(NO_SHARED_LNID, 0) >= 2 for m in minute.values()), minute
+    assert st["drops_last_minute"][FORGED_SOURCE] == 8 and st["drops_last_minute"][NO_SHARED_LNID] >= 4
     assert "drops in the last minute" in _hv(tb, "status").stdout

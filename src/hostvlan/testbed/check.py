@@ -39,24 +39,35 @@ def places(tb: Testbed) -> dict[str, Place]:
     return out
 
 
-def tags_dropped(tb: Testbed, sender: str) -> bool:
+def guarded_macs(tb: Testbed) -> frozenset[Mac]:
+    """The MACs registered with addresses now (the manager's view: `addr`/`reg` change it)."""
+    assert tb.api is not None
+    return frozenset(Mac(r["mac"]) for r in tb.api.macs() if r.get("guarded"))
+
+
+def tags_dropped(tb: Testbed, sender: str, guarded: frozenset[Mac]) -> bool:
     """A VLAN-tagged frame of `sender` is dropped where the model lets it go: the macvtap address
     guard cannot read past a tag and drops a guarded vNIC's tagged frames (stricter than the
-    model, docs/address-guard.md). A VM is guarded unless registered `addresses: []`."""
+    model, docs/address-guard.md)."""
     vm = tb.vms.get(sender)
-    if vm is None or tb.hosts[vm.host].switch != "macvtap":
-        return False
-    return tb.endpoint(sender).addresses != ()
+    return vm is not None and tb.hosts[vm.host].switch == "macvtap" and vm.mac in guarded
 
 
 def expected(
-    tb: Testbed, states: Mapping[str, FilterState | None], sender: str, src: Mac, receiver: str, tag: str = ""
+    tb: Testbed,
+    states: Mapping[str, FilterState | None],
+    sender: str,
+    src: Mac,
+    receiver: str,
+    tag: str = "",
+    guarded: frozenset[Mac] = frozenset(),
 ) -> bool:
     """Does the model let a frame with source `src`, sent by `sender`, reach `receiver`?
-    (`tag`: the probe's, whose kind `tagged/` says the frame carries a VLAN tag.)"""
+    (`tag`: the probe's, whose kind `tagged/` says the frame carries a VLAN tag; `guarded`:
+    `guarded_macs`.)"""
     where = places(tb)
     s, r = where[sender], where[receiver]
-    if tag.startswith("tagged/") and tags_dropped(tb, sender):
+    if tag.startswith("tagged/") and tags_dropped(tb, sender, guarded):
         return False
     if s.host is not None:
         st = states[s.host]
@@ -107,6 +118,7 @@ def run_check(
     """Send every kind of frame from every endpoint (and forged ones from VMs); judge."""
     kinds = tuple(kinds)
     states = tb.states()
+    guarded = guarded_macs(tb)
     # libvirt guests have no namespace for the probe: `guestcheck` checks them from inside
     names = [n for n, vm in tb.vms.items() if vm.netns] + list(tb.external)
     macs = {n: tb.endpoint(n).mac for n in names}
@@ -162,11 +174,11 @@ def run_check(
             sender = parts[1]
             if sender not in macs or sender == r:
                 continue
-            if not expected(tb, states, sender, fr.src, r, fr.tag):
+            if not expected(tb, states, sender, fr.src, r, fr.tag, guarded):
                 line = f"{fr.tag} from {sender} (src {fr.src}) reached {r}"
                 (rep.forged_delivered if parts[0] == "forged" else rep.leaks).append(line)
     for s, src, r, tag in intended:
-        ok = expected(tb, states, s, src, r, tag)
+        ok = expected(tb, states, s, src, r, tag, guarded)
         if tag == f"broadcast/{s}":
             rep.matrix.setdefault(s, {})[r] = seen[(r, tag)] > 0
         if ok and not seen[(r, tag)]:
