@@ -110,6 +110,9 @@ class NflogReader:
             self._names.close()
             self.bound = False
 
+    def __del__(self) -> None:  # pragma: no cover - best effort, as `Nft`'s
+        self.close()
+
     def _config(self, *attrs: bytes) -> None:
         assert self._sock is not None
         seq, self._seq = self._seq, self._seq + 1
