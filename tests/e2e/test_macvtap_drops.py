@@ -17,6 +17,7 @@ import pytest
 from hostvlan.model.ids import Mac
 from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID
 from hostvlan.testbed.build import Testbed
+from hostvlan.testbed.traffic import ETH_P_PROBE
 
 from .support import running, topology_from_text
 from .test_observability import _hv, _send
@@ -62,16 +63,19 @@ def test_hostvlan_drops_names_the_forged_source_of_a_macvtap_vm(tb: Testbed) -> 
     assert {(e["src"], e["dst"], e["port"], e["reason"]) for e in forged["events"]} == {
         (FORGED, m2.mac, m1.port, FORGED_SOURCE)
     }
+    # the guests' own IPv6 multicast (MLD reports to 33:33:00:00:00:16) crosses LNIDs too: the probe's type only
     cross = _drops(tb, 2, "--reason", NO_SHARED_LNID)
-    assert {(e["src"], e["dst"], e["port"]) for e in cross["events"]} == {(m1.mac, m3.mac, m3.port)}
-    assert len(cross["events"]) == 2
+    probes = [e for e in cross["events"] if e["ethertype"] == ETH_P_PROBE]
+    assert {(e["src"], e["dst"], e["port"]) for e in probes} == {(m1.mac, m3.mac, m3.port)}
+    assert len(probes) == 2
     want = {(m1.port, FORGED_SOURCE): 3, (m3.port, NO_SHARED_LNID): 2}
     end = time.monotonic() + 10  # the counters of a report are read before its events
     while True:
         counts = {(c["port"], c["reason"]): c["count"] for c in _drops(tb, 0)["counters"]}
-        if all(counts.get(k) == n for k, n in want.items()) or time.monotonic() > end:
+        if all(counts.get(k, 0) >= n for k, n in want.items()) or time.monotonic() > end:
             break
         time.sleep(0.5)
-    assert {k: counts.get(k) for k in want} == want
+    assert counts.get((m1.port, FORGED_SOURCE)) == 3  # exact: nothing else forges
+    assert counts.get((m3.port, NO_SHARED_LNID), 0) >= 2  # (+ the guests' MLD reports)
     text = _hv(tb, "drops", "hm").stdout
     assert FORGED in text and "DROPPED forged_source" in text
