@@ -48,7 +48,9 @@ nftables back end, `nft_table.NftTable`, which this back end holds):
 Drop counters are named `rx:P`/`tx:P` as on the bridge, plus `ru:P`: `rx` and `wire_rx` drop
 a frame whose source is not in `known` by a rule of its own before the per-port drop
 (`receive_chain`), so `drops()` tells unknown_source (`ru:P`) from no_shared_lnid (`rx:P`);
-forged_source is `tx:P`, unbound_port the guard's per macvtap and the unbound counters. Counters are
+forged_source is `tx:P`, unbound_port the guard's per macvtap and the unbound counters. Each
+counted drop rule of `rx`, `wire_rx` and `tx` is preceded by a rate-limited log rule
+(`nft_table.logged`): drop events, read over NFLOG by `drop_events`. Counters are
 read over nfnetlink (`kernel.nfnl.Nfnl.counters`): nft 1.0.6 hangs listing counters while
 the guard's prefix chains exist; the table and sets are listed by name, which does not.)
 
