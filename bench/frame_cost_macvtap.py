@@ -15,6 +15,8 @@ idle bound ports), A, B and the external EXT behind the wire in LNID 1. Configur
              what the closing hooks cost
   filter     the tenant filter without the guard (per-port chains: `--no-macvtap-guard`)
   guarded    the default: filter + guard
+  nolog      `guarded` without its drop rules' log rules (issue 15's drop events, `nft_table.logged`):
+             the layout before them; they sit on the drop path only, so this should equal `guarded`
 
 Paths: `w2v` wire → A (EXT → A), `v2w` A → wire (A → EXT), `v2v` A → B. Prints JSON: per
 (configuration, path) the median/min/max CPU ns per frame and the medians of the per-round
@@ -43,7 +45,7 @@ from hostvlan.testbed.vmtap import private_tap_node
 A, B = Mac("52:54:00:00:00:01"), Mac("52:54:00:00:00:02")
 EXT = Mac("02:aa:00:00:00:01")
 WIRE, WIRE_MAC = "wire", Mac("02:00:00:00:0f:01")
-CONFIGS = ("none", "guardonly", "filter", "guarded")
+CONFIGS = ("none", "guardonly", "filter", "guarded", "nolog")
 PATHS = ("w2v", "v2w", "v2v")
 
 
@@ -95,11 +97,19 @@ def run(args: Namespace, exe: Path, tmp: Path) -> dict[str, object]:
             guarded.apply()
             nft.run([{"delete": {"table": {"family": "netdev", "name": "hostvlan"}}}])
 
+        def no_log() -> None:  # the default, then its log rules deleted (listed by table name: nft 1.0.6 can)
+            guarded.apply()
+            items = nft.list("table netdev hostvlan").get("nftables", [])
+            logs = [i["rule"] for i in items if "rule" in i and any("log" in e for e in i["rule"].get("expr", []))]
+            t = {"family": "netdev", "table": "hostvlan"}
+            nft.run([{"delete": {"rule": {**t, "chain": r["chain"], "handle": r["handle"]}}} for r in logs])
+
         setups: dict[str, Callable[[], object]] = {
             "none": lambda: None,
             "guardonly": guard_only,
             "filter": filt.apply,
             "guarded": guarded.apply,
+            "nolog": no_log,
         }
         far = f"@{WIRE}p"
         legs = {"w2v": (far, nodes[A], EXT, A), "v2w": (nodes[A], far, A, EXT), "v2v": (nodes[A], nodes[B], A, B)}

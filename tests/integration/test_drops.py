@@ -9,8 +9,8 @@ and the wire:
     a -> broadcast, forged source      x2   forged_source, at a's port
     wire -> a, a source no table knows x2   unknown_source: the bridge at a's port (a copy's
                                             way out); OVS at the uplink (it drops before any copy);
-                                            the nft receive filter counts it as no_shared_lnid
-                                            (and, learning, floods a -> c: d's copies, unbound)
+                                            (the nft flavour, learning, floods a -> c: d's
+                                            copies, unbound)
     d -> broadcast (its own source)    x3   unbound_port, as "(unbound)"
 """
 
@@ -65,7 +65,6 @@ def _expected(host: SwitchHost) -> dict[tuple[str, str], int]:
     unknown = (UPLINK, UNKNOWN_SOURCE) if host.KIND == "ovs" else (a.port, UNKNOWN_SOURCE)
     unbound = 3
     if host.KIND == "bridge-nft":
-        unknown = (a.port, NO_SHARED_LNID)
         unbound += 4  # a learning bridge floods a -> c (c's MAC not learned yet): d's copies too
     want = {(c.port, NO_SHARED_LNID): 4, unknown: 2, (UNBOUND_PORT_NAME, UNBOUND_PORT): unbound}
     if host.KIND != "bridge":  # the locked ports alone (no closing part) drop forged frames uncounted
@@ -107,7 +106,7 @@ def test_drops_per_port_and_reason_match_the_frames_sent(host: SwitchHost) -> No
         by = {(e.reason, e.port, e.src) for e in seen}
         assert (FORGED_SOURCE, a.port, FORGED) in by and NO_SHARED_LNID not in {e.reason for e in seen}
         assert {(UNKNOWN_SOURCE, UPLINK, STRANGER), (UNBOUND_PORT, UNBOUND_PORT_NAME, d.mac)} <= by
-    if host.KIND.startswith("bridge") and host.KIND != "bridge-nft":
+    if host.KIND.startswith("bridge") and host.KIND != "bridge-nft":  # (bridge-nft: test_drop_events)
         events = filt.drop_events()
         assert [e.seq for e in events] == sorted(e.seq for e in events)
         forged = [e for e in events if e.reason == FORGED_SOURCE]

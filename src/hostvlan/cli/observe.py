@@ -36,8 +36,9 @@ def _event_line(e: dict[str, Any]) -> str:
 def drops(host: str, follow: bool, reason: str | None, interval: float, as_json: bool) -> None:
     """Show the individual drops HOST's data path sampled, like `hubble observe --verdict DROPPED`.
 
-    The data path samples drops (the bridge's tc programs; OVS's whole-frame drops; at
-    most 64 a second per host, never an allowed frame; the nftables flavours only count);
+    The data path samples drops (the bridge's tc programs; OVS's whole-frame drops; the
+    nftables tables' log rules on macvtap and the bridge's nft flavours, over NFLOG; at
+    most 64 a second per host, never an allowed frame);
     the agent reports them to the manager every 2 s with its drop counters, so this works
     from the manager's machine. Without --follow: the last drops the manager keeps (up to
     1000), then the counters per port and reason. --json: one JSON object per drop (with

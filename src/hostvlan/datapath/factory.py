@@ -132,7 +132,7 @@ def _bridge(
     closes: closing_part.Closing | None = None
     guard: AddressGuard | None = None
     if spec.send_check == "nft":
-        send, receive = NftSendCheck(), NftReceiveFilter(inline=False)  # layout_v1 jumps to a chain rx
+        send, receive = NftSendCheck(), NftReceiveFilter(inline=False)  # layout_v6_nft jumps to a chain rx
     else:
         ports = ports or BridgePorts()
         send = LockedPorts(ports)

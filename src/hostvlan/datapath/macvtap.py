@@ -48,7 +48,9 @@ nftables back end, `nft_table.NftTable`, which this back end holds):
 Drop counters are named `rx:P`/`tx:P` as on the bridge, plus `ru:P`: `rx` and `wire_rx` drop
 a frame whose source is not in `known` by a rule of its own before the per-port drop
 (`receive_chain`), so `drops()` tells unknown_source (`ru:P`) from no_shared_lnid (`rx:P`);
-forged_source is `tx:P`, unbound_port the guard's per macvtap and the unbound counters. Counters are
+forged_source is `tx:P`, unbound_port the guard's per macvtap and the unbound counters. Each
+counted drop rule of `rx`, `wire_rx` and `tx` is preceded by a rate-limited log rule
+(`nft_table.logged`): drop events, read over NFLOG by `drop_events`. Counters are
 read over nfnetlink (`kernel.nfnl.Nfnl.counters`): nft 1.0.6 hangs listing counters while
 the guard's prefix chains exist; the table and sets are listed by name, which does not.)
 
@@ -119,11 +121,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from hostvlan.datapath.base import UNBOUND_PORT_NAME, PortCounters, TenantFilter
+from hostvlan.datapath.base import UNBOUND_PORT_NAME, DropEvent, PortCounters, TenantFilter
 from hostvlan.datapath.kernel.nfnl import NFPROTO_NETDEV, Nfnl
 from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.datapath.macvtap_guard import VERSION as GUARD_VERSION
 from hostvlan.datapath.macvtap_guard import MacvtapGuard
+from hostvlan.datapath.nft_events import NftEvents
 from hostvlan.datapath.nft_table import (
     ACCEPT,
     IIF,
@@ -138,9 +141,9 @@ from hostvlan.datapath.nft_table import (
     NftTable,
     Rule,
     jump,
-    receive_rules,
+    logged,
+    receive_chain,
     send_rules,
-    unknown_source_rule,
 )
 from hostvlan.model.facts import Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
@@ -202,13 +205,7 @@ def _kind_after(port: PortName, delta: FactsDelta) -> Kind | None:
     return "vm"  # newly bound VM port, or an uplink turned into a VM port
 
 
-VERSION = "layout_macvtap_v4"
-
-
-def receive_chain(port: dict[str, Any]) -> list[Rule]:
-    """The receive filter with the drops of unknown sources counted apart (`ru:<port>`)."""
-    rules = receive_rules(port)
-    return [*rules[:3], unknown_source_rule(port), *rules[3:]]
+VERSION = "layout_macvtap_v5"  # v5: the drop rules log (drop events)
 
 
 class MacvtapFilter(TenantFilter):
@@ -216,14 +213,23 @@ class MacvtapFilter(TenantFilter):
     does); it owns and closes `nft`, `guard` (`macvtap_guard.MacvtapGuard`, the factory's
     default: closes every unbound `macvtap*`; its own table layout version) and `nfnl` (the
     counters are read over it: nft 1.0.6 hangs listing counters while the guard exists; the
-    guard's own when there is one)."""
+    guard's own when there is one) and `events` (the drop rules' NFLOG reader, `nft_events`;
+    opened here, in the caller's namespace, unless given)."""
 
-    def __init__(self, nft: Nft | None = None, guard: MacvtapGuard | None = None, nfnl: Nfnl | None = None) -> None:
+    def __init__(
+        self,
+        nft: Nft | None = None,
+        guard: MacvtapGuard | None = None,
+        nfnl: Nfnl | None = None,
+        events: NftEvents | None = None,
+    ) -> None:
         super().__init__()
         self.guard = guard
-        self.table = NftTable(nft or Nft(), "netdev", VERSION if guard is None else GUARD_VERSION, split_unknown=True)
+        version = VERSION if guard is None else GUARD_VERSION
+        self.table = NftTable(nft or Nft(), "netdev", version, split_unknown=True, events=True)
         self._t = self.table.ref
         self._nfnl = guard.nfnl if guard is not None else (nfnl or Nfnl())
+        self._events = events or NftEvents()
 
     # ----- the back-end contract, on the table ------------------------------------------------
     def _kernel_digest(self) -> int | None:
@@ -280,6 +286,13 @@ class MacvtapFilter(TenantFilter):
             out[(UNBOUND_PORT_NAME, UNBOUND_PORT)] = unbound
         return out
 
+    def drop_events(self, after: int = 0) -> list[DropEvent]:
+        """The drop rules' logged frames (`nft_table.logged`, 64 a second): forged sources at a VM
+        port's egress, unknown sources and no shared LNID at the port a copy would leave by (a
+        macvtap's ingress, the uplink's egress). The guard's drops of unbound macvtaps are
+        counted, not logged."""
+        return self._events.read(after)
+
     def _remove(self) -> None:
         if self.guard is None:
             self.table.remove()
@@ -289,6 +302,7 @@ class MacvtapFilter(TenantFilter):
 
     def close(self) -> None:
         self.table.close()
+        self._events.close()
         if self.guard is not None:
             self.guard.close()  # and `_nfnl`, the guard's
         else:
@@ -300,7 +314,7 @@ class MacvtapFilter(TenantFilter):
         # the uplink is `global`: its `global_ports` rule accepts what leaves for the wire, so it
         # goes first (the accepts commute: same verdict, one (MAC, port) lookup less per frame)
         wire = [wire[1], wire[0], *wire[2:]]
-        rules = {RX: receive_chain(IIF), RX_WIRE: wire, TX: send_rules(OIF)}
+        rules = {RX: logged(receive_chain(IIF), IIF), RX_WIRE: logged(wire, OIF), TX: logged(send_rules(OIF), OIF)}
         cmds: list[Cmd] = []
         for chain, exprs in rules.items():
             cmds.append({"add": {"chain": {**self._t, "name": chain}}})

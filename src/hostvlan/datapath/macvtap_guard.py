@@ -52,7 +52,7 @@ from hostvlan.model.facts import Facts, FactsDelta
 GUARD_TABLE = "hostvlan_guard"
 GUARD_SET = "ports"
 PREFIX = "macvtap"
-VERSION = "layout_macvtap_v4_guard"  # the macvtap table's layout with the guard
+VERSION = "layout_macvtap_v5_guard"  # the macvtap table's layout with the guard
 GUARD_RULES = 3  # per chain: the accept of bound ports, the counter of the rest, the same per device
 SEEN = "unbound"  # dynamic set: every device the guard dropped frames of, with a counter each
 SEEN_SIZE = 1024  # when full, a new device's drops are only in the chains' counters

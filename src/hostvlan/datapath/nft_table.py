@@ -18,6 +18,12 @@ into their chains:
       port @ports counter tx:<port> drop             forged (counted per port)
       counter tx_unbound drop
 
+With drop events (`events=True`, `logged`), each counted drop rule is preceded by a rule with
+the same matches that logs the frame (`limit name "events" log group 0x4856 prefix "hv <reason>
+<iif|oif>"`: a named limit of the table, 64 a second with a burst of 64, shared by every log
+rule; over it the rule just ends and the drop rule below still counts). The log rules come
+after every accept: an allowed frame never reaches one. `nft_events.NftEvents` reads them.
+
 `NftTable` is a helper a back end holds (composition, not a base class): the back end gives
 it the chains of its layout (at install), per-port chain commands (in the same batch as the
 elements) and a check of its chains on read-back. A layout is named by a `version` counter
@@ -36,6 +42,7 @@ from hostvlan.datapath.base import DatapathError, PortCounters
 from hostvlan.datapath.kernel.nft import Nft
 from hostvlan.model.facts import Facts, FactsDelta
 from hostvlan.model.ids import Mac, PortName
+from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
 
 TABLE = "hostvlan"
 PRIORITY = -200
@@ -60,6 +67,19 @@ DROP: dict[str, Any] = {"drop": None}
 
 Rule = list[dict[str, Any]]
 Cmd = dict[str, Any]
+
+EVENT_GROUP = 0x4856  # the NFLOG group of the drop rules' log statements (OVS's meter has the same id)
+EVENT_LIMIT = "events"  # the table's named limit object every log rule takes from
+EVENT_RATE = 64  # frames logged a second (and as many in a burst), all log rules together
+EVENT_PREFIX = "hv"  # NFULA_PREFIX: "hv <reason> <iif|oif>" (the side names the port)
+# a drop rule's counter (map or named counter) -> the reason its frames are dropped for
+_REASON_OF = {
+    "@rx_drops": NO_SHARED_LNID,
+    "@ru_drops": UNKNOWN_SOURCE,
+    "@tx_drops": FORGED_SOURCE,
+    UNBOUND_RX: UNBOUND_PORT,
+    UNBOUND_TX: UNBOUND_PORT,
+}
 
 
 def match(left: dict[str, Any], setname: str) -> dict[str, Any]:
@@ -121,6 +141,28 @@ def unknown_source_rule(port: dict[str, Any]) -> Rule:
     return [match(port, "ports"), unknown, {"counter": {"map": {"key": port, "data": "@ru_drops"}}}, DROP]
 
 
+def receive_chain(port: dict[str, Any]) -> list[Rule]:
+    """The receive filter with the drops of unknown sources counted apart (`ru:<port>`)."""
+    rules = receive_rules(port)
+    return [*rules[:3], unknown_source_rule(port), *rules[3:]]
+
+
+def logged(rules: list[Rule], port: dict[str, Any]) -> list[Rule]:
+    """`rules` (receive or send rules on the meta key `port`) with, before each counted drop, a
+    rule of the same matches that logs the frame under the table's limit (module doc): only
+    frames on their way to that drop reach it."""
+    side = "iif" if port == IIF else "oif"
+    out: list[Rule] = []
+    for rule in rules:
+        if rule and rule[-1] == DROP:
+            counter = next(e["counter"] for e in rule if "counter" in e)
+            reason = _REASON_OF[counter if isinstance(counter, str) else str(counter["map"]["data"])]
+            log = {"log": {"group": EVENT_GROUP, "prefix": f"{EVENT_PREFIX} {reason} {side}"}}
+            out.append([*(e for e in rule if "match" in e), {"limit": EVENT_LIMIT}, log])
+        out.append(rule)
+    return out
+
+
 def _missing(exc: DatapathError) -> bool:
     return exc.errno == errno.ENOENT
 
@@ -141,6 +183,7 @@ class NftTable:
         extra_counters: Mapping[str, str] | None = None,
         *,
         split_unknown: bool = False,
+        events: bool = False,
     ) -> None:
         self.nft = nft
         self.family = family
@@ -149,6 +192,7 @@ class NftTable:
         # per-port counters `ru:<port>` (map ru_drops) for the receive drops of unknown sources
         # (`unknown_source_rule`), so `rx:<port>` counts only those of no shared LNID
         self._maps = ("rx_drops", "tx_drops", "ru_drops") if split_unknown else ("rx_drops", "tx_drops")
+        self.events = events  # the table holds the named limit of the drop rules' log rules (`logged`)
         self._t = {"family": family, "table": TABLE}
         # mixed into the stored digest: an agent of another layout (flavour, version) never takes
         # the kernel's digest for its own, so it reinstalls instead of trusting a layout it does not run
@@ -213,6 +257,9 @@ class NftTable:
             cmds.append({"add": {"map": {**t, "name": name, "type": "ifname", "map": "counter"}}})
         for name in (UNBOUND_RX, UNBOUND_TX, *self.extra_counters):
             cmds.append({"add": {"counter": {**t, "name": name}}})
+        if self.events:
+            limit = {**t, "name": EVENT_LIMIT, "rate": EVENT_RATE, "per": "second", "burst": EVENT_RATE}
+            cmds.append({"add": {"limit": limit}})
         cmds.extend(layout)
         cmds.extend(self.element_cmds(delta, digest, chains))
         return cmds
@@ -290,6 +337,10 @@ class NftTable:
         """Drop counters per port name, `(unbound)` and the extra buckets. `by_table`: read them
         from a listing of this table by name (nft 1.0.6 hangs listing `counters` while the
         family holds a prefix-hook chain, the macvtap guard's)."""
+        return self.port_counters(self.packets(by_table))
+
+    def packets(self, by_table: bool = False) -> dict[str, int]:
+        """Packets of each named counter of this table (absent: {}); `by_table` as in `counters`."""
         try:
             if by_table:
                 items = self.nft.list(f"table {self.family} {TABLE}").get("nftables", [])
@@ -299,8 +350,7 @@ class NftTable:
             if _missing(exc):
                 return {}
             raise
-        packets = {str(i["counter"]["name"]): int(i["counter"].get("packets", 0)) for i in items if i.get("counter")}
-        return self.port_counters(packets)
+        return {str(i["counter"]["name"]): int(i["counter"].get("packets", 0)) for i in items if i.get("counter")}
 
     def port_counters(self, counts: Mapping[str, int]) -> dict[str, PortCounters]:
         """`counters()` from the packets of each named counter of this table (read otherwise,

@@ -20,8 +20,11 @@ digest, so an agent of another flavour reinstalls instead of trusting the kernel
   send check  receive filter  layout              base chains
   locked      tc + closing    layout_v5_closed    prerouting, forward, output, input  (the default)
   locked      tc              layout_v3_tc        input
-  locked      nft             layout_v2_locked    forward, output, input
-  nft         nft             layout_v1           prerouting, forward, output, input (+ rx)
+  locked      nft             layout_v6_locked    forward, output, input
+  nft         nft             layout_v6_nft       prerouting, forward, output, input (+ rx)
+
+(v6: the nftables parts count unknown sources apart, `ru:<port>`, and log their drops: drop
+events over NFLOG, `nft_events.NftEvents`, read by `drop_events`.)
 
 Every base chain has policy drop; `input` (the host's own stack, a `global` member) holds
 `ether saddr @known accept ; counter rx_host drop`. The kernel here lacks `meta ibrname`, so
@@ -44,9 +47,11 @@ import time
 from hostvlan.datapath.base import ApplyReport, DropEvent, PortCounters, TenantFilter
 from hostvlan.datapath.bridge.closing import Closing
 from hostvlan.datapath.bridge.guard import AddressGuard
+from hostvlan.datapath.bridge.nft import NftReceiveFilter
 from hostvlan.datapath.bridge.parts import Change, Layout, ReceiveFilter, SendCheck, Undo
 from hostvlan.datapath.bridge.tc import TcReceiveFilter
 from hostvlan.datapath.kernel.nft import Nft
+from hostvlan.datapath.nft_events import NftEvents
 from hostvlan.datapath.nft_table import ACCEPT, DROP, PRIORITY, SADDR, Cmd, NftTable, match
 from hostvlan.model.facts import Facts, FactsDelta
 from hostvlan.model.verdict import UNKNOWN_SOURCE
@@ -55,8 +60,8 @@ HOST_RX = "rx_host"
 LAYOUTS = {
     ("locked", "tc+closing"): "layout_v5_closed",
     ("locked", "tc"): "layout_v3_tc",
-    ("locked", "nft"): "layout_v2_locked",
-    ("nft", "nft"): "layout_v1",
+    ("locked", "nft"): "layout_v6_locked",
+    ("nft", "nft"): "layout_v6_nft",
 }
 
 
@@ -84,7 +89,10 @@ class BridgeFilter(TenantFilter):
         self.closing = closing
         self.guard = guard  # the address guard (`guard.AddressGuard`), its own maps and program
         self._guard_done = -1  # the guard revision (`TenantFilter._guard_rev`) it enforces
-        self.table = NftTable(nft, "bridge", LAYOUTS[flavour], {HOST_RX: "(host)"})
+        nft_rx = isinstance(receive, NftReceiveFilter)
+        logs = nft_rx or send.name == "nft"  # the nftables parts' drop rules log (drop events)
+        self.table = NftTable(nft, "bridge", LAYOUTS[flavour], {HOST_RX: "(host)"}, split_unknown=nft_rx, events=logs)
+        self._events = NftEvents() if logs else None  # opened here: in the host's namespace
         if closing is not None:
             closing.bind(self.table)
 
@@ -196,9 +204,12 @@ class BridgeFilter(TenantFilter):
     def drops(self) -> dict[tuple[str, str], int]:
         """The parts' counts (each counts what it drops) and the host's stack's (`(host)`: a
         source not in the table, `unknown_source`). The locked send check counts only with the
-        closing part (hv_fwd); the nft receive filter counts unknown sources as no_shared_lnid."""
-        table = self.table.counters()
+        closing part (hv_fwd)."""
+        packets = self.table.packets()
+        table = self.table.port_counters(packets)
         out = self.receive.drops(table)
+        if isinstance(self.receive, NftReceiveFilter):
+            out = self.receive.split_unknown(packets, out)
         for key, n in self.send.drops(table).items():
             out[key] = out.get(key, 0) + n
         if self.closing is not None:
@@ -213,8 +224,10 @@ class BridgeFilter(TenantFilter):
 
     def drop_events(self, after: int = 0) -> list[DropEvent]:
         """The tc programs' sampled drops (`tc.TcReceiveFilter.drop_events`: hv_rx's and, with
-        the closing part, hv_fwd's forged sources); none with the nftables receive filter."""
+        the closing part, hv_fwd's forged sources), or the nftables parts' logged drops (NFLOG)."""
         rx = self.receive
+        if self._events is not None:
+            return self._events.read(after)
         if not isinstance(rx, TcReceiveFilter):
             return []
         raw = rx.drop_events(after)
@@ -243,3 +256,5 @@ class BridgeFilter(TenantFilter):
         self.receive.close()
         self.table.close()
         self.send.close()
+        if self._events is not None:
+            self._events.close()

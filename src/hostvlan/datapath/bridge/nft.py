@@ -7,9 +7,10 @@ so forged frames cannot poison it): the model's send check on iifname
 
 `NftReceiveFilter` (`--receive-filter nft`) owns the base chains `forward` and `output`,
 run once per output port (also per copy of a flood): the receive filter on oifname
-(`nft_table.receive_rules`, ONE set lookup for tenant traffic). Inline in both chains, or,
-in the layout of the all-nftables flavour (`layout_v1`, kept so hosts it programmed
-reconcile without a reinstall), in a chain `rx` both jump to. Unlike the tc filter it also
+(`nft_table.receive_chain`, ONE set lookup for tenant traffic; unknown sources counted apart,
+`ru:<port>`). Inline in both chains, or, in the all-nftables flavour's layout, in a chain `rx`
+both jump to. Both parts' drop rules log the frames they drop (`nft_table.logged`: drop
+events, rate-limited, on the drop path only). Unlike the tc filter it also
 covers ports no agent has seen. When it installs its chains it detaches the tc programs a tc
 flavour left on the bridge ports (given the bridge's ports; their pinned maps stay until
 removed).
@@ -25,10 +26,10 @@ from hostvlan.datapath.base import PortCounters
 from hostvlan.datapath.bridge.parts import Change, Layout, Undo
 from hostvlan.datapath.bridge.tc import release_programs
 from hostvlan.datapath.kernel.brports import BridgePorts
-from hostvlan.datapath.nft_table import IIF, OIF, jump, receive_rules, send_rules
+from hostvlan.datapath.nft_table import IIF, OIF, jump, logged, receive_chain, send_rules
 from hostvlan.model.facts import Facts, FactsIndex
 from hostvlan.model.ids import PortName
-from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT
+from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
 
 _BUCKETS = ("(unbound)", "(host)")
 
@@ -55,7 +56,7 @@ class NftSendCheck:
 
     def layout(self, layout: Layout) -> None:
         layout.hooks["prerouting"] = "prerouting"
-        layout.rules["prerouting"] = send_rules(IIF)
+        layout.rules["prerouting"] = logged(send_rules(IIF), IIF)
 
     def check(self, facts: Facts) -> Facts:
         return facts  # the table's sets are the whole send check
@@ -87,10 +88,11 @@ class NftReceiveFilter:
         self._ports = ports
 
     def layout(self, layout: Layout) -> None:
-        rx = receive_rules(OIF) if self.inline else [jump("rx")]
+        rules = logged(receive_chain(OIF), OIF)
+        rx = rules if self.inline else [jump("rx")]
         if not self.inline:
             layout.regular.append("rx")
-            layout.rules["rx"] = receive_rules(OIF)
+            layout.rules["rx"] = rules
         for chain in ("forward", "output"):
             layout.hooks[chain] = chain
             layout.rules[chain] = rx
@@ -115,10 +117,26 @@ class NftReceiveFilter:
         return table
 
     def drops(self, table: Mapping[str, PortCounters]) -> dict[tuple[str, str], int]:
-        """rx:<port> counts the copies a bound port may not receive: the chain's one counter per
-        port does not tell an unknown source from no shared LNID, so both count as
-        no_shared_lnid (the tc receive filter tells them apart); rx_unbound: unbound_port."""
+        """The copies a bound port may not receive (`table`: rx:<port> and ru:<port> together,
+        as `NftTable.port_counters` adds them) as no_shared_lnid, rx_unbound as unbound_port;
+        `split_unknown` moves ru:<port>'s to unknown_source."""
         return table_drops(table, NO_SHARED_LNID, rx=True)
+
+    @staticmethod
+    def split_unknown(packets: Mapping[str, int], out: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+        """`out` (from `drops`) with each port's ru:<port> (a source in no entry) moved from
+        no_shared_lnid to unknown_source."""
+        out = dict(out)
+        for name, n in packets.items():
+            if name.startswith("ru:") and n:
+                port = name[3:]
+                left = out.get((port, NO_SHARED_LNID), 0) - n
+                if left > 0:
+                    out[(port, NO_SHARED_LNID)] = left
+                else:
+                    out.pop((port, NO_SHARED_LNID), None)
+                out[(port, UNKNOWN_SOURCE)] = out.get((port, UNKNOWN_SOURCE), 0) + n
+        return out
 
     def remove(self) -> None:
         return None  # its chains go with the table
