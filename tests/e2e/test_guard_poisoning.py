@@ -13,8 +13,6 @@ VMs still flows. The control: an unguarded (MAC-only) VM's same forgery does poi
 from __future__ import annotations
 
 import ipaddress
-import select
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ from hostvlan.model.verdict import ARP_SPOOF, ND_SPOOF
 from hostvlan.testbed import netns
 from hostvlan.testbed.build import Testbed
 
-from .support import running, topology_from_text
+from .support import Raw, running, topology_from_text
 
 TOPOLOGY = """
 hosts:
@@ -50,8 +48,6 @@ external:
   - {name: gw, mac: "52:54:00:0d:ff:01", lnids: [global]}
 """
 ATTACKERS = ("ab", "ao", "am")  # guarded, LNID 1, one per back end
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
 
 
 @pytest.fixture
@@ -66,43 +62,6 @@ def _in(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 def _ping(ns: str, addr: str) -> bool:
     return _in(ns, "ping", "-c", "1", "-W", "2", addr).returncode == 0
-
-
-class Raw:
-    """An AF_PACKET socket on each named endpoint's eth0: send frames, collect what comes in."""
-
-    def __init__(self, where: dict[str, str]) -> None:
-        self.socks: dict[str, socket.socket] = {}
-        for name, ns in where.items():
-            with netns.inside(ns):
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            s.bind(("eth0", ETH_P_ALL))
-            s.setblocking(False)
-            self.socks[name] = s
-
-    def send(self, name: str, frame: bytes) -> None:
-        self.socks[name].send(frame)
-
-    def collect(self, settle: float = 0.3) -> dict[str, list[bytes]]:
-        got: dict[str, list[bytes]] = {n: [] for n in self.socks}
-        end = time.monotonic() + 5
-        while time.monotonic() < end:
-            ready, _, _ = select.select(list(self.socks.values()), [], [], settle)
-            if not ready:
-                break
-            for name, s in self.socks.items():
-                while s in ready:
-                    try:
-                        data, addr = s.recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    if addr[2] != PACKET_OUTGOING:
-                        got[name].append(data)
-        return got
-
-    def close(self) -> None:
-        for s in self.socks.values():
-            s.close()
 
 
 def _for(frames: list[bytes], v4: str, v6: str) -> list[bytes]:
