@@ -13,6 +13,7 @@ from importlib import resources
 
 import click
 
+from hostvlan.demo_guard import guard_step
 from hostvlan.model.ids import GLOBAL, Lnid, format_lnids
 from hostvlan.testbed.build import Testbed
 from hostvlan.testbed.check import Report, run_check
@@ -21,6 +22,13 @@ from hostvlan.testbed.topology import Topology, load_topology, parse_topology
 
 def fig7() -> Topology:
     text = resources.files("hostvlan.testbed").joinpath("topologies/fig7.yaml").read_text()
+    return parse_topology(text, "fig7.yaml")
+
+
+def demo_topology() -> Topology:
+    """Fig. 7 and a `global` external router (the address guard's step poisons its cache)."""
+    text = resources.files("hostvlan.testbed").joinpath("topologies/fig7.yaml").read_text()
+    text += 'external:\n  - {name: router, mac: "52:54:00:00:ff:01", lnids: [global]}\n'
     return parse_topology(text, "fig7.yaml")
 
 
@@ -77,7 +85,7 @@ def _ping(tb: Testbed, src: str, dst: str) -> bool:
 
 
 def run_demo(topology: str | None = None) -> bool:
-    topo = load_topology(topology) if topology else fig7()
+    topo = load_topology(topology) if topology else demo_topology()
     ok = True
     click.secho("HostVLAN demo — the paper's functional evaluation (Fig. 7)", bold=True)
     click.echo(
@@ -149,7 +157,10 @@ def run_demo(topology: str | None = None) -> bool:
         ok &= _verdict_line(rep, 0)
         if any(GLOBAL in e.lnids for e in topo.endpoints()):
             click.echo("  (global endpoints reach everyone, by definition)")
-    _h("6. Torn down: every namespace removed")
+
+        _h("6. Address guard: a VM tries to poison the router's neighbour cache for another tenant's addresses")
+        ok &= guard_step(tb)
+    _h("7. Torn down: every namespace removed")
     click.secho(
         "Demo " + ("PASSED: no frame crossed LNIDs." if ok else "FAILED."), bold=True, fg="green" if ok else "red"
     )

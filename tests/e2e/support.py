@@ -10,7 +10,10 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+import select
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,3 +90,44 @@ def bridge_port(tb: Testbed, host: str, port: str) -> tuple[bool, bool, set[str]
     assert isinstance(link, list) and isinstance(fdb, list)
     static = {str(e["mac"]) for e in fdb if "static" in str(e.get("state", "")) and "sticky" in e.get("flags", [])}
     return bool(link[0].get("locked")), bool(link[0].get("learning")), static
+
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+
+
+class Raw:
+    """An AF_PACKET socket on each named endpoint's eth0: send frames, collect what comes in."""
+
+    def __init__(self, where: dict[str, str]) -> None:
+        self.socks: dict[str, socket.socket] = {}
+        for name, ns in where.items():
+            with netns.inside(ns):
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            s.bind(("eth0", ETH_P_ALL))
+            s.setblocking(False)
+            self.socks[name] = s
+
+    def send(self, name: str, frame: bytes) -> None:
+        self.socks[name].send(frame)
+
+    def collect(self, settle: float = 0.3) -> dict[str, list[bytes]]:
+        got: dict[str, list[bytes]] = {n: [] for n in self.socks}
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            ready, _, _ = select.select(list(self.socks.values()), [], [], settle)
+            if not ready:
+                break
+            for name, s in self.socks.items():
+                while s in ready:
+                    try:
+                        data, addr = s.recvfrom(65535)
+                    except BlockingIOError:
+                        break
+                    if addr[2] != PACKET_OUTGOING:
+                        got[name].append(data)
+        return got
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()

@@ -163,7 +163,13 @@ def testbed_check(prefix: str | None, as_json: bool) -> None:
     help="VMs as network namespaces, or real QEMU guests started by libvirt (slower: TCG).",
 )
 def demo(topology: str | None, guests: str) -> None:
-    """Run the paper's Fig. 7 scenario end to end on real namespaces, explain it, tear down."""
+    """Run the paper's Fig. 7 scenario end to end on real namespaces, explain it, tear down.
+
+    Fig. 7 plus a `global` external router: the broadcast matrix, pings, an LNID joined at
+    run time, forged source MACs, then the address guard: a VM's forged ARP reply and NA
+    fail to poison the router's neighbour cache (drops counted), and ARP/ND for a registered
+    peer is answered on the host (docs/address-guard.md).
+    """
     from hostvlan.demo import run_demo
     from hostvlan.demo_guests import run_demo_guests
 

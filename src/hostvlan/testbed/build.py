@@ -216,9 +216,18 @@ class Testbed:
         return waited
 
     def counters(self, host: str) -> dict[str, PortCounters]:
+        reader = self._reader(host)
+        return reader.counters() if reader else {}
+
+    def drops(self, host: str) -> dict[tuple[str, str], int]:
+        """The kernel's drop counts of `host` per (port, reason code), as its agent reads them."""
+        reader = self._reader(host)
+        return reader.drops() if reader else {}
+
+    def _reader(self, host: str) -> TenantFilter | None:
         h = self.hosts[host]
         if not h.filtered:
-            return {}
+            return None
         if host not in self._readers:
             if h.backend == "ovs":
                 tools = self._ovs[host].tools
@@ -229,7 +238,7 @@ class Testbed:
                     self._readers[host] = build_backend(BackendSpec(kind="macvtap"))
             else:
                 self._readers[host] = self.bridge_filter(host)
-        return self._readers[host].counters()
+        return self._readers[host]
 
     def _wait_synced(self, hosts: list[str], timeout: float) -> float:
         assert self.api is not None
