@@ -365,25 +365,14 @@ class Testbed:
         self.wait_guest_ports([vm.name for vm in vms])
 
     def wait_guest_ports(self, vms: list[str], timeout: float = 60.0) -> None:
-        """Wait until each filtered host's agent reports the ports libvirt made bound
-        (`GET /v1/macs`: state `bound`, `bound_port` = libvirt's name)."""
+        """Wait until each filtered host's agent reports the ports libvirt made bound."""
         assert self.api is not None
-        end = time.monotonic() + timeout
         want = {
             self.vms[n].mac: self.vms[n].port
             for n in vms
             if self.hosts[self.vms[n].host].filtered and self.endpoint(n).lnids
         }
-        while want:
-            rows: dict[str, dict[str, Any]] = {str(r["mac"]): dict(r) for r in self.api.macs()}
-            for mac, port in list(want.items()):
-                row = rows.get(mac) or {}
-                if row.get("state") == "bound" and row.get("bound_port") == port:
-                    del want[mac]
-            if want and time.monotonic() > end:
-                late = {m: (rows.get(m) or {}).get("state") for m in want}
-                raise TimeoutError(f"guest ports not bound after {timeout}s: {late}")
-            time.sleep(0.1)
+        guestvms.wait_ports_bound(self.api.macs, want, timeout)
 
     def migrate_guest(self, name: str, host: str) -> VmInfo:
         """Live-less migration as an operator does it: destroy the domain, `move` its MAC to

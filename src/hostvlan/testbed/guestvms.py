@@ -30,6 +30,7 @@ import random
 import shlex
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ __all__ = [
     "destroy_recorded",
     "exec_in",
     "uri_for",
+    "wait_ports_bound",
 ]
 
 GUEST_KINDS = ("namespaces", "libvirt")
@@ -257,3 +259,22 @@ def exec_in(record: dict[str, Any], name: str, argv: list[str], timeout: float =
         ["ip", "netns", "exec", place["netns"], *argv], capture_output=True, timeout=timeout, check=False
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def wait_ports_bound(
+    macs: Callable[[], Iterable[Mapping[str, Any]]], want: Mapping[Mac, str | None], timeout: float
+) -> None:
+    """Wait until the manager's rows (`macs()`, `GET /v1/macs`) say each MAC of `want` is bound
+    to the port given there (state `bound`, `bound_port` = libvirt's name)."""
+    end = time.monotonic() + timeout
+    pending = dict(want)
+    while pending:
+        rows: dict[str, Mapping[str, Any]] = {str(r["mac"]): r for r in macs()}
+        for mac, port in list(pending.items()):
+            row = rows.get(mac) or {}
+            if row.get("state") == "bound" and row.get("bound_port") == port:
+                del pending[mac]
+        if pending and time.monotonic() > end:
+            late = {m: (rows.get(m) or {}).get("state") for m in pending}
+            raise TimeoutError(f"guest ports not bound after {timeout}s: {late}")
+        time.sleep(0.1)
