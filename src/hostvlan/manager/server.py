@@ -30,8 +30,9 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hostvlan import scrape
-from hostvlan.manager.api import MAX_BATCH_BODY, MAX_BODY, create_asgi
+from hostvlan.manager.api import create_asgi
 from hostvlan.manager.audit import Audit
+from hostvlan.manager.edge import MAX_BATCH_BODY, MAX_BODY
 from hostvlan.manager.service import Service
 from hostvlan.manager.store.base import Store as StoreBase
 from hostvlan.manager.store.base import StoreUnavailable
