@@ -30,6 +30,7 @@ from hostvlan.model.addresses import (
     net_key,
     parse_addrs_text,
     parse_net,
+    parse_word,
 )
 from hostvlan.model.datacenter import Batch, DataCenter, HostDelta, ModelError, apply_delta, merge_delta
 from hostvlan.model.hostview import HostView, host_view
@@ -321,3 +322,47 @@ def test_feed_lines_are_sent_in_pieces_joined_one_at_a_time() -> None:
     assert len(first) == 80000
     assert [first, *got] == [b"a" * 40000 + b"b" * 40000, b"c" + b"d" * 70000, b"e"]
     assert list(chunks([b"x"])) == [b"x"] and list(chunks([])) == []
+
+
+# the fast path of `parse_word` (the C parser) against `parse_net`: the same key and text, or the same refusal
+@pytest.mark.parametrize(
+    "word",
+    [
+        "10.0.0.5",
+        "01.2.3.4",
+        "1.02.3.4",
+        "1.2.3",
+        "1.2.3.256",
+        " 10.0.0.5 ",
+        "10.0.0.5\x00",
+        "\u0661.2.3.4",
+        "0.0.0.0",
+        "127.0.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "fd00::5",
+        "FD00::ABCD",
+        "fd00::0:102",
+        "::ffff:10.0.0.5",
+        "1::2:3:4:5:6:7:8",
+        "1:2:3:4:5:6:7::",
+        "fd00:::1",
+        "00000::1",
+        "::",
+        "::1",
+        "ff02::1",
+        "fe80::1%eth0",
+        "10.0.0.5:80",
+    ],
+)
+def test_parse_word_fast_path_agrees_with_parse_net(word: str) -> None:
+    try:
+        net = parse_net(word)
+    except AddressError as exc:
+        with pytest.raises(AddressError) as got:
+            parse_word(word)
+        assert str(got.value) == str(exc)
+        return
+    key, text = parse_word(word)
+    assert key == net_key(net)
+    assert ipaddress.ip_network(text) == net

@@ -16,7 +16,7 @@ center (one owner per address, shared only among MACs sharing an LNID) live with
 from __future__ import annotations
 
 import ipaddress
-import re
+import socket
 from dataclasses import dataclass, field
 
 from hostvlan.model.ids import InvalidValue, Mac, mac_to_int
@@ -228,44 +228,29 @@ def addr_set(addrs: Addrs) -> AddrSet:
     return AddrSet(addrs_text(addrs), tuple((net_key(n), n in addrs.shared) for n in addrs.nets))
 
 
-_V4_HOST = re.compile(
-    r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-    r"\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-)
-_HEXTET = re.compile(r"[0-9A-Fa-f]{1,4}")
+# socket.inet_pton is a pure function (no I/O): the C parser of both forms
+_pton = socket.inet_pton
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
 def _v4_host(s: str) -> int | None:
-    """A dotted quad without leading zeros as an integer; None if `s` is not one."""
-    m = _V4_HOST.fullmatch(s)
-    if m is None:
+    """A dotted quad without leading zeros as an integer; None if `s` is not one (the C
+    parser: a few hundred nanoseconds, where a regular expression took microseconds)."""
+    try:
+        return int.from_bytes(_pton(_AF_INET, s), "big")
+    except (OSError, ValueError):  # not a dotted quad; a NUL or a character outside ASCII
         return None
-    a, b, c, d = m.groups()
-    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
 
 
 def _v6_host(s: str) -> int | None:
-    """An IPv6 address in hex groups (no embedded IPv4) as an integer; None if `s` is not one."""
-    if "::" in s:
-        head, _, tail = s.partition("::")
-        if "::" in tail:
-            return None
-        h = head.split(":") if head else []
-        t = tail.split(":") if tail else []
-        if len(h) + len(t) > 7:
-            return None
-        groups = [*h, *(["0"] * (8 - len(h) - len(t))), *t]
-    else:
-        groups = s.split(":")
-        if len(groups) != 8:
-            return None
-    value = 0
-    hextet = _HEXTET.fullmatch
-    for g in groups:
-        if hextet(g) is None:
-            return None
-        value = value << 16 | int(g, 16)
-    return value
+    """An IPv6 address in hex groups (no embedded IPv4, no zone) as an integer; None if `s`
+    is not one."""
+    if "." in s:  # an embedded IPv4 address: `parse_net` decides (and writes it its way)
+        return None
+    try:
+        return int.from_bytes(_pton(_AF_INET6, s), "big")
+    except (OSError, ValueError):
+        return None
 
 
 def parse_word(text: object) -> tuple[NetKey, str]:
@@ -273,15 +258,17 @@ def parse_word(text: object) -> tuple[NetKey, str]:
     address (IPv4 dotted quad, IPv6) with the same refusals; prefixes take `parse_net`."""
     if isinstance(text, str) and "/" not in text:
         s = text.strip()
-        v4 = _v4_host(s)
-        if v4 is not None:
-            top = v4 >> 24
-            if v4 == 0 or top == 127 or 224 <= top <= 239 or v4 == 0xFFFFFFFF:
-                parse_net(s)  # raises with the reason
-            return (4, v4, 32), s
-        v6 = _v6_host(s) if ":" in s else None
-        if v6 is not None and v6 > 1 and v6 >> 120 != 0xFF:
-            return (6, v6, 128), s.lower()
+        if ":" in s:  # never a dotted quad: one parser tried, not two
+            v6 = _v6_host(s)
+            if v6 is not None and v6 > 1 and v6 >> 120 != 0xFF:
+                return (6, v6, 128), s.lower()
+        else:
+            v4 = _v4_host(s)
+            if v4 is not None:
+                top = v4 >> 24
+                if v4 == 0 or top == 127 or 224 <= top <= 239 or v4 == 0xFFFFFFFF:
+                    parse_net(s)  # raises with the reason
+                return (4, v4, 32), s
     net = parse_net(text)
     return net_key(net), net_text(net)
 

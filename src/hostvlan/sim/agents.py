@@ -192,7 +192,10 @@ class SimAgent:
         self.counters.connects += 1
         if since and (self._status_task is None or self._status_task.done()):  # resumed: report here
             self._status_task = asyncio.get_running_loop().create_task(self._post_status())
-        pending = b""
+        # a line's pieces until its newline comes: joined once, and only the new chunk is
+        # searched (a pod's line is hundreds of kB in 64 KiB chunks: gluing each chunk to
+        # what came before and searching it all again copied and scanned it chunks² times)
+        pending: list[bytes] = []
         while True:
             size_line = await reader.readuntil(b"\r\n")
             size = int(size_line.split(b";", 1)[0], 16)
@@ -200,15 +203,18 @@ class SimAgent:
                 await reader.readuntil(b"\r\n")
                 return
             chunk = (await reader.readexactly(size + 2))[:-2]
-            if pending:
-                chunk, pending = pending + chunk, b""
             start = 0
             while True:
                 end = chunk.find(b"\n", start)
                 if end < 0:
-                    pending = chunk[start:]
+                    if start < len(chunk):
+                        pending.append(chunk[start:] if start else chunk)
                     break
-                if end > start:
+                if pending:
+                    pending.append(chunk[start:end])
+                    self._line(b"".join(pending))
+                    pending = []
+                elif end > start:
                     self._line(chunk[start:end])
                 start = end + 1
 
