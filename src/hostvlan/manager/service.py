@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 from hostvlan.manager import trace as tracing
 from hostvlan.manager.audit import Audit, batch_args
 from hostvlan.manager.feed import HISTORY, Encoder, Feed, Line, Subscription
+from hostvlan.manager.inputs import InputError, addrs_arg, check_required, flag, parse_field
 from hostvlan.manager.metrics import ManagerMetrics
 from hostvlan.manager.store.base import Changes, Store, StoreConflict, StoreUnavailable
-from hostvlan.model.addresses import AddressError, AddrSet, IpsError, addrs_text, parse_ips, parse_net, text_json
+from hostvlan.model.addresses import addrs_text, parse_net, text_json
 from hostvlan.model.datacenter import DataCenter, ModelError
-from hostvlan.model.ids import HostId, InvalidValue, Mac, PortName, parse_host, parse_lnid, parse_mac, parse_port
+from hostvlan.model.ids import HostId, Mac, PortName, parse_host, parse_lnid, parse_mac, parse_port
 from hostvlan.wire import Status, WireError, decode_status, lnids_json
 
 T = TypeVar("T")
@@ -34,27 +35,6 @@ log = logging.getLogger("hostvlan.manager")
 
 CONFLICT_RETRIES = 50  # a command validated again after another replica's commit, at most this often
 MIN_REVISION_WAIT_S = 5.0  # a read waits this long for the revision it asks for
-
-
-class InputError(ValueError):
-    """Bad input: `field` names what is wrong. `status` is the API's answer: 400, or 409 for
-    an address in the API's form that no vNIC may hold (multicast, loopback, …) or a
-    registration `--require-addresses` refuses."""
-
-    def __init__(self, field: str, detail: str, status: int = 400) -> None:
-        super().__init__(detail)
-        self.field = field
-        self.detail = detail
-        self.status = status
-
-
-def _field(name: str, parse: Callable[[Any], Any], value: Any) -> Any:
-    try:
-        return parse(value)
-    except AddressError as exc:
-        raise InputError(name, str(exc), 409) from None
-    except InvalidValue as exc:
-        raise InputError(name, str(exc)) from None
 
 
 def sha256(token: str) -> str:
@@ -226,7 +206,7 @@ class Service:
         return self._audited(who, "host add", {"name": name}, lambda: self._add_host(name))
 
     def _add_host(self, name: Any) -> str:
-        host = _field("name", parse_host, name)
+        host = parse_field("name", parse_host, name)
         if host in self.dc.hosts:
             raise ModelError(f"host {host} already exists (rotate its token with `hostvlan host token {host}`)")
         return self._new_host_token(host)
@@ -241,7 +221,7 @@ class Service:
         hosts: list[HostId] = []
         seen: set[HostId] = set()
         for i, name in enumerate(names):
-            host = _field(f"names[{i}]", parse_host, name)
+            host = parse_field(f"names[{i}]", parse_host, name)
             if host in self.dc.hosts or host in seen:
                 raise ModelError(f"host {host} already exists (rotate its token with `hostvlan host token {host}`)")
             seen.add(host)
@@ -259,7 +239,7 @@ class Service:
         return self._audited(who, "host token", {"name": name}, lambda: self._rotate_host_token(name))
 
     def _rotate_host_token(self, name: Any) -> str:
-        host = _field("name", parse_host, name)
+        host = parse_field("name", parse_host, name)
         if host not in self.dc.hosts:
             raise ModelError(f"unknown host {host!r}", "not_found")
         token = self._new_host_token(host)
@@ -280,7 +260,7 @@ class Service:
         self._audited(who, "host rm", {"name": name}, lambda: self._remove_host(name))
 
     def _remove_host(self, name: Any) -> None:
-        host = _field("name", parse_host, name)
+        host = parse_field("name", parse_host, name)
         if host not in self.dc.hosts:
             raise ModelError(f"unknown host {host!r}", "not_found")
         self.dc.remove_host(host)
@@ -312,7 +292,7 @@ class Service:
             got = ok.get(value)
             if got is not None:
                 return got
-        parsed = _field(field, parse, value)
+        parsed = parse_field(field, parse, value)
         if type(value) is str:
             if len(ok) >= 1 << 17:
                 ok.clear()
@@ -378,26 +358,30 @@ class Service:
         if kind == "reg":
             return (
                 "reg",
-                _field("mac", lambda v: parse_mac(v, vm=True), op.get("mac")),
-                _field("lnid", parse_lnid, op.get("lnid")),
+                parse_field("mac", lambda v: parse_mac(v, vm=True), op.get("mac")),
+                parse_field("lnid", parse_lnid, op.get("lnid")),
                 self._host_arg(op.get("host"), bool(op.get("external", False))),
                 parsed_port,
-                _addrs_arg(op),
+                addrs_arg(op),
             )
         if kind in ("addr_add", "addr_del"):
-            mac = _field("mac", parse_mac, op.get("mac"))
-            net = _field("address", parse_net, op.get("address"))
+            mac = parse_field("mac", parse_mac, op.get("mac"))
+            net = parse_field("address", parse_net, op.get("address"))
             if kind == "addr_del":
                 return ("addr_del", mac, net)
-            return ("addr_add", mac, net, _flag("shared", op.get("shared", False)))
+            return ("addr_add", mac, net, flag("shared", op.get("shared", False)))
         if kind == "unreg":
-            return ("unreg", _field("mac", parse_mac, op.get("mac")), _field("lnid", parse_lnid, op.get("lnid")))
+            return (
+                "unreg",
+                parse_field("mac", parse_mac, op.get("mac")),
+                parse_field("lnid", parse_lnid, op.get("lnid")),
+            )
         if kind == "rm":
-            return ("rm", _field("mac", parse_mac, op.get("mac")))
+            return ("rm", parse_field("mac", parse_mac, op.get("mac")))
         if kind == "move":
             return (
                 "move",
-                _field("mac", parse_mac, op.get("mac")),
+                parse_field("mac", parse_mac, op.get("mac")),
                 self._host_arg(op.get("host"), bool(op.get("external", False))),
                 parsed_port,
             )
@@ -425,7 +409,7 @@ class Service:
                     raise StoreConflict("this replica was behind")
                 return Result(self.revision, False)
             if self.require_addresses:
-                self._check_required(ops)
+                check_required(self.dc, ops)
             rows = []
             fresh = set()  # MACs with no stored row before this batch
             addr_text = self.dc.addr_text
@@ -447,23 +431,6 @@ class Service:
         self.feed.publish(self.revision, deltas, self.encoder)
         self.metrics.published(self.revision, deltas)
         return Result(self.revision, True)
-
-    def _check_required(self, ops: list[tuple[Any, ...]]) -> None:
-        """`--require-addresses`: every MAC a `reg` or `addr_del` leaves registered has an address."""
-        for i, op in enumerate(ops):
-            if op[0] in ("reg", "addr_del") and op[1] in self.dc.table and not self.dc.addrs(op[1]).guarded:
-                where = "" if len(ops) == 1 else f"ops[{i}]."
-                if op[0] == "reg":
-                    raise InputError(
-                        f"{where}ips",
-                        f"this manager requires addresses (--require-addresses): register {op[1]} with --ip ADDR",
-                        409,
-                    )
-                raise InputError(
-                    f"{where}address",
-                    f"this manager requires addresses (--require-addresses): {op[1]} would be left without any",
-                    409,
-                )
 
     # ----- other replicas (a replicated store, store/base.py) ----------------------------------
     def _apply_changes(self, ch: Changes) -> None:
@@ -533,9 +500,9 @@ class Service:
         return self.encoder.snapshot(self.dc.view_parts(host), self.revision)
 
     def show(self, host: Any = None, lnid: Any = None, mac: Any = None) -> list[dict[str, Any]]:
-        h = None if host in (None, "") else _field("host", parse_host, host)
-        ln = None if lnid in (None, "") else _field("lnid", parse_lnid, lnid)
-        m = None if mac in (None, "") else _field("mac", parse_mac, mac)
+        h = None if host in (None, "") else parse_field("host", parse_host, host)
+        ln = None if lnid in (None, "") else parse_field("lnid", parse_lnid, lnid)
+        m = None if mac in (None, "") else parse_field("mac", parse_mac, mac)
         if m is not None:
             macs = [m] if m in self.dc.table else []
         elif ln is not None:
@@ -606,20 +573,20 @@ class Service:
     def trace(self, src: Any, dst: Any) -> dict[str, Any]:
         """The verdict for a frame from `src` to `dst` (a MAC, or HOST:PORT), on the reported
         bindings of the source's host (its send check) and the destination's (`manager/trace.py`)."""
-        s = _field("src", parse_mac, src)
+        s = parse_field("src", parse_mac, src)
         if not isinstance(dst, str) or not dst:
             raise InputError("dst", "dst must be a MAC or HOST:PORT")
         port = None
         if dst.count(":") == 1:
             hname, pname = dst.split(":")
-            host: HostId | None = _field("dst", parse_host, hname)
-            port = _field("dst", parse_port, pname)
+            host: HostId | None = parse_field("dst", parse_host, hname)
+            port = parse_field("dst", parse_port, pname)
             if host not in self.dc.hosts:
                 raise ModelError(f"unknown host {host!r}", "not_found")
             st = self.feed.status.get(host)
             dmac = tracing.bound_on(self.dc, host, st.bindings if st else {}, port)
         else:
-            dmac = _field("dst", parse_mac, dst)
+            dmac = parse_field("dst", parse_mac, dst)
             loc = self.dc.locations.get(dmac)
             host = loc.host if loc else None
             st = self.feed.status.get(host) if host else None
@@ -630,30 +597,6 @@ class Service:
             sst = self.feed.status.get(sloc.host)
             src_at = (sloc.host, (sst.bindings if sst else {}).get(s))
         return tracing.trace(self.dc, bindings, bool(st and st.reported), s, dst, dmac, host, port, src_at)
-
-
-def _flag(name: str, value: Any) -> bool:
-    if type(value) is not bool:
-        raise InputError(name, f"{name} must be true or false, got {value!r}")
-    return value
-
-
-def _addrs_arg(op: dict[str, Any]) -> AddrSet | None:
-    """A `reg`'s addresses and roles (`ips`, `router`, `dhcp_server`); None when it gives none
-    (the MAC keeps what it has)."""
-    ips = op.get("ips")
-    router = _flag("router", op.get("router", False))
-    dhcp = _flag("dhcp_server", op.get("dhcp_server", False))
-    if ips is None and not router and not dhcp:
-        return None
-    if ips is None:
-        ips = []
-    if not isinstance(ips, list):
-        raise InputError("ips", "ips must be a list of addresses like 10.0.0.5 or fd00::5")
-    try:
-        return parse_ips(ips, router, dhcp)
-    except IpsError as exc:
-        raise InputError(f"ips[{exc.index}]", str(exc), 409) from None
 
 
 __all__ = ["InputError", "ModelError", "Result", "Service", "StoreUnavailable"]
