@@ -575,8 +575,8 @@ class Batch:
                     got = out[h] = BulkDelta()
                 elif mac in got.addrs or mac in got.delta.removed:
                     continue  # came with its entry (or went)
-                elif len(now) == 1 and next(iter(now)) in wholes.get(h, ()):
-                    continue  # travels with its whole LNID
+                elif text and len(now) == 1 and next(iter(now)) in wholes.get(h, ()):
+                    continue  # travels with its whole LNID (which says nothing of addresses taken away)
                 got.addrs.add(mac)
 
         # 4. vNICs placed, moved, re-ported or gone
