@@ -118,6 +118,10 @@ class ManagerProcess:
         t0 = time.perf_counter()
         self.ready.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "hostvlan.cli", "manager", "--db", str(self.db)]
+        prof = os.environ.get("HOSTVLAN_BENCH_PROFILE")  # a directory: cProfile each manager into it
+        if prof:
+            out = Path(prof) / f"{self.log.stem}-{int(time.time())}.prof"
+            argv[1:1] = ["-m", "cProfile", "-o", str(out)]
         argv += ["--listen", f"127.0.0.1:{self.port}", "--ready-file", str(self.ready), *self.extra]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)

@@ -10,7 +10,7 @@ cannot tell it from a real agent:
   a revision that does not grow, is a protocol error the agent counts and reconnects on;
 - reports the applied revision with `POST /v1/hosts/{H}/status` on a second, kept-alive
   connection, one report in flight at a time (coalescing, like the real agent; unlike
-  it, a failed report is retried a few times, see `REPORT_TRIES`), with its bindings
+  it, a failed report is retried until answered, see `REPORT_PAUSE_MAX_S`), with its bindings
   (every local vNIC bound, on its registered port or on `sim-<n>`) whenever its local
   vNICs changed since the last report;
 - reconnects with the real agent's backoff (0.1 s doubling to 5 s, jittered ×0.5–1.5).
@@ -70,10 +70,13 @@ def intern_entries(entries: dict[str, LnidsJson]) -> dict[str, LnidsJson]:
     return dict(zip(map(_keys.setdefault, ks, ks), map(_VALUES.setdefault, map(tuple, vs), vs), strict=True))
 
 
-REPORT_TRIES = 6
+REPORT_PAUSE_MAX_S = 2.0
+REPORT_RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 """A status report is sent on a kept-alive connection; one the manager closed is replaced at
-once, and further failures are retried after a pause (the real agent waits for the next
-change instead; a benchmark must not leave a host unreported)."""
+once, and further failures (or a busy manager's 408/503) are retried after a growing pause,
+until one is answered (the real agent waits for the next change instead; a benchmark must
+not leave a host unreported: on a loaded machine six quick tries were not enough at 8,192
+hosts and the load phase waited for its timeout)."""
 
 
 class ProtocolError(RuntimeError):
@@ -249,10 +252,12 @@ class SimAgent:
             version = self.view.local_version
             bindings = self.view.bindings() if version != self.bindings_reported else None
             body = wire.dumps(wire.encode_status(wire.Status(sent, bindings=bindings)))
-            for attempt in range(1, REPORT_TRIES + 1):
+            attempt = 0
+            while True:
+                attempt += 1
                 if attempt > 2:  # the manager is busy or restarting: try again a little later
                     self.counters.report_retries += 1
-                    await asyncio.sleep(0.2 * attempt)
+                    await asyncio.sleep(min(REPORT_PAUSE_MAX_S, 0.2 * attempt))
                 try:
                     if self._status is None:
                         self._status = await self.fleet.connect(self.at)
@@ -262,12 +267,13 @@ class SimAgent:
                     await _read_body(reader, headers)
                     if headers.get("connection", "").lower() == "close":
                         self._close_status()
-                    break
                 except (OSError, EOFError, asyncio.IncompleteReadError, ValueError, ProtocolError) as exc:
                     self._close_status()
                     self.last_error = f"status report failed: {type(exc).__name__}: {exc}"
-                    if attempt == REPORT_TRIES:
-                        return
+                    continue
+                if status not in REPORT_RETRY_STATUSES:
+                    break
+                self.last_error = f"status report refused ({status}), trying again"
             if status != 200:
                 self.last_error = f"status report refused ({status})"
                 return
