@@ -111,14 +111,9 @@ class AddressGuard:
         tag = object_tag(OBJECT)
         if tag is None:
             return False
-        fds: dict[str, int] = {}
-        for name in (PROG, *MAPS):
-            fd = bpflib.obj_get(self.pins / f"{name}-{tag}")
-            if fd is None:
-                for f in fds.values():
-                    bpflib.close(f)
-                return False
-            fds[name] = fd
+        fds = bpflib.obj_get_all(self.pins, (PROG, *MAPS), tag)
+        if fds is None:
+            return False
         self.fd = fds
         return True
 

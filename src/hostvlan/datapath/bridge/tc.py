@@ -159,17 +159,12 @@ class TcReceiveFilter:
         """Open the pinned maps and programs (all or none)."""
         if self.fd:
             return True
-        fds: dict[str, int] = {}
         tag = object_tag(self.obj)
         if tag is None:
             return False
-        for name in (*self._progs, *self._maps):
-            fd = bpflib.obj_get(self.pins / f"{name}-{tag}")
-            if fd is None:
-                for f in fds.values():
-                    bpflib.close(f)
-                return False
-            fds[name] = fd
+        fds = bpflib.obj_get_all(self.pins, (*self._progs, *self._maps), tag)
+        if fds is None:
+            return False
         self.fd = fds
         return True
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hostvlan.datapath.base import DatapathError
@@ -285,3 +285,17 @@ def dump(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
 
 def close(fd: int) -> None:
     os.close(fd)
+
+
+def obj_get_all(pins: Path, names: Iterable[str], tag: str) -> dict[str, int] | None:
+    """Fds on the objects pinned as `pins/NAME-TAG`, one per name; None (and nothing left
+    open) unless every one of them is pinned."""
+    fds: dict[str, int] = {}
+    for name in names:
+        fd = obj_get(pins / f"{name}-{tag}")
+        if fd is None:
+            for f in fds.values():
+                close(f)
+            return None
+        fds[name] = fd
+    return fds
