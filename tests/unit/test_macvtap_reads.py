@@ -9,8 +9,9 @@ from typing import Any
 
 from hostvlan.datapath.base import UNBOUND_PORT_NAME
 from hostvlan.datapath.kernel import nfnl
-from hostvlan.datapath.macvtap import MacvtapFilter
-from hostvlan.datapath.macvtap_guard import GUARD_RULES, GUARD_TABLE, SEEN, MacvtapGuard
+from hostvlan.datapath.base import TenantFilter
+from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.macvtap_guard import GUARD_RULES, GUARD_TABLE, SEEN
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import PortBinding
 from hostvlan.model.verdict import FORGED_SOURCE, NO_SHARED_LNID, UNBOUND_PORT, UNKNOWN_SOURCE
@@ -81,11 +82,11 @@ TABLE_COUNTERS = {
 }
 
 
-def _filter() -> tuple[MacvtapFilter, FakeNft]:
+def _filter() -> tuple[TenantFilter, FakeNft]:
     nft = FakeNft()
     fake = FakeNfnl({"hostvlan": TABLE_COUNTERS, GUARD_TABLE: {"guard_in": 5, "guard_out": 6 + 8}})
-    guard = MacvtapGuard(fake)  # type: ignore[arg-type]
-    return MacvtapFilter(nft, guard), nft  # type: ignore[arg-type]
+    spec = BackendSpec("macvtap")  # the closing guard, without the address guard's chains
+    return build_backend(spec, nft=nft, nfnl=fake, address_guard=False), nft  # type: ignore[arg-type]
 
 
 def test_drops_map_each_counter_to_its_port_and_reason() -> None:

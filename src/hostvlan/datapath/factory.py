@@ -17,7 +17,7 @@ binding names (`macvtap_guard`; keyword `guard=False`, the agent's `--no-macvtap
 leaves it out).
 Callers that share or record kernel contexts (tests, the bench) pass them as keyword options:
 `nft` (a libnftables context), `ports` (the bridge's netlink ports), `ovs_tools`,
-`ovsdb` (an OVSDB connection the caller
+`nfnl` (the macvtap back end's raw nfnetlink socket), `ovsdb` (an OVSDB connection the caller
 keeps and closes; the factory then skips its open-time check of the bridge, the caller set
 it up). The bridge and macvtap back ends own and close the `nft` and `ports` they are given.
 `clean_host` (in `cleanup`) takes the same options. May import `hostvlan.datapath` and
@@ -36,6 +36,7 @@ from hostvlan.datapath.base import DatapathError, TenantFilter
 
 if TYPE_CHECKING:  # the kernel libraries load native code: imported where a back end needs them
     from hostvlan.datapath.kernel.brports import BridgePorts
+    from hostvlan.datapath.kernel.nfnl import Nfnl
     from hostvlan.datapath.kernel.nft import Nft
     from hostvlan.datapath.kernel.ovs_proc import OvsTools
     from hostvlan.datapath.kernel.ovsdb import OvsDb
@@ -88,6 +89,7 @@ def build_backend(
     ports: BridgePorts | None = None,
     ovs_tools: OvsTools | None = None,
     ovsdb: OvsDb | None = None,
+    nfnl: Nfnl | None = None,
     closing: bool = True,
     fast_path: bool = True,
     guard: bool = True,
@@ -106,12 +108,13 @@ def build_backend(
         # the guard closes every macvtap* no binding names; while it exists nft 1.0.6 hangs listing
         # counters, tables or the ruleset, so the back end reads counters over nfnetlink
         # (docs/closed-ports.md)
-        closer = MacvtapGuard(Nfnl()) if guard else None
+        link = nfnl or Nfnl()
+        closer = MacvtapGuard(link) if guard else None
         if address_guard:  # issue 13: `macvtap_addr`, chains of its own table at each VM macvtap's egress
             from hostvlan.datapath.macvtap_addr import GuardedMacvtapFilter
 
-            return GuardedMacvtapFilter(nft or Nft(), closer, None if guard else Nfnl())
-        return MacvtapFilter(nft or Nft(), closer, None if guard else Nfnl())
+            return GuardedMacvtapFilter(nft or Nft(), closer, None if guard else link)
+        return MacvtapFilter(nft or Nft(), closer, None if guard else link)
     return _bridge(spec, nft or Nft(), ports, closing=closing, fast_path=fast_path, address_guard=address_guard)
 
 
