@@ -7,10 +7,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from hostvlan.datapath.base import UNBOUND_PORT_NAME
-from hostvlan.datapath.kernel import nfnl
-from hostvlan.datapath.base import TenantFilter
+from hostvlan.datapath.base import UNBOUND_PORT_NAME, TenantFilter
 from hostvlan.datapath.factory import BackendSpec, build_backend
+from hostvlan.datapath.kernel import nfnl
 from hostvlan.datapath.macvtap_guard import GUARD_RULES, GUARD_TABLE, SEEN
 from hostvlan.model.ids import Mac, PortName
 from hostvlan.model.ports import PortBinding
